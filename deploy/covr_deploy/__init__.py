@@ -1,0 +1,1 @@
+"""Runtime of an exported COVR policy: no Ray, no RLlib."""

@@ -1,0 +1,1 @@
+"""COVR-Ray simulators: DMControl, embedded driving, CARLA, any image Gymnasium env."""
