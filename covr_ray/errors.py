@@ -54,12 +54,22 @@ class PriorServiceError(CovrError):
     """The VLM prior service failed to answer (timeout, dead actor, engine error)."""
 
 
+class CodecError(CovrError, ValueError):
+    """An action codec was asked for something it cannot do: unknown codec name, wrong action dimension,
+    or an action to encode that is non-finite, mis-shaped or outside [-1, 1]."""
+
+
 class AdapterError(CovrError):
     """A LoRA adapter was refused: outside the run's adapter directory, malformed, or failed to load."""
 
 
 class ShardError(CovrError):
     """An Arrow shard is unreadable: wrong schema version, truncated, or not an Arrow file."""
+
+
+class FinetuneDataError(CovrError, ValueError):
+    """A sample, score array or schedule value given to the fine-tune data path (D_f, EDDF, RALW,
+    schedule) has the wrong shape, dtype or value."""
 
 
 class CheckpointError(CovrError):
