@@ -1,0 +1,117 @@
+"""The data side of one fine-tune round: D_f -> EDDF -> RALW -> a kept shard set, then D_f is cleared.
+
+Reads only the score columns of D_f to decide (EDDF over all of D_f at once), then streams D_f shard by
+shard into the kept set, adding each kept row's RALW weight, so RAM holds one shard's frames at a time.
+The kept set is written atomically (:class:`~covr_ray.finetune.shards.ShardSetWriter`); only after it is
+complete is D_f cleared. Shards that fail validation are skipped with a warning and counted in
+``round/skipped_shards``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from covr_ray import columns as C
+from covr_ray.config import EDDFConfig, RALWConfig
+from covr_ray.errors import FinetuneDataError, ShardError
+from covr_ray.finetune.buffer import FilterBuffer
+from covr_ray.finetune.eddf import SIGNAL_COLUMN, eddf_select
+from covr_ray.finetune.ralw import ralw_weights
+from covr_ray.finetune.shards import (META_KIND, ShardSet, ShardSetWriter, read_shard, shard_action_dim)
+from covr_ray.log import get_logger
+
+log = get_logger(__name__)
+
+_SCORE_COLUMNS = [C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY]
+
+
+def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFConfig, ralw: RALWConfig,
+                   action_dim: int, entropy: Optional[float] = None,
+                   seed: int = 0) -> tuple[ShardSet, dict[str, float]]:
+    """Filter and weight D_f's shards into a new kept shard set at ``out_dir`` (must not exist).
+
+    Args:
+        df_shards: D_f shard paths (kind ``df``).
+        out_dir: directory of the kept set.
+        action_dim: the env's action dimension (shards with another one are skipped).
+        entropy: the policy's entropy now (nats) for EDDF's threshold; None = mean of D_f's ``entropy``.
+        seed: seeds the ``random`` ablations.
+
+    Returns:
+        ``(kept set, metrics)`` with ``eddf/*``, ``ralw/*``, ``round/df_rows``, ``round/kept_rows``,
+        ``round/skipped_shards``.
+    """
+    rng = np.random.default_rng(seed)
+    valid: list[tuple[Path, int]] = []
+    scores: list[pa.Table] = []
+    skipped = 0
+    for path in df_shards:
+        try:
+            table = read_shard(Path(path), columns=_SCORE_COLUMNS, kind="df")
+            if shard_action_dim(table) != action_dim:
+                raise ShardError(f"shard {path}: action_dim {shard_action_dim(table)}; this run's is {action_dim}")
+        except ShardError as exc:
+            log.warning("round: skipping D_f shard: %s", exc)
+            skipped += 1
+            continue
+        valid.append((Path(path), table.num_rows))
+        scores.append(table)
+    n = sum(rows for _p, rows in valid)
+
+    def col(name: str) -> np.ndarray:
+        if not scores:
+            return np.zeros(0, np.float32)
+        return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in scores])
+
+    ent_rows = col(C.ENTROPY)
+    if entropy is None:
+        entropy = float(ent_rows.mean()) if n else 0.0
+    keep, metrics = eddf_select(col(SIGNAL_COLUMN[eddf.signal]), entropy, eddf, action_dim, rng)
+    weights, ralw_metrics = ralw_weights(col(C.RETURN_TO_GO)[keep].astype(np.float64), ralw, rng)
+    metrics.update(ralw_metrics)
+
+    offset, w_offset = 0, 0
+    with ShardSetWriter(Path(out_dir), kind="kept", action_dim=action_dim) as writer:
+        for path, rows in valid:
+            mask = keep[offset:offset + rows]
+            offset += rows
+            k = int(mask.sum())
+            if k == 0:
+                continue
+            w = weights[w_offset:w_offset + k]
+            w_offset += k
+            try:  # the first pass read only score columns; a frame page may still be corrupt
+                table = read_shard(path, kind="df").filter(pa.array(mask))
+            except ShardError as exc:
+                log.warning("round: skipping D_f shard on full read: %s", exc)
+                skipped += 1
+                continue
+            idx = table.schema.get_field_index(C.SAMPLE_WEIGHT)
+            table = table.set_column(idx, table.schema.field(idx), pa.array(w, pa.float32()))
+            meta = dict(table.schema.metadata)
+            meta[META_KIND] = b"kept"
+            writer.write(table.replace_schema_metadata(meta))
+    assert writer.result is not None
+    if w_offset != len(weights):
+        raise FinetuneDataError(f"kept {w_offset} rows but computed {len(weights)} weights (a D_f shard changed "
+                                "while the round read it)")
+    metrics.update({"round/df_rows": float(n), "round/kept_rows": float(writer.result.rows),
+                    "round/skipped_shards": float(skipped)})
+    return writer.result, metrics
+
+
+def prepare_round(buffer: FilterBuffer, out_dir: Path, eddf: EDDFConfig, ralw: RALWConfig,
+                  entropy: Optional[float] = None, seed: int = 0) -> tuple[ShardSet, dict[str, float]]:
+    """Flush ``buffer``, build the round's kept set at ``out_dir``, then clear D_f.
+
+    D_f is cleared only after the kept set is completely written; if building it raises, D_f is intact.
+    """
+    buffer.flush()
+    shard_set, metrics = build_kept_set(buffer.shard_paths(), out_dir, eddf, ralw, buffer.action_dim,
+                                        entropy=entropy, seed=seed)
+    metrics["round/df_cleared_rows"] = float(buffer.clear())
+    return shard_set, metrics

@@ -1,0 +1,378 @@
+"""Shards of fine-tune samples: schema v1, an atomic writer, a validating reader.
+
+A shard is one Parquet file written through pyarrow (``ray.data.read_parquet`` and ``pandas.read_parquet``
+read it as it is; ray.data has no reader for Arrow IPC files, hence Parquet). One row per env step:
+
+=================  ======================  ==========================================================
+column             arrow type              meaning
+=================  ======================  ==========================================================
+``episode_id``     string                  episode the step belongs to
+``step_index``     int32                   index of the step within its episode
+``frame_png``      binary                  the single frame the VLM sees, PNG (mode ``L`` or ``RGB``)
+``rl_action``      list<float32>           the RL agent's action a_r in [-1, 1], ``action_dim`` long
+``return_to_go``   float32                 discounted return-to-go g_i
+``reward``         float32                 immediate reward r_i
+``q_value``        float32                 Q(o_i, a_r_i) at collection time; NaN when not provided
+``entropy``        float32                 policy entropy estimate at collection time, nats
+``sample_weight``  float32                 RALW weight w_b; NaN in raw D_f shards (not yet weighted)
+=================  ======================  ==========================================================
+
+The schema's metadata carries ``covr.schema_version`` (``"1"``), ``covr.kind`` (``df`` = raw D_f rows,
+``kept`` = rows EDDF kept, weighted by RALW) and ``covr.action_dim``. Data pages carry CRC checksums and
+the reader verifies them, so a flipped byte is caught as well as a truncated file.
+
+A *shard set* is a directory of shards plus ``_manifest.json`` (file names, row counts, sha256), written
+with :func:`covr_ray.io.atomic_directory`: it exists completely or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from covr_ray import columns as C
+from covr_ray.errors import FinetuneDataError, ShardError
+from covr_ray.io import atomic_directory, atomic_write_bytes, atomic_write_text
+from covr_ray.log import get_logger
+
+log = get_logger(__name__)
+
+SCHEMA_VERSION = "1"
+META_VERSION = b"covr.schema_version"
+META_KIND = b"covr.kind"
+META_ACTION_DIM = b"covr.action_dim"
+SHARD_SUFFIX = ".parquet"
+MANIFEST = "_manifest.json"  # "_" prefix: pyarrow/pandas/ray.data dataset readers skip it
+
+ShardKind = Literal["df", "kept"]
+
+#: Schema v1 without metadata (fields and types in file order).
+FIELDS_V1 = pa.schema([
+    pa.field(C.EPISODE_ID, pa.string(), nullable=False),
+    pa.field(C.STEP_INDEX, pa.int32(), nullable=False),
+    pa.field(C.FRAME_PNG, pa.binary(), nullable=False),
+    # "element": the list item name Parquet stores (pyarrow's default "item" is renamed on write).
+    pa.field(C.RL_ACTION, pa.list_(pa.field("element", pa.float32())), nullable=False),
+    pa.field(C.RETURN_TO_GO, pa.float32(), nullable=False),
+    pa.field(C.REWARD, pa.float32(), nullable=False),
+    pa.field(C.Q_VALUE, pa.float32(), nullable=False),
+    pa.field(C.ENTROPY, pa.float32(), nullable=False),
+    pa.field(C.SAMPLE_WEIGHT, pa.float32(), nullable=False),
+])
+
+#: Columns holding one float per row (score and weight columns).
+FLOAT_COLUMNS = (C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY, C.SAMPLE_WEIGHT)
+
+
+def schema_v1(kind: ShardKind, action_dim: int) -> pa.Schema:
+    """Schema v1 with its metadata for a shard of ``kind`` holding ``action_dim``-long actions."""
+    if kind not in ("df", "kept"):
+        raise FinetuneDataError(f"shard kind {kind!r} is not one of 'df', 'kept'")
+    if action_dim < 1:
+        raise FinetuneDataError(f"action_dim {action_dim!r} must be an integer >= 1")
+    return FIELDS_V1.with_metadata({META_VERSION: SCHEMA_VERSION.encode(), META_KIND: kind.encode(),
+                                    META_ACTION_DIM: str(int(action_dim)).encode()})
+
+
+def build_table(rows: dict[str, Sequence], kind: ShardKind, action_dim: int) -> pa.Table:
+    """Arrow table of schema v1 from column lists.
+
+    Args:
+        rows: every column of :data:`FIELDS_V1`; ``rl_action`` as (N, action_dim) float array or list of
+            lists, the float columns as (N,) arrays, ``frame_png`` as a list of PNG bytes.
+        kind: ``df`` or ``kept``.
+        action_dim: length of every ``rl_action``.
+    """
+    missing = [f.name for f in FIELDS_V1 if f.name not in rows]
+    if missing:
+        raise FinetuneDataError(f"rows lack columns {missing}; schema v1 needs {FIELDS_V1.names}")
+    n = len(rows[C.EPISODE_ID])
+    actions = np.asarray(rows[C.RL_ACTION], dtype=np.float32).reshape(n, -1) if n else \
+        np.zeros((0, action_dim), np.float32)
+    if actions.shape != (n, action_dim):
+        raise FinetuneDataError(f"rl_action has shape {actions.shape}; expected ({n}, {action_dim})")
+    arrays = {
+        C.EPISODE_ID: pa.array(list(rows[C.EPISODE_ID]), pa.string()),
+        C.STEP_INDEX: pa.array(np.asarray(rows[C.STEP_INDEX], dtype=np.int32)),
+        C.FRAME_PNG: pa.array(list(rows[C.FRAME_PNG]), pa.binary()),
+        C.RL_ACTION: pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (n + 1) * action_dim, action_dim, dtype=np.int32)),
+            pa.array(actions.reshape(-1)), type=FIELDS_V1.field(C.RL_ACTION).type),
+    }
+    for name in FLOAT_COLUMNS:
+        arrays[name] = pa.array(np.asarray(rows[name], dtype=np.float32).reshape(-1))
+    for name, arr in arrays.items():
+        if len(arr) != n:
+            raise FinetuneDataError(f"column {name!r} has {len(arr)} rows; {C.EPISODE_ID!r} has {n}")
+    schema = schema_v1(kind, action_dim)
+    return pa.Table.from_arrays([arrays[f.name] for f in FIELDS_V1], schema=schema)
+
+
+def write_shard(path: Path, table: pa.Table) -> dict:
+    """Write ``table`` (schema v1) to ``path`` atomically: the file is complete or absent.
+
+    Returns ``{"file", "rows", "sha256", "bytes"}`` for a manifest.
+    """
+    check_schema(table.schema, str(path))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
+    data = buf.getvalue()
+    atomic_write_bytes(Path(path), data)
+    return {"file": Path(path).name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data)}
+
+
+def check_schema(schema: pa.Schema, where: str) -> tuple[ShardKind, int]:
+    """Raise :class:`ShardError` unless ``schema`` is schema v1; return ``(kind, action_dim)``."""
+    meta = schema.metadata or {}
+    version = meta.get(META_VERSION, b"").decode(errors="replace")
+    if version != SCHEMA_VERSION:
+        raise ShardError(f"shard {where}: schema version {version or 'missing'!r}; this reader reads "
+                         f"version {SCHEMA_VERSION!r} (was it written by another COVR-Ray release?)")
+    if not schema.remove_metadata().equals(FIELDS_V1):
+        raise ShardError(f"shard {where}: columns {schema.remove_metadata()} differ from schema v1 "
+                         f"{FIELDS_V1}")
+    kind = meta.get(META_KIND, b"").decode(errors="replace")
+    if kind not in ("df", "kept"):
+        raise ShardError(f"shard {where}: kind {kind!r}; allowed: 'df', 'kept'")
+    try:
+        action_dim = int(meta.get(META_ACTION_DIM, b""))
+    except ValueError as exc:
+        raise ShardError(f"shard {where}: action_dim metadata {meta.get(META_ACTION_DIM)!r} is not an "
+                         "integer") from exc
+    return kind, action_dim  # type: ignore[return-value]
+
+
+def read_shard(path: Path, columns: Optional[list[str]] = None,
+               kind: Optional[ShardKind] = None) -> pa.Table:
+    """Read one shard, checking schema version, columns, page checksums and action lengths.
+
+    Args:
+        path: a ``.parquet`` shard.
+        columns: read only these columns (default: all).
+        kind: if given, refuse a shard of the other kind.
+
+    Raises:
+        ShardError: missing, truncated, corrupted, not Parquet, wrong schema or wrong kind.
+    """
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        shard_kind, action_dim = check_schema(pf.schema_arrow, str(path))
+        table = pf.read(columns=columns)
+    except ShardError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(f"shard {path}: unreadable ({type(exc).__name__}: {exc}); it is truncated, "
+                         "corrupted or not a Parquet file") from exc
+    if kind is not None and shard_kind != kind:
+        raise ShardError(f"shard {path}: kind {shard_kind!r}; expected {kind!r}")
+    if C.RL_ACTION in table.column_names and table.num_rows:
+        lengths = pa.compute.list_value_length(table.column(C.RL_ACTION)).to_numpy(zero_copy_only=False)
+        if not np.all(lengths == action_dim):
+            raise ShardError(f"shard {path}: rl_action lengths {sorted(set(lengths.tolist()))} differ from "
+                             f"the declared action_dim {action_dim}")
+    return table
+
+
+def read_shards(paths: Iterable[Path], columns: Optional[list[str]] = None,
+                kind: Optional[ShardKind] = None) -> tuple[Optional[pa.Table], list[tuple[str, str]]]:
+    """Read and concatenate shards, skipping (with a warning) each one :func:`read_shard` refuses.
+
+    Returns ``(table or None when nothing was readable, [(path, reason), ...] of skipped shards)``.
+    """
+    tables, skipped = [], []
+    for path in paths:
+        try:
+            tables.append(read_shard(Path(path), columns=columns, kind=kind))
+        except ShardError as exc:
+            log.warning("skipping shard: %s", exc)
+            skipped.append((str(path), str(exc)))
+    if not tables:
+        return None, skipped
+    dims = {t.schema.metadata.get(META_ACTION_DIM) for t in tables}
+    if len(dims) > 1:
+        raise ShardError(f"shards disagree on action_dim {sorted(d.decode() for d in dims)}; a round's "
+                         "shards must come from one env")
+    return pa.concat_tables(tables), skipped
+
+
+def shard_action_dim(table: pa.Table) -> int:
+    """``action_dim`` recorded in a table read by :func:`read_shard`."""
+    return int(table.schema.metadata[META_ACTION_DIM])
+
+
+# --- shard sets ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A complete directory of shards with its manifest (written by :func:`write_shard_set`)."""
+
+    path: Path
+    """The set's directory."""
+    files: tuple[str, ...]
+    """Shard file names, in order."""
+    rows: int
+    """Rows over all shards."""
+    kind: str
+    """``df`` or ``kept``."""
+    action_dim: int
+    """Length of every action."""
+
+    def shard_paths(self) -> list[Path]:
+        return [self.path / f for f in self.files]
+
+
+class ShardSetWriter:
+    """Writes shards into a temp directory that becomes ``path`` only when :meth:`close` succeeds.
+
+    Use as a context manager; on error nothing appears at ``path``::
+
+        with ShardSetWriter(out, kind="kept", action_dim=2) as w:
+            w.write(table)
+        shard_set = w.result
+    """
+
+    def __init__(self, path: Path, kind: ShardKind, action_dim: int) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.action_dim = int(action_dim)
+        schema_v1(kind, action_dim)  # validates kind and action_dim
+        self._entries: list[dict] = []
+        self._ctx = atomic_directory(self.path)
+        self._tmp: Optional[Path] = None
+        self.result: Optional[ShardSet] = None
+
+    def __enter__(self) -> "ShardSetWriter":
+        self._tmp = self._ctx.__enter__()
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Add one shard (a schema-v1 table of this set's kind and action_dim); empty tables are skipped."""
+        if self._tmp is None:
+            raise ShardError(f"shard set {self.path}: write() outside its `with` block")
+        kind, dim = check_schema(table.schema, f"<table for {self.path}>")
+        if (kind, dim) != (self.kind, self.action_dim):
+            raise ShardError(f"shard set {self.path}: table of kind {kind!r}, action_dim {dim}; the set "
+                             f"holds kind {self.kind!r}, action_dim {self.action_dim}")
+        if table.num_rows == 0:
+            return
+        name = f"part-{len(self._entries):05d}{SHARD_SUFFIX}"
+        self._entries.append(write_shard(self._tmp / name, table))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            manifest = {"schema_version": SCHEMA_VERSION, "kind": self.kind, "action_dim": self.action_dim,
+                        "rows": sum(e["rows"] for e in self._entries), "shards": self._entries}
+            try:
+                atomic_write_text(self._tmp / MANIFEST, json.dumps(manifest, indent=1))
+            except BaseException as err:  # remove the temp directory, then re-raise
+                self._ctx.__exit__(type(err), err, err.__traceback__)
+                raise
+        done = self._ctx.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.result = open_shard_set(self.path)
+        return bool(done)
+
+
+def write_shard_set(path: Path, tables: Iterable[pa.Table], kind: ShardKind, action_dim: int) -> ShardSet:
+    """Write ``tables`` as one shard set at ``path`` (which must not exist) atomically."""
+    with ShardSetWriter(path, kind, action_dim) as writer:
+        for table in tables:
+            writer.write(table)
+    assert writer.result is not None
+    return writer.result
+
+
+def open_shard_set(path: Path, verify_checksums: bool = False) -> ShardSet:
+    """Open a shard set directory via its manifest.
+
+    Args:
+        verify_checksums: also hash every shard against the manifest's sha256 (reads every byte).
+
+    Raises:
+        ShardError: no or malformed manifest, wrong schema version, a listed shard missing or altered.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShardError(f"shard set {path}: no readable {MANIFEST} ({exc}); the set is incomplete") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ShardError(f"shard set {path}: manifest schema version "
+                         f"{manifest.get('schema_version') if isinstance(manifest, dict) else manifest!r}; "
+                         f"this reader reads {SCHEMA_VERSION!r}")
+    try:
+        entries = list(manifest["shards"])
+        files = tuple(str(e["file"]) for e in entries)
+        kind, action_dim, rows = str(manifest["kind"]), int(manifest["action_dim"]), int(manifest["rows"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"shard set {path}: malformed manifest ({exc!r})") from exc
+    for entry in entries:
+        file = path / entry["file"]
+        if not file.is_file():
+            raise ShardError(f"shard set {path}: listed shard {entry['file']!r} is missing")
+        if file.stat().st_size != entry.get("bytes", file.stat().st_size):
+            raise ShardError(f"shard set {path}: shard {entry['file']!r} has {file.stat().st_size} bytes; "
+                             f"the manifest says {entry['bytes']} (truncated or replaced)")
+        if verify_checksums and hashlib.sha256(file.read_bytes()).hexdigest() != entry.get("sha256"):
+            raise ShardError(f"shard set {path}: shard {entry['file']!r} fails its sha256 check")
+    return ShardSet(path=path, files=files, rows=rows, kind=kind, action_dim=action_dim)
+
+
+# --- frames -------------------------------------------------------------------------------------------
+
+def encode_frame(frame: np.ndarray) -> bytes:
+    """PNG bytes of one frame.
+
+    Args:
+        frame: (H, W, 3) or (H, W, 1) or (H, W) uint8 (RGB or grayscale, channels last).
+    """
+    from PIL import Image
+
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8:
+        raise FinetuneDataError(f"frame dtype {arr.dtype}; expected uint8")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)) or min(arr.shape[:2]) < 1:
+        raise FinetuneDataError(f"frame shape {np.asarray(frame).shape}; expected (H, W, 3), (H, W, 1) or "
+                                "(H, W) channels-last (use latest_frame() on a stacked (3k, H, W) obs)")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_frame(png: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB frame from PNG bytes (grayscale frames are repeated over 3 channels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(png)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ShardError(f"frame of {len(png)} bytes is not a readable PNG ({exc})") from exc
+
+
+def latest_frame(obs: np.ndarray, channels: int = 3) -> np.ndarray:
+    """Newest frame of a channels-first frame stack, channels last.
+
+    Args:
+        obs: (channels * k, H, W) uint8 stacked observation (oldest first), as the env wrappers emit.
+        channels: channels per frame (3 RGB, 1 grayscale).
+
+    Returns:
+        (H, W, channels) uint8.
+    """
+    arr = np.asarray(obs)
+    if arr.ndim != 3 or arr.shape[0] % channels or arr.shape[0] < channels:
+        raise FinetuneDataError(f"obs shape {arr.shape}; expected ({channels} * k, H, W)")
+    return np.ascontiguousarray(np.moveaxis(arr[-channels:], 0, -1))
