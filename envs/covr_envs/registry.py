@@ -1,0 +1,231 @@
+"""Env registry: one :class:`EnvSpec` per named env, and ``make_env`` that builds the pixel env from it.
+
+Every env made here has the same outer contract, whatever the simulator:
+
+- observation: ``Box(uint8, (3 * frame_stack, S, S))``, the last ``frame_stack`` RGB frames, channels first;
+- action: ``Box(float32, [-1, 1]^A)``;
+- ``env.render()``: the single current RGB frame ``(S, S, 3) uint8``, the image the VLM sees;
+- ``info["env_steps"]``: simulator steps this agent step took (the action repeat, fewer at episode end),
+  plus the family's metrics (driving: ``distance_m``, ``speed_mps``, ``collision``, ``offroad``).
+
+Names: ``dmc:<domain>-<task>`` (the nine paper tasks), ``driving-hw`` / ``driving-gp`` (embedded highway-env
+scenarios), ``carla-hw`` / ``carla-gp`` (a CARLA server), ``gym:<gymnasium id>`` (bring your own).
+
+A spec's ``factory`` is an import path (``"covr_envs.dmc:make_core"``) so that listing specs imports no
+simulator; the factory builds the *core* env (frames ``(S, S, 3) uint8`` as observations, action repeat done
+inside), and :func:`make_env` wraps it (time limit, frame stack, seeding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Optional
+
+import gymnasium as gym
+
+from covr_ray.errors import ConfigError, EnvError
+from covr_ray.log import get_logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from covr_ray.config import EnvConfig
+
+log = get_logger(__name__)
+
+Family = Literal["dmc", "driving", "carla", "gym"]
+Codec = Literal["driving", "numeric"]
+
+#: keys of ``make_env`` overrides that shape the env itself; every other key goes to the simulator factory.
+WRAPPER_KEYS = ("image_size", "frame_stack", "action_repeat", "max_episode_steps")
+#: EnvConfig fields that only the prior service reads; accepted (and ignored) by ``make_env``.
+PRIOR_KEYS = ("prompt", "action_description", "codec", "name")
+
+#: info keys every env reports on every step (and on reset).
+BASE_INFO_KEYS = ("env_steps",)
+#: info keys the driving families add.
+DRIVING_INFO_KEYS = ("env_steps", "distance_m", "speed_mps", "collision", "offroad")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the rest of COVR needs to know about a registered env, without building it."""
+
+    name: str
+    """Registered name, e.g. ``dmc:cartpole-swingup`` or ``driving-hw``."""
+    family: Family
+    """Simulator family: ``dmc``, ``driving`` (embedded highway-env), ``carla`` or ``gym``."""
+    prompt: str
+    """Task prompt for the VLM: what the image shows and what the agent must achieve."""
+    action_description: str
+    """What each action dimension means (order, sign, range [-1, 1]), told to the VLM."""
+    codec: Codec
+    """Action codec of the prior service: ``driving`` = [steer, throttle_brake], else ``numeric``."""
+    action_dim: int
+    """A: length of the action vector."""
+    default_action_repeat: int
+    """Standard simulator steps per agent step (DMC: cartpole 8, finger/walker 2, others 4)."""
+    factory: str
+    """``"module:function"`` building the core env; see :func:`make_env`."""
+    default_max_episode_steps: Optional[int] = None
+    """Agent steps before truncation when the config says None; None = the simulator's own limit."""
+    info_keys: tuple[str, ...] = BASE_INFO_KEYS
+    """Keys present in every step's (and reset's) ``info``."""
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Fixed keyword arguments of the factory (e.g. domain and task)."""
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+_FAMILY_MODULES = ("covr_envs.dmc", "covr_envs.driving", "covr_envs.driving_hazard", "covr_envs.carla_env")
+_loaded = False
+
+
+def register_env(spec: EnvSpec, overwrite: bool = False) -> EnvSpec:
+    """Add ``spec`` to the registry (e.g. your own simulator); refuses to replace a name unless asked."""
+    if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
+        raise EnvError(f"env {spec.name!r} is already registered; pass overwrite=True to replace it")
+    if spec.action_dim < 1:
+        raise EnvError(f"env {spec.name!r}: action_dim must be >= 1, got {spec.action_dim}")
+    if spec.default_action_repeat < 1:
+        raise EnvError(f"env {spec.name!r}: default_action_repeat must be >= 1, got {spec.default_action_repeat}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _FAMILY_MODULES:  # each module registers its specs at import; none imports a simulator
+            importlib.import_module(module)
+        _loaded = True
+
+
+def list_envs(family: Optional[str] = None) -> list[str]:
+    """Names of the registered envs (``gym:<id>`` names are open-ended and not listed)."""
+    _load_families()
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def get_env_spec(name: str) -> EnvSpec:
+    """The spec of a registered env, or of ``gym:<id>`` (built by creating that env once).
+
+    Raises:
+        EnvError: ``name`` is neither registered nor ``gym:<id>`` of an installed Gymnasium env.
+    """
+    _load_families()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if isinstance(name, str) and name.startswith("gym:"):
+        from covr_envs.gym_env import gym_spec
+
+        return gym_spec(name)
+    raise EnvError(f"unknown env {name!r}; registered: {', '.join(list_envs())}, or gym:<gymnasium id> "
+                   "for any Gymnasium env with image observations")
+
+
+def resolve_env_spec(env_cfg: "EnvConfig") -> EnvSpec:
+    """The spec with the config's ``prompt`` / ``action_description`` / ``codec`` applied.
+
+    This is what the prior service should read. A ``gym:`` env has no prompt of its own: the config must
+    give one (``env.prompt`` and ``env.action_description``).
+
+    Raises:
+        ConfigError: a ``gym:`` env without ``env.prompt`` or ``env.action_description``.
+    """
+    spec = get_env_spec(env_cfg.name)
+    if spec.family == "gym":
+        for key in ("prompt", "action_description"):
+            if not (getattr(env_cfg, key) or "").strip():
+                raise ConfigError(f"env.{key}", getattr(env_cfg, key),
+                                  "a non-empty string for gym: envs",
+                                  hint=f"{env_cfg.name} has no built-in {key}; describe the task and each of "
+                                       f"its {spec.action_dim} action dimensions in the config")
+    changes = {k: getattr(env_cfg, k) for k in ("prompt", "action_description", "codec")
+               if getattr(env_cfg, k) is not None}
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _factory(spec: EnvSpec) -> Callable[..., gym.Env]:
+    module, _, func = spec.factory.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _check_sim_kwargs(spec: EnvSpec, factory: Callable[..., Any], sim_kwargs: Mapping[str, Any]) -> None:
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    fixed = {"spec", "seed", "image_size", "action_repeat", *spec.kwargs}
+    allowed = sorted(set(params) - fixed)
+    for key, value in sim_kwargs.items():
+        if key not in allowed:
+            raise ConfigError(f"env.kwargs.{key}", value,
+                              f"a simulator argument of {spec.name}: " + (", ".join(allowed) or "none"))
+
+
+def _check_int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"env.{key}", value, f"an integer in {lo}..{hi}")
+    return value
+
+
+def make_env(name: str, seed: int, **overrides: Any) -> gym.Env:
+    """Build env ``name`` seeded with ``seed``.
+
+    Args:
+        name: a registered name (see :func:`list_envs`) or ``gym:<id>``.
+        seed: 0 <= seed < 2**32. The first ``reset()`` without a seed uses it; same seed, same episodes.
+        overrides: ``image_size`` (default 84), ``frame_stack`` (3), ``action_repeat`` (the spec's standard
+            one), ``max_episode_steps`` (the spec's default), ``kwargs`` (a dict of simulator arguments),
+            ``carla`` (CarlaConfig or dict, carla envs). Any other key is a simulator argument, checked by
+            the family's factory. ``prompt`` / ``action_description`` / ``codec`` are accepted and ignored.
+
+    Returns:
+        A Gymnasium env: obs ``(3 * frame_stack, S, S) uint8``, actions ``[-1, 1]^A float32``.
+
+    Raises:
+        EnvError: unknown name, or the simulator failed to start.
+        ConfigError: a bad override value or an unknown simulator argument.
+        DependencyMissingError: the family's simulator package is not installed (``carla``).
+    """
+    from covr_envs.wrappers import FrameStackCHW, SeededReset
+
+    spec = get_env_spec(name)
+    _check_int("seed", seed, 0, 2**32 - 1)
+    sim_kwargs = dict(overrides.pop("kwargs", None) or {})
+    for key in PRIOR_KEYS:
+        overrides.pop(key, None)
+    shape = {k: overrides.pop(k) for k in WRAPPER_KEYS if k in overrides and overrides[k] is not None}
+    sim_kwargs.update(overrides)
+    if spec.family != "carla":
+        sim_kwargs.pop("carla", None)
+    image_size = _check_int("image_size", shape.get("image_size", 84), 16, 512)
+    frame_stack = _check_int("frame_stack", shape.get("frame_stack", 3), 1, 16)
+    action_repeat = _check_int("action_repeat", shape.get("action_repeat", spec.default_action_repeat), 1, 64)
+    max_steps = shape.get("max_episode_steps", spec.default_max_episode_steps)
+    if max_steps is not None:
+        _check_int("max_episode_steps", max_steps, 1, 10**9)
+
+    factory = _factory(spec)
+    _check_sim_kwargs(spec, factory, sim_kwargs)
+    core = factory(spec=spec, seed=seed, image_size=image_size, action_repeat=action_repeat,
+                   **dict(spec.kwargs), **sim_kwargs)
+    env: gym.Env = core
+    if max_steps is not None:
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=max_steps)
+    env = FrameStackCHW(env, frame_stack)
+    return SeededReset(env, seed)
+
+
+def make_env_from_config(env_cfg: "EnvConfig", seed: int) -> gym.Env:
+    """:func:`make_env` from an ``EnvConfig`` section (``env.kwargs`` become simulator arguments)."""
+    spec = get_env_spec(env_cfg.name)
+    if env_cfg.action_repeat != spec.default_action_repeat:
+        log.info("env %s: action_repeat %d (its standard is %d)", env_cfg.name, env_cfg.action_repeat,
+                 spec.default_action_repeat)
+    extra: dict[str, Any] = {}
+    if spec.family == "carla":
+        extra["carla"] = env_cfg.carla
+    return make_env(env_cfg.name, seed, image_size=env_cfg.image_size, frame_stack=env_cfg.frame_stack,
+                    action_repeat=env_cfg.action_repeat, max_episode_steps=env_cfg.max_episode_steps,
+                    kwargs=dict(env_cfg.kwargs), **extra)
