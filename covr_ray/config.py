@@ -49,6 +49,10 @@ class CarlaConfig:
     """Shell command that starts the server; if set, the watchdog restarts the server when it dies."""
     reconnect_attempts: int = 5
     """Reconnect tries before the env raises SimulatorConnectionError."""
+    reconnect_backoff_s: float = 2.0
+    """Pause before the second reconnect try, seconds; doubles each try (capped at 30 s)."""
+    server_start_wait_s: float = 20.0
+    """Pause after (re)starting the server with ``server_command`` before connecting, seconds."""
     num_vehicles: int = 100
     """Background traffic vehicles spawned by #HW."""
 
@@ -58,6 +62,10 @@ class CarlaConfig:
         _check(f"{path}.timeout_s", self.timeout_s, self.timeout_s > 0, "a positive number of seconds")
         _check(f"{path}.fixed_delta_s", self.fixed_delta_s, 0 < self.fixed_delta_s <= 0.1, "0 < delta <= 0.1 s")
         _check(f"{path}.reconnect_attempts", self.reconnect_attempts, self.reconnect_attempts >= 0, ">= 0")
+        _check(f"{path}.reconnect_backoff_s", self.reconnect_backoff_s, 0 <= self.reconnect_backoff_s <= 60,
+               "0..60 seconds")
+        _check(f"{path}.server_start_wait_s", self.server_start_wait_s, 0 <= self.server_start_wait_s <= 600,
+               "0..600 seconds")
         _check(f"{path}.num_vehicles", self.num_vehicles, self.num_vehicles >= 0, ">= 0")
 
 
