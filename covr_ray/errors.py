@@ -72,6 +72,10 @@ class FinetuneDataError(CovrError, ValueError):
     schedule) has the wrong shape, dtype or value."""
 
 
+class LoRATrainerError(CovrError):
+    """A LoRA fine-tune round failed: non-finite loss, the trainer actor died or did not answer in time."""
+
+
 class CheckpointError(CovrError):
     """A checkpoint is missing, incomplete or does not match the run's configuration."""
 
