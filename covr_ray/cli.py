@@ -23,7 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 #: bench name -> (module, one-line help). Each module has ``add_arguments`` and ``run``.
-BENCHES: dict[str, tuple[str, str]] = {}
+BENCHES: dict[str, tuple[str, str]] = {
+    "env": ("covr_envs.bench", "agent steps per second of one env under random actions (--env NAME --steps N)"),
+}
 
 
 def _first_positional(argv: Sequence[str]) -> Optional[str]:
