@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("covr_ray.commands.presets", "list the shipped presets (one per scenario) with their key values"),
     "config": ("covr_ray.commands.config", "print the resolved config of a preset plus --set overrides, as YAML"),
     "make-tiny-vlm": ("covr_ray.vlm.tiny", "build a tiny random-weight VLM (Qwen2.5-VL by default) for tests and demos"),
+    "ask": ("covr_ray.commands.ask", "ask a VLM (hub id or local path) about one image, in transformers or vLLM"),
     "bench": ("covr_ray.commands.bench", "run a benchmark and print its figures as JSON (see `covr bench --help`)"),
 }
 

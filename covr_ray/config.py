@@ -144,6 +144,8 @@ class PriorConfig:
     """Weights dtype for inference; ``auto`` = bfloat16 on GPU, float32 on CPU."""
     max_model_len: int = 4096
     """Longest prompt + answer the engine accepts, tokens."""
+    enforce_eager: bool = False
+    """vLLM: skip torch.compile and CUDA graphs (start in seconds, slower steady state; tiny models)."""
     gpu_memory_utilization: float = 0.5
     """Share of the GPU (on CPU: host) memory vLLM reserves for weights and KV cache."""
     max_adapters: int = 2
@@ -212,6 +214,13 @@ class SACConfig:
     prior_action_source: Literal["mean", "sample"] = "mean"
     """Which policy action the regulariser compares with a_v: the squashed mean or a reparameterised
     sample."""
+    alpha_beta: float = 0.5
+    """Adam beta1 of the temperature optimizer (RAD/CURL: 0.5; actor and critic use 0.9)."""
+    target_update_every: int = 2
+    """Gradient updates between two Polyak updates of the target encoder and critic (RAD/CURL: 2)."""
+    rollout_fragment_length: int = 8
+    """Agent steps each env of each env runner collects per training iteration; the iteration then
+    runs ``updates_per_step`` updates per collected step."""
 
     def validate(self, path: str) -> None:
         _check(f"{path}.lam", self.lam, self.lam >= 0 and math.isfinite(self.lam), "a finite number >= 0")
@@ -231,6 +240,11 @@ class SACConfig:
             v = getattr(self, name)
             _check(f"{path}.{name}", v, v >= 1, "an integer >= 1")
         _check(f"{path}.augmentation_pad", self.augmentation_pad, 0 <= self.augmentation_pad <= 16, "0..16")
+        _check(f"{path}.alpha_beta", self.alpha_beta, 0 <= self.alpha_beta < 1, "0 <= beta1 < 1")
+        _check(f"{path}.target_update_every", self.target_update_every, self.target_update_every >= 1,
+               "an integer >= 1")
+        _check(f"{path}.rollout_fragment_length", self.rollout_fragment_length,
+               1 <= self.rollout_fragment_length <= 10_000, "1..10000")
 
 
 @dataclass

@@ -1,0 +1,208 @@
+"""``covr make-tiny-vlm``: a tiny random-weight VLM that the real loading code can load, with no hub access.
+
+Model hubs are unreachable on CI and dev machines, so tests and ``make demo`` run every real code path
+(transformers loading, vLLM serving, PEFT LoRA) on a tiny checkpoint built here:
+
+- a Qwen2.5-VL (or Qwen2-VL) config with random weights: text hidden 128, 2 layers, 2 heads, 1 KV head
+  (head_dim 64: vLLM's CPU attention rejects 16), mrope sections [8, 12, 12]; vision tower depth 2;
+- a byte-level BPE tokenizer trained offline with ``tokenizers`` on a corpus covering the action
+  vocabulary, digits and the prompt words, with Qwen's special tokens and chat template;
+- Qwen's image processor (14 px patches, 2x2 merge: an 84x84 frame becomes 9 image tokens).
+
+Everything is saved with ``save_pretrained``; the directory loads like ``Qwen/Qwen2.5-VL-3B-Instruct``.
+Answers are random text until the model is fine-tuned: that is the point of the LoRA tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from covr_ray.errors import ConfigError
+from covr_ray.io import atomic_directory
+
+Family = Literal["qwen2_5_vl", "qwen2_vl", "llava"]
+FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "qwen2_vl", "llava")
+
+#: Qwen's special tokens, in Qwen's order (ids follow the trained vocabulary).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+#: Qwen2-VL style chat template: an image item becomes <|vision_start|><|image_pad|><|vision_end|>.
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: Words the tiny tokenizer must cover compactly: the codecs' action vocabulary, digits, prompt words.
+ACTION_VOCABULARY = [
+    "accelerate", "keep lane", "brake", "hard brake", "coast", "maintain speed", "slow down", "speed up",
+    "turn left", "turn right", "turn left slightly", "turn right slightly", "steer left", "steer right",
+    "change lane left", "change lane right", "stop", "go straight", "and", "then", "action", "steer",
+    "throttle", "none", "left", "right", "slightly", "sharply",
+]
+_PROMPT_WORDS = (
+    "You control a car on a highway. Drive forward fast without collisions. Look at the image and answer "
+    "with one driving action. Answer with the action vector: comma separated numbers in [-1, 1]. The task "
+    "is to swing up the pole, balance, run forward, walk, spin the finger, catch the ball in the cup, hop, "
+    "reach the target. Each number is the torque of one joint. What should the agent do next? "
+    "pedestrian vehicle obstacle lane road traffic speed camera frame observation"
+)
+
+
+def _corpus() -> list[str]:
+    numbers = [f"{sign}{i / 100:.2f}" for i in range(0, 101) for sign in ("", "-")]
+    vectors = [", ".join(numbers[(7 * k + j) % len(numbers)] for j in range(1 + k % 6)) for k in range(400)]
+    words = [" ".join(ACTION_VOCABULARY[i: i + 3]) for i in range(len(ACTION_VOCABULARY))]
+    return [_PROMPT_WORDS] * 20 + ACTION_VOCABULARY * 20 + words * 10 + numbers * 5 + vectors
+
+
+def train_tokenizer(vocab_size: int = 1024, special_tokens: list[str] | None = None):
+    """Byte-level BPE trained offline on :func:`_corpus`; returns a ``PreTrainedTokenizerFast``.
+
+    The byte-level alphabet means any string still encodes; the corpus makes action words and numbers
+    short token sequences.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(special_tokens or QWEN_SPECIAL_TOKENS)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def _qwen_tokenizer():
+    tokenizer = train_tokenizer()
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _qwen_text_config(tokenizer, vocab_size: int) -> dict:
+    return dict(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]},
+        rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.5,
+        bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )
+
+
+def _build_qwen(out: Path, family: str, seed: int) -> None:
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = _qwen_tokenizer()
+    vocab_size = 64 * ((len(tokenizer) + 63) // 64)
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    text = _qwen_text_config(tokenizer, vocab_size)
+    if family == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=1, out_hidden_size=128,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                      fullatt_block_indexes=[1])
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+        model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    else:
+        vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=1, mlp_ratio=2, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2)
+        config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+        model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    config.tie_word_embeddings = True
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224, patch_size=14,
+                                            merge_size=2, temporal_patch_size=2)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=224 * 224, patch_size=14,
+                                            merge_size=2, temporal_patch_size=2)
+    processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer,
+                         video_processor=video_processor, chat_template=QWEN_CHAT_TEMPLATE)
+    model.generation_config.eos_token_id = text["eos_token_id"]
+    model.generation_config.pad_token_id = text["pad_token_id"]
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_tiny_vlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Build a tiny ``family`` VLM into ``out_dir`` (atomically: the directory appears complete or not at
+    all). Refuses to overwrite an existing directory. Returns the directory."""
+    if family not in FAMILIES:
+        raise ConfigError("family", family, "one of " + ", ".join(FAMILIES))
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        if family == "llava":
+            from covr_ray.vlm.tiny_llava import build_tiny_llava_into
+
+            build_tiny_llava_into(tmp, seed=seed)
+        else:
+            _build_qwen(tmp, family, seed)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", help="directory to create (must not exist)")
+    parser.add_argument("--family", default="qwen2_5_vl", choices=FAMILIES, help="VLM family to build")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out_dir)
+    if (out / "config.json").is_file():
+        print(f"{out} already holds a model; nothing to do")
+        return 0
+    build_tiny_vlm(out, family=args.family, seed=args.seed)
+    n_params = _count_params(out)
+    print(f"tiny {args.family} VLM ({n_params / 1e6:.2f} M parameters) written to {out}")
+    return 0
+
+
+def _count_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in path.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():
+                total += _prod(fh.get_slice(key).get_shape())
+    return total
+
+
+def _prod(shape: list[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
