@@ -76,8 +76,20 @@ class LoRATrainerError(CovrError):
     """A LoRA fine-tune round failed: non-finite loss, the trainer actor died or did not answer in time."""
 
 
+class MetricsError(CovrError, ValueError):
+    """A metric key is not namespaced (``namespace/name``) or a value is not a number."""
+
+
 class CheckpointError(CovrError):
     """A checkpoint is missing, incomplete or does not match the run's configuration."""
+
+
+class LearnerError(CovrError):
+    """The RL learner got an unusable batch or setting (missing prior columns, bad lambda, bad shapes)."""
+
+
+class ReplayError(CovrError):
+    """The replay buffer refused data: wrong observation shape or dtype, malformed prior, bad sample request."""
 
 
 class DependencyMissingError(CovrError, ImportError):
