@@ -4,8 +4,8 @@
 env makes goes through :meth:`CarlaConnection.call`, which turns the client's failures (``RuntimeError``:
 "time-out of N ms while waiting for the simulator") into :class:`ConnectionLost`. The env then calls
 :meth:`CarlaConnection.recover`: it reconnects up to ``reconnect_attempts`` times with a growing pause, and,
-when ``server_command`` is configured and the server stays unreachable, (re)starts the server with that
-command before trying again. If all attempts fail it raises
+when ``server_command`` is configured, starts the server with that command when no server it started is
+running (or when the one it started has been unreachable for over a minute) before trying again. If all attempts fail it raises
 :class:`~covr_ray.errors.SimulatorConnectionError`, which Ray's fault tolerance turns into a restarted env.
 
 The ``carla`` package is imported lazily (:func:`import_carla`); without it the CARLA envs raise
@@ -74,6 +74,7 @@ class CarlaConnection:
         self.reconnects = 0
         self.server_restarts = 0
         self._server: Optional[subprocess.Popen] = None
+        self._started_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -118,8 +119,7 @@ class CarlaConnection:
         self.mark_lost()
         last = ""
         for attempt in range(max(self.reconnect_attempts, 1)):
-            # (re)start the server: when it is down after one failed try, or once when it hangs
-            if self.server_command and attempt > 0 and (not self._server_running() or attempt == 2):
+            if self.server_command and attempt > 0 and (not self._server_running() or self._server_hung()):
                 self.start_server()
             try:
                 self.connect()
@@ -149,6 +149,10 @@ class CarlaConnection:
     def _server_running(self) -> bool:
         return self._server is not None and self._server.poll() is None
 
+    def _server_hung(self) -> bool:
+        """A server we started long ago that is still unreachable (booting takes ``server_start_wait_s``)."""
+        return self._server_running() and time.monotonic() - self._started_at > max(3 * self.server_start_wait_s, 60.0)
+
     def start_server(self) -> None:
         """Start the server with ``server_command`` (its own process group), then wait for it to come up."""
         if not self.server_command:
@@ -157,6 +161,7 @@ class CarlaConnection:
         log.warning("CARLA: starting the server: %s", self.server_command)
         self._server = subprocess.Popen(shlex.split(self.server_command), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        self._started_at = time.monotonic()
         self.server_restarts += 1
         self._sleep(self.server_start_wait_s)
 
