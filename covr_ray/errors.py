@@ -99,3 +99,12 @@ class DependencyMissingError(CovrError, ImportError):
         how = f"pip install 'covr-ray[{extra}]'" if extra else f"pip install {package}"
         super().__init__(f"{feature} needs the package {package!r}, which is not installed: {how}")
         self.package = package
+
+
+class ExportError(CovrError):
+    """A policy export failed: unknown format, the exported model did not reproduce the torch policy's
+    actions within tolerance, or an artifact directory is malformed."""
+
+
+class ReportError(CovrError, ValueError):
+    """``covr report`` found nothing to report (no run directories with results) or got a bad option."""
