@@ -229,7 +229,8 @@ class Actor:
         if self.type_id == "sensor.camera.rgb":
             w, h = int(self.attributes["image_size_x"]), int(self.attributes["image_size_y"])
             bgra = np.zeros((h, w, 4), np.uint8)
-            bgra[..., 0], bgra[..., 1], bgra[..., 2], bgra[..., 3] = 10, 20, frame % 256, 255
+            bgra[..., 0], bgra[..., 1], bgra[..., 3] = 10, 20, 255
+            bgra[..., 2] = int(self.parent.location.x * 10) % 256  # the image changes as the ego moves
             self.callback(types.SimpleNamespace(frame=frame, width=w, height=h, raw_data=bgra.tobytes()))
         elif self.type_id == "sensor.other.collision" and ego is self.parent:
             for other in list(self.server.actors.values()):
@@ -436,7 +437,7 @@ def test_hw_scene_sync_mode_highway_spawn_and_traffic(server: FakeServer) -> Non
     vehicles = [a for a in server.alive("vehicle.") if a is not ego]
     assert len(vehicles) == 5 and all(v.autopilot for v in vehicles)
     assert {a.type_id for a in server.alive("sensor.")} == {"sensor.camera.rgb", "sensor.other.collision"}
-    frame = env.render()  # BGRA (10, 20, frame) -> RGB (frame, 20, 10)
+    frame = env.render()  # BGRA (10, 20, x) -> RGB (x, 20, 10)
     assert frame.shape == (32, 32, 3) and tuple(frame[0, 0, 1:]) == (20, 10)
     assert set(info) >= {"env_steps", "distance_m", "speed_mps", "collision", "offroad", "connection_lost"}
     env.close()

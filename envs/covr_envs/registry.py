@@ -195,7 +195,7 @@ def make_env(name: str, seed: int, **overrides: Any) -> gym.Env:
     sim_kwargs = dict(overrides.pop("kwargs", None) or {})
     for key in PRIOR_KEYS:
         overrides.pop(key, None)
-    shape = {k: overrides.pop(k) for k in WRAPPER_KEYS if k in overrides and overrides[k] is not None}
+    shape = {k: v for k in WRAPPER_KEYS if (v := overrides.pop(k, None)) is not None}
     sim_kwargs.update(overrides)
     if spec.family != "carla":
         sim_kwargs.pop("carla", None)
