@@ -355,6 +355,8 @@ class DrivingEnv(gym.Env):
             for _ in range(self.substeps):
                 self.road.act()
                 self.road.step(self.dt)
+                # highway-env only soft-limits speed; keep the ego in [0, max_speed] (no reversing)
+                self.ego.speed = min(max(float(self.ego.speed), 0.0), p.max_speed)
                 self._after_substep()
             progress = float(self.ego.position[0]) - x0
             self._distance += progress
