@@ -1,0 +1,308 @@
+"""RLlib SAC for COVR: the algorithm config from a CovrConfig, checkpoints with replay, loop signals.
+
+One readable assembly point: :func:`build_algorithm_config` turns the ``sac``/``env``/``ray`` sections
+into RLlib's ``SACConfig`` with our parts:
+
+- module :class:`~covr_ray.rl.rl_module.PixelSACModule` (shared conv encoder; augmentation when
+  ``sac.base == "rad"``), learner :class:`~covr_ray.rl.learner.CovrSACLearner`;
+- learner connector :class:`~covr_ray.rl.connectors.PriorColumns` (prior columns from step infos),
+  module-to-env connector :class:`~covr_ray.rl.connectors.UniformWarmupActions` (random first steps);
+- replay :class:`~covr_ray.rl.episode_replay.CovrEpisodeReplayBuffer`, created by :class:`CovrSAC`
+  (``SACConfig.validate`` accepts only built-in buffer names, so the config names one and the
+  algorithm builds ours); :class:`CovrSAC` also saves and restores the replay with each checkpoint,
+  which RLlib's new stack does not do.
+
+How to run (a short pixel SAC run on the embedded driving env, CPU)::
+
+    cfg = load_config("smoke")
+    algo = build_algorithm_config(cfg).build_algo()
+    for _ in range(10): results = algo.train(); print(learner_metrics(results))
+
+Signals for the loop: :func:`set_prior_weight` / :func:`get_prior_weight` (lambda, switched after the
+cold start), :func:`policy_state_dict` + :func:`network_spec_for` (weights and shapes of the deployable
+policy), :func:`q_values` (EDDF's Q ablation), :func:`learner_metrics` (namespaced metrics, including
+``learner/entropy`` for EDDF).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+from ray.rllib.algorithms.sac.sac import SAC, SACConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from covr_ray.config import CovrConfig
+from covr_ray.errors import CheckpointError, ConfigError, LearnerError
+from covr_ray.rl.connectors import PriorColumns, UniformWarmupActions
+from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
+from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
+from covr_ray.rl.networks import NetworkSpec
+from covr_ray.rl.rl_module import PixelSACModule, network_spec
+
+#: sub-directory of an algorithm checkpoint holding the replay buffer.
+REPLAY_DIR = "covr_replay"
+#: the single module of a COVR run.
+MODULE_ID = "default_policy"
+
+
+class CovrSAC(SAC):
+    """RLlib's SAC with the compact prior-carrying replay, saved and restored with checkpoints."""
+
+    @classmethod
+    def get_default_config(cls) -> "CovrSACConfig":
+        return CovrSACConfig()
+
+    def _create_local_replay_buffer_if_necessary(self, config: Any) -> CovrEpisodeReplayBuffer:
+        rb = dict(config.replay_buffer_config)
+        return CovrEpisodeReplayBuffer(capacity=int(rb["capacity"]), frame_stack=int(rb.get("frame_stack", 1)),
+                                       seed=config.seed, frame_slack=float(rb.get("frame_slack", 0.125)))
+
+    def save_to_path(self, path: Optional[Union[str, Path]] = None, **kwargs: Any) -> str:
+        """RLlib's checkpoint (module, optimizers, connectors, metrics) plus ``covr_replay/``."""
+        out = super().save_to_path(path, **kwargs)
+        if self.local_replay_buffer is not None:
+            self.local_replay_buffer.save(Path(out) / REPLAY_DIR, overwrite=True)
+        return out
+
+    def restore_from_path(self, path: Union[str, Path], *args: Any, **kwargs: Any) -> None:
+        super().restore_from_path(path, *args, **kwargs)
+        replay_dir = Path(path) / REPLAY_DIR
+        if kwargs.get("component") is None and replay_dir.is_dir() and self.local_replay_buffer is not None:
+            self.local_replay_buffer.load(replay_dir)
+
+
+class CovrSACConfig(SACConfig):
+    """``SACConfig`` whose algorithm is :class:`CovrSAC`."""
+
+    def __init__(self, algo_class: Optional[type] = None) -> None:
+        super().__init__(algo_class=algo_class or CovrSAC)
+
+
+def prior_columns_connector(input_observation_space: Any = None, input_action_space: Any = None) -> PriorColumns:
+    """Learner-connector factory (module level so the config pickles by reference)."""
+    return PriorColumns()
+
+
+def warmup_connector(env: Any = None, spaces: Any = None, *, warmup_steps: int = 0) -> UniformWarmupActions:
+    """Module-to-env connector factory."""
+    action_space = None
+    if env is not None:
+        action_space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
+    return UniformWarmupActions(input_action_space=action_space, warmup_steps=warmup_steps)
+
+
+def training_intensity(updates_per_step: float, batch_size: int, num_env_runners: int) -> float:
+    """RLlib's ``training_intensity`` giving ``updates_per_step`` updates per sampled agent step.
+
+    RLlib divides by ``rollout_fragment_length * num_envs * (num_env_runners + 1)`` sampled steps per
+    iteration, counting the local runner even when it does not sample (``num_env_runners > 0``).
+    """
+    return updates_per_step * batch_size * max(num_env_runners, 1) / (num_env_runners + 1)
+
+
+def _default_env(cfg: CovrConfig) -> tuple[Any, Dict[str, Any]]:
+    """The run's env as an RLlib env id and env_config (through covr_envs)."""
+    try:
+        from covr_envs import rllib as covr_rllib  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ConfigError("env.name", cfg.env.name, "an env covr_envs can register with RLlib",
+                          hint=f"covr_envs.rllib is not importable ({exc}); pass env= explicitly") from exc
+    name = covr_rllib.register_covr_env()
+    return name, {"env": dataclasses.asdict(cfg.env), "seed": cfg.seed}
+
+
+def module_config(cfg: CovrConfig) -> Dict[str, Any]:
+    """model_config of :class:`PixelSACModule` from the ``sac`` section."""
+    s = cfg.sac
+    return {"feature_dim": s.feature_dim, "hidden_dim": s.hidden_dim, "num_filters": s.num_filters,
+            "num_conv_layers": 4, "augmentation_pad": s.augmentation_pad if s.base == "rad" else 0,
+            "init_alpha": s.init_alpha}
+
+
+def initial_prior_weight(cfg: CovrConfig) -> float:
+    """lambda at the start of a run: 0 while the cold start lasts or when the prior is off."""
+    if not cfg.prior.enabled or cfg.schedule.cold_start_rounds > 0:
+        return 0.0
+    return cfg.sac.lam
+
+
+def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optional[Dict[str, Any]] = None,
+                           prior_weight: Optional[float] = None) -> SACConfig:
+    """RLlib ``SACConfig`` (a :class:`CovrSACConfig`) for this run.
+
+    Args:
+        cfg: the validated run config (sections ``sac``, ``env``, ``ray``, ``prior``, ``schedule``).
+        env: RLlib env (registered id or gymnasium.Env class); None = the run's env via covr_envs.
+        env_config: passed to the env creator; None with ``env=None`` = ``{"env": ..., "seed": ...}``.
+        prior_weight: starting lambda; None = :func:`initial_prior_weight`.
+    """
+    s, r = cfg.sac, cfg.ray
+    if env is None:
+        env, default_env_config = _default_env(cfg)
+        env_config = default_env_config if env_config is None else env_config
+    lam0 = initial_prior_weight(cfg) if prior_weight is None else check_prior_weight(prior_weight)
+    parallel_envs = max(r.num_env_runners, 1) * r.num_envs_per_env_runner
+    warmup_steps = math.ceil(s.learning_starts / parallel_envs)
+    use_gpu = cfg.device != "cpu" and r.num_gpus_learner > 0
+    config = (
+        CovrSACConfig()
+        .framework("torch")
+        .environment(env=env, env_config=env_config or {}, normalize_actions=True, clip_actions=False)
+        .env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=r.num_envs_per_env_runner,
+                     num_cpus_per_env_runner=r.num_cpus_per_env_runner,
+                     rollout_fragment_length=s.rollout_fragment_length, batch_mode="truncate_episodes",
+                     module_to_env_connector=functools.partial(warmup_connector, warmup_steps=warmup_steps))
+        .learners(num_learners=0, num_gpus_per_learner=r.num_gpus_learner if use_gpu else 0,
+                  learner_class=CovrSACLearner, learner_connector=prior_columns_connector,
+                  learner_config_dict={"alpha_beta": s.alpha_beta, "encoder_tau": s.encoder_tau,
+                                       "target_update_every": s.target_update_every, "prior_weight": lam0,
+                                       "prior_action_source": s.prior_action_source})
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelSACModule, model_config=module_config(cfg)))
+        .training(gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr, alpha_lr=s.alpha_lr,
+                  initial_alpha=s.init_alpha, tau=s.tau, twin_q=True, n_step=1, target_entropy="auto",
+                  train_batch_size_per_learner=s.batch_size,
+                  num_steps_sampled_before_learning_starts=s.learning_starts,
+                  training_intensity=training_intensity(s.updates_per_step, s.batch_size, r.num_env_runners),
+                  replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": s.buffer_capacity,
+                                        "frame_stack": cfg.env.frame_stack},
+                  store_buffer_in_checkpoints=False)
+        .fault_tolerance(restart_failed_env_runners=r.restart_failed_env_runners)
+        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0)
+        .debugging(seed=cfg.seed)
+    )
+    return config
+
+
+# --- signals for the loop -----------------------------------------------------------------------------
+
+def _foreach_learner(algo: Any, func: Any, timeout_s: float) -> List[Any]:
+    results = algo.learner_group.foreach_learner(func, timeout_seconds=timeout_s)
+    values = []
+    for res in results:
+        if not res.ok:
+            raise LearnerError(f"learner call failed: {res.get()!r}")
+        values.append(res.get())
+    if not values:
+        raise LearnerError(f"no learner answered within {timeout_s} s")
+    return values
+
+
+def set_prior_weight(algo: Any, value: float, timeout_s: float = 600.0) -> float:
+    """Set lambda on every learner (guidance on / off) without rebuilding anything; returns it."""
+    value = check_prior_weight(value)
+    _foreach_learner(algo, lambda learner: learner.set_prior_weight(value), timeout_s)
+    return value
+
+
+def get_prior_weight(algo: Any, timeout_s: float = 600.0) -> float:
+    return float(_foreach_learner(algo, lambda learner: learner.get_prior_weight(), timeout_s)[0])
+
+
+def policy_state_dict(algo: Any, timeout_s: float = 600.0) -> Dict[str, np.ndarray]:
+    """Current weights of the deployable policy (``encoder.*``, ``actor.*``) for eval and export;
+    load with :func:`covr_ray.rl.networks.build_policy`."""
+    return _foreach_learner(algo, lambda learner: learner.policy_state(MODULE_ID), timeout_s)[0]
+
+
+def network_spec_for(algo: Any) -> NetworkSpec:
+    """Shapes of the run's networks (store beside exported weights)."""
+    spec = algo.config.get_rl_module_spec()
+    obs_space, act_space = spec.observation_space, spec.action_space
+    if obs_space is None:
+        module = algo.get_module(MODULE_ID)
+        obs_space, act_space = module.observation_space, module.action_space
+    return network_spec(obs_space, act_space, spec.model_config)
+
+
+def q_values(algo: Any, obs: np.ndarray, actions: np.ndarray, timeout_s: float = 600.0) -> np.ndarray:
+    """``min(Q1, Q2)`` for ``obs: (N, C, H, W)`` uint8 and ``actions: (N, A)`` -> ``(N,)`` (EDDF ablation)."""
+    return _foreach_learner(algo, lambda learner: learner.q_values(obs, actions, MODULE_ID), timeout_s)[0]
+
+
+def _peek(value: Any) -> Optional[float]:
+    if hasattr(value, "peek"):
+        value = value.peek()
+    try:
+        out = float(np.asarray(value).mean())
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+#: RLlib result path -> namespaced metric name.
+METRIC_PATHS = {
+    ("learners", MODULE_ID, "critic_loss"): "learner/critic_loss",
+    ("learners", MODULE_ID, "policy_loss"): "learner/actor_loss",
+    ("learners", MODULE_ID, "alpha_loss"): "learner/alpha_loss",
+    ("learners", MODULE_ID, "alpha_value"): "learner/alpha",
+    ("learners", MODULE_ID, "entropy"): "learner/entropy",
+    ("learners", MODULE_ID, "qf_mean"): "learner/q_mean",
+    ("learners", MODULE_ID, "td_error_mean"): "learner/td_error",
+    ("learners", MODULE_ID, "prior_loss"): "learner/prior_loss",
+    ("learners", MODULE_ID, "prior_weight"): "learner/prior_weight",
+    ("learners", MODULE_ID, "prior_coverage"): "learner/prior_coverage",
+    ("learners", MODULE_ID, "num_module_steps_trained_lifetime"): "learner/samples_trained",
+    ("env_runners", "episode_return_mean"): "rollout/episode_return_mean",
+    ("env_runners", "episode_len_mean"): "rollout/episode_len_mean",
+    ("env_runners", "num_env_steps_sampled_lifetime"): "rollout/agent_steps",
+    ("replay_buffer", "size"): "replay/size",
+    ("replay_buffer", "prior_coverage"): "replay/prior_coverage",
+    ("replay_buffer", "late_priors_attached"): "replay/late_priors_attached",
+    ("replay_buffer", "late_priors_missed"): "replay/late_priors_missed",
+    ("replay_buffer", "bytes"): "replay/bytes",
+}
+
+
+def learner_metrics(results: Dict[str, Any]) -> Dict[str, float]:
+    """Namespaced scalars from an ``algo.train()`` result (only those present)."""
+    out: Dict[str, float] = {}
+    for path, name in METRIC_PATHS.items():
+        node: Any = results
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+            if node is None:
+                break
+        value = _peek(node) if node is not None else None
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def replay_buffer(algo: Any) -> CovrEpisodeReplayBuffer:
+    buf = algo.local_replay_buffer
+    if not isinstance(buf, CovrEpisodeReplayBuffer):
+        raise LearnerError(f"algorithm has no CovrEpisodeReplayBuffer (got {type(buf).__name__}); "
+                           "build it with build_algorithm_config")
+    return buf
+
+
+def save_checkpoint(algo: Any, path: Union[str, os.PathLike]) -> Path:
+    """Checkpoint to a fresh directory ``path``: RLlib state + replay, written to a temp dir and renamed,
+    so ``path`` is complete or absent."""
+    from covr_ray.io import atomic_directory
+
+    path = Path(path)
+    if path.exists():
+        raise CheckpointError(f"checkpoint directory {path} already exists; checkpoints are never overwritten")
+    with atomic_directory(path) as tmp:
+        algo.save_to_path(str(tmp))
+    return path
+
+
+def restore_algorithm(path: Union[str, os.PathLike]) -> CovrSAC:
+    """Rebuild the algorithm from :func:`save_checkpoint` output (weights, optimizers, lambda, replay)."""
+    path = Path(path)
+    if not (path / "rllib_checkpoint.json").is_file():
+        raise CheckpointError(f"{path} is not an algorithm checkpoint (no rllib_checkpoint.json)")
+    return CovrSAC.from_checkpoint(str(path))
+
+
+__all__ = ["CovrSAC", "CovrSACConfig", "build_algorithm_config", "set_prior_weight", "get_prior_weight",
+           "policy_state_dict", "network_spec_for", "q_values", "learner_metrics", "replay_buffer",
+           "save_checkpoint", "restore_algorithm", "initial_prior_weight", "training_intensity"]

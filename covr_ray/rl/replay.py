@@ -1,0 +1,390 @@
+"""Compact pixel replay: each uint8 frame stored once, priors as columns, late priors by step id.
+
+Observations are frame stacks ``(k * c, H, W)`` (``k`` = ``frame_stack`` frames of ``c`` channels,
+newest last, stacked by the env wrapper). Consecutive observations share ``k - 1`` frames, and a
+transition's ``next_obs`` is the following transition's ``obs``, so storing ``obs`` and ``next_obs``
+per transition (or whole observations per step) keeps every frame ``2k`` (or ``k``) times. Here:
+
+- a **frame pool** ``(M, c, H, W)`` uint8 holds each frame once, with a reference count per slot and a
+  free list; ``M = capacity + slack`` (episode starts need ``k - 1`` extra frames);
+- a **transition ring** of ``capacity`` rows holds, per transition, the pool slots of its ``k`` obs
+  frames and ``k`` next-obs frames (int32), the action, reward, done flags, the step id, and the prior
+  columns ``prior_action (A,)`` / ``prior_mask``;
+- the newest frame of each step is the only one written, checked by comparing ``next_obs[:-c]`` with
+  ``obs[c:]``; an env whose observations do not shift that way is still stored correctly (all ``k``
+  frames written, counted in ``replay/stack_mismatches``), only less compactly;
+- an episode delivered in chunks (RLlib env runners cut episodes) continues from the previous chunk's
+  last frames, which stay pinned until the episode ends (at most ``max_open_episodes`` are kept);
+- a bounded index ``step_id -> row`` (one entry per live transition, removed on eviction) lets a
+  prior that arrives late attach to its transition.
+
+Memory: ``capacity * c * H * W`` bytes of frames plus ~50 bytes per transition: 100 K steps of
+84x84 RGB frames = 2.1 GB (RLlib's episode buffer keeps every 9x84x84 observation: 6.4 GB).
+The pool is allocated with ``np.zeros`` (pages are committed only when first written).
+
+Plain numpy, no RLlib: :mod:`covr_ray.rl.episode_replay` is the RLlib-facing adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Hashable, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
+from covr_ray.errors import CheckpointError, ReplayError
+from covr_ray.io import atomic_directory, atomic_write_text
+
+FORMAT_VERSION = 1
+_META = "meta.json"
+_ARRAYS = ("obs_idx", "next_idx", "action", "reward", "terminated", "truncated", "step_id", "prior",
+           "prior_mask", "refs", "frame_slots", "frames")
+
+
+def check_prior(action: Any, action_dim: int, where: str) -> np.ndarray:
+    """A prior must be ``action_dim`` finite floats in [-1, 1] (float round-off beyond is clipped)."""
+    arr = np.asarray(action, dtype=np.float32).reshape(-1)
+    if arr.shape != (action_dim,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1.0 + 1e-4):
+        raise ReplayError(f"{where}: prior action {np.asarray(action).tolist()!r} is not {action_dim} finite "
+                          "floats in [-1, 1] (the policy's normalised action space)")
+    return np.clip(arr, -1.0, 1.0)
+
+
+class PixelReplay:
+    """Uniform replay over transitions of stacked uint8 frames. See the module docstring.
+
+    Args:
+        capacity: most transitions kept (oldest evicted first).
+        obs_shape: ``(k * c, H, W)`` of one observation.
+        action_dim: ``A``.
+        frame_stack: ``k``; ``obs_shape[0]`` must be divisible by it.
+        seed: seed of the sampling RNG (its state is saved with the buffer).
+        frame_slack: extra pool slots as a share of ``capacity`` (for episode starts).
+        max_open_episodes: most unfinished episodes whose last frames are kept for their next chunk.
+    """
+
+    def __init__(self, capacity: int, obs_shape: Sequence[int], action_dim: int, frame_stack: int = 1,
+                 seed: Optional[int] = None, frame_slack: float = 0.125, max_open_episodes: int = 1024) -> None:
+        obs_shape = tuple(int(v) for v in obs_shape)
+        if capacity < 1:
+            raise ReplayError(f"replay capacity must be >= 1, got {capacity}")
+        if len(obs_shape) != 3 or frame_stack < 1 or obs_shape[0] % frame_stack:
+            raise ReplayError(f"observation shape {obs_shape} is not (frame_stack * c, H, W) with "
+                              f"frame_stack={frame_stack}")
+        if action_dim < 1:
+            raise ReplayError(f"action_dim must be >= 1, got {action_dim}")
+        self.capacity, self.obs_shape, self.action_dim, self.frame_stack = capacity, obs_shape, action_dim, frame_stack
+        self.frame_shape = (obs_shape[0] // frame_stack, obs_shape[1], obs_shape[2])
+        self.max_open_episodes = max_open_episodes
+        self.pool_size = capacity + max(2 * frame_stack + 2, int(capacity * frame_slack))
+        k, n = frame_stack, capacity
+        self._frames = np.zeros((self.pool_size,) + self.frame_shape, np.uint8)
+        self._refs = np.zeros(self.pool_size, np.int32)
+        self._free = list(range(self.pool_size - 1, -1, -1))
+        self._obs_idx = np.zeros((n, k), np.int32)
+        self._next_idx = np.zeros((n, k), np.int32)
+        self._action = np.zeros((n, action_dim), np.float32)
+        self._reward = np.zeros(n, np.float32)
+        self._terminated = np.zeros(n, bool)
+        self._truncated = np.zeros(n, bool)
+        self._step_id = np.full(n, -1, np.int64)
+        self._prior = np.zeros((n, action_dim), np.float32)
+        self._prior_mask = np.zeros(n, np.float32)
+        self._start = 0
+        self._size = 0
+        self._id_to_row: Dict[int, int] = {}
+        self._tails: "OrderedDict[Hashable, Tuple[int, ...]]" = OrderedDict()
+        self._rng = np.random.default_rng(seed)
+        self.counters = {"added": 0, "evicted": 0, "stack_mismatches": 0, "late_priors_attached": 0,
+                         "late_priors_missed": 0, "sampled": 0}
+
+    # --- sizes -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._size
+
+    def frames_in_use(self) -> int:
+        return self.pool_size - len(self._free)
+
+    def nbytes(self) -> int:
+        """Bytes of frames in use plus the transition columns (what a full buffer costs in RAM)."""
+        per_row = (2 * self.frame_stack * 4 + 2 * self.action_dim * 4 + 4 + 2 + 8 + 4)
+        return self.frames_in_use() * int(np.prod(self.frame_shape)) + self.capacity * per_row
+
+    # --- frame pool ----------------------------------------------------------------------------------
+    def _alloc(self) -> int:
+        while not self._free:
+            if self._size:
+                self._evict_oldest()
+            elif self._tails:
+                self._unpin(self._tails.popitem(last=False)[1])
+            else:  # pragma: no cover - pool_size > 2k + 1 guarantees a free slot
+                raise ReplayError("frame pool exhausted with an empty buffer")
+        return self._free.pop()
+
+    def _write_frame(self, frame: np.ndarray) -> int:
+        slot = self._alloc()
+        self._frames[slot] = frame
+        self._refs[slot] = 1  # pinned by the caller until stored in a transition
+        return slot
+
+    def _pin(self, slots: Sequence[int]) -> None:
+        self._refs[list(slots)] += 1
+
+    def _unpin(self, slots: Sequence[int]) -> None:
+        for slot in slots:
+            self._refs[slot] -= 1
+            if self._refs[slot] == 0:
+                self._free.append(slot)
+
+    def _split(self, obs: np.ndarray) -> np.ndarray:
+        return obs.reshape((self.frame_stack,) + self.frame_shape)
+
+    # --- transitions ---------------------------------------------------------------------------------
+    def _evict_oldest(self) -> None:
+        row = self._start
+        self._unpin(self._obs_idx[row].tolist())
+        self._unpin(self._next_idx[row].tolist())
+        sid = int(self._step_id[row])
+        if sid >= 0 and self._id_to_row.get(sid) == row:
+            del self._id_to_row[sid]
+        self._start = (row + 1) % self.capacity
+        self._size -= 1
+        self.counters["evicted"] += 1
+
+    def _store(self, cur: Tuple[int, ...], nxt: Tuple[int, ...], action: np.ndarray, reward: float,
+               terminated: bool, truncated: bool, step_id: int, prior: np.ndarray, mask: float) -> None:
+        if self._size == self.capacity:
+            self._evict_oldest()
+        row = (self._start + self._size) % self.capacity
+        self._obs_idx[row], self._next_idx[row] = cur, nxt
+        self._pin(cur)
+        self._pin(nxt)
+        self._action[row], self._reward[row] = action, reward
+        self._terminated[row], self._truncated[row] = terminated, truncated
+        self._step_id[row] = step_id
+        self._prior[row], self._prior_mask[row] = prior, mask
+        if step_id >= 0:
+            self._id_to_row[step_id] = row
+        self._size += 1
+        self.counters["added"] += 1
+
+    def add_chunk(self, key: Hashable, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                  terminated: bool, truncated: bool, step_ids: Optional[np.ndarray] = None,
+                  prior_actions: Optional[np.ndarray] = None, prior_masks: Optional[np.ndarray] = None) -> int:
+        """Store the ``T`` transitions of one episode chunk; returns ``T``.
+
+        Shapes: ``observations: (T+1, k*c, H, W)`` uint8, ``actions: (T, A)``, ``rewards: (T,)``,
+        ``step_ids: (T,)`` int64 (-1 = none), ``prior_actions: (T, A)`` in [-1, 1], ``prior_masks: (T,)``.
+        ``terminated`` / ``truncated`` describe the chunk's last transition. ``key`` identifies the
+        episode: a later chunk with the same key continues from this chunk's last observation.
+        """
+        obs = np.asarray(observations)
+        t_len = len(actions)
+        if obs.dtype != np.uint8 or obs.shape != (t_len + 1,) + self.obs_shape:
+            raise ReplayError(f"episode chunk observations must be uint8 {(t_len + 1,) + self.obs_shape} for "
+                              f"{t_len} actions, got {obs.dtype} {obs.shape}")
+        actions = np.asarray(actions, np.float32).reshape(t_len, -1)
+        if actions.shape[1] != self.action_dim:
+            raise ReplayError(f"actions must be (T, {self.action_dim}), got {actions.shape}")
+        rewards = np.asarray(rewards, np.float32).reshape(t_len)
+        step_ids = np.full(t_len, -1, np.int64) if step_ids is None else np.asarray(step_ids, np.int64).reshape(t_len)
+        if prior_actions is None or prior_masks is None:
+            prior_actions = np.zeros((t_len, self.action_dim), np.float32)
+            prior_masks = np.zeros(t_len, np.float32)
+        prior_actions = np.asarray(prior_actions, np.float32).reshape(t_len, self.action_dim)
+        prior_masks = np.asarray(prior_masks, np.float32).reshape(t_len)
+
+        cur = self._tails.pop(key, None)
+        if cur is not None and not np.array_equal(self._frames[list(cur)].reshape(self.obs_shape), obs[0]):
+            self._unpin(cur)
+            cur = None
+        if cur is None:
+            cur = tuple(self._write_frame(f) for f in self._split(obs[0]))
+        c = self.frame_shape[0]
+        for t in range(t_len):
+            if self.frame_stack > 1 and np.array_equal(obs[t + 1][:-c], obs[t][c:]):
+                nxt = cur[1:] + (self._write_frame(obs[t + 1][-c:]),)
+                self._pin(cur[1:])
+            else:
+                if self.frame_stack > 1:
+                    self.counters["stack_mismatches"] += 1
+                nxt = tuple(self._write_frame(f) for f in self._split(obs[t + 1]))
+            last = t == t_len - 1
+            self._store(cur, nxt, actions[t], float(rewards[t]), bool(terminated and last),
+                        bool(truncated and last), int(step_ids[t]), prior_actions[t], float(prior_masks[t]))
+            self._unpin(cur)
+            cur = nxt
+        if terminated or truncated:
+            self._unpin(cur)
+        else:
+            self._tails[key] = cur
+            while len(self._tails) > self.max_open_episodes:
+                self._unpin(self._tails.popitem(last=False)[1])
+        return t_len
+
+    def attach_priors(self, pairs: Iterable[Tuple[int, Any]]) -> int:
+        """Attach priors that arrived late: ``(step_id, a_v)`` pairs. Returns how many found their step;
+        the others (evicted or unknown ids) are counted in ``replay/late_priors_missed``."""
+        attached = 0
+        for step_id, action in pairs:
+            row = self._id_to_row.get(int(step_id))
+            if row is None:
+                self.counters["late_priors_missed"] += 1
+                continue
+            self._prior[row] = check_prior(action, self.action_dim, f"late prior for step {step_id}")
+            self._prior_mask[row] = 1.0
+            attached += 1
+        self.counters["late_priors_attached"] += attached
+        return attached
+
+    def end_episode(self, key: Hashable) -> None:
+        """Release the kept last frames of an episode that will get no further chunk."""
+        tail = self._tails.pop(key, None)
+        if tail is not None:
+            self._unpin(tail)
+
+    # --- sampling ------------------------------------------------------------------------------------
+    def sample(self, batch_size: int) -> Dict[str, np.ndarray]:
+        """Uniform sample with replacement.
+
+        Returns ``obs``/``next_obs: (B, k*c, H, W)`` uint8, ``actions: (B, A)``, ``rewards: (B,)``,
+        ``terminateds``/``truncateds: (B,)`` bool, ``step_ids: (B,)``, ``prior_action: (B, A)``,
+        ``prior_mask: (B,)`` float32.
+        """
+        if batch_size < 1:
+            raise ReplayError(f"batch size must be >= 1, got {batch_size}")
+        if self._size == 0:
+            raise ReplayError("cannot sample from an empty replay buffer; add transitions first")
+        rows = (self._start + self._rng.integers(0, self._size, size=batch_size)) % self.capacity
+        self.counters["sampled"] += batch_size
+        b = batch_size
+        return {
+            "obs": self._frames[self._obs_idx[rows]].reshape((b,) + self.obs_shape),
+            "next_obs": self._frames[self._next_idx[rows]].reshape((b,) + self.obs_shape),
+            "actions": self._action[rows],
+            "rewards": self._reward[rows],
+            "terminateds": self._terminated[rows],
+            "truncateds": self._truncated[rows],
+            "step_ids": self._step_id[rows],
+            PRIOR_ACTION: self._prior[rows],
+            PRIOR_MASK: self._prior_mask[rows],
+        }
+
+    def stats(self) -> Dict[str, float]:
+        """Namespaced metrics of the buffer (``replay/...``)."""
+        live = self._live_rows()
+        out = {f"replay/{k}": float(v) for k, v in self.counters.items()}
+        out.update({"replay/size": float(self._size), "replay/frames": float(self.frames_in_use()),
+                    "replay/bytes": float(self.nbytes()),
+                    "replay/prior_coverage": float(self._prior_mask[live].mean()) if self._size else 0.0})
+        return out
+
+    def _live_rows(self) -> np.ndarray:
+        return (self._start + np.arange(self._size)) % self.capacity
+
+    # --- state -----------------------------------------------------------------------------------------
+    def meta(self) -> Dict[str, Any]:
+        return {"version": FORMAT_VERSION, "capacity": self.capacity, "obs_shape": list(self.obs_shape),
+                "action_dim": self.action_dim, "frame_stack": self.frame_stack, "pool_size": self.pool_size}
+
+    def get_state(self) -> Dict[str, Any]:
+        """Everything needed to continue exactly: contents, counters, open episodes, RNG state.
+        Only pool slots in use are included."""
+        used = np.flatnonzero(self._refs > 0).astype(np.int64)
+        return {
+            "meta": self.meta(),
+            "start": self._start, "size": self._size,
+            "tails": [[str(k) if not isinstance(k, (str, int)) else k, list(map(int, v))]
+                      for k, v in self._tails.items()],
+            "counters": dict(self.counters),
+            "rng": self._rng.bit_generator.state,
+            "arrays": {"obs_idx": self._obs_idx.copy(), "next_idx": self._next_idx.copy(),
+                       "action": self._action.copy(), "reward": self._reward.copy(),
+                       "terminated": self._terminated.copy(), "truncated": self._truncated.copy(),
+                       "step_id": self._step_id.copy(), "prior": self._prior.copy(),
+                       "prior_mask": self._prior_mask.copy(), "refs": self._refs.copy(),
+                       "frame_slots": used, "frames": self._frames[used]},
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`get_state` output. Raises CheckpointError when it does not fit this buffer."""
+        meta = dict(state.get("meta", {}))
+        mine = self.meta()
+        for key in ("version", "capacity", "obs_shape", "action_dim", "frame_stack", "pool_size"):
+            if meta.get(key) != mine[key]:
+                raise CheckpointError(f"replay state field {key!r} is {meta.get(key)!r}, this buffer has "
+                                      f"{mine[key]!r}: build the buffer with the run's config before restoring")
+        arrays = state["arrays"]
+        expected = {"obs_idx": self._obs_idx, "next_idx": self._next_idx, "action": self._action,
+                    "reward": self._reward, "terminated": self._terminated, "truncated": self._truncated,
+                    "step_id": self._step_id, "prior": self._prior, "prior_mask": self._prior_mask,
+                    "refs": self._refs}
+        for name, target in expected.items():
+            arr = np.asarray(arrays[name])
+            if arr.shape != target.shape:
+                raise CheckpointError(f"replay state array {name!r} has shape {arr.shape}, expected {target.shape}")
+        slots = np.asarray(arrays["frame_slots"], np.int64)
+        frames = np.asarray(arrays["frames"])
+        if frames.shape != (len(slots),) + self.frame_shape or frames.dtype != np.uint8:
+            raise CheckpointError(f"replay state frames are {frames.dtype} {frames.shape}, expected uint8 "
+                                  f"{(len(slots),) + self.frame_shape}")
+        for name, target in expected.items():
+            target[...] = np.asarray(arrays[name])
+        self._frames[slots] = frames
+        self._free = [int(s) for s in np.flatnonzero(self._refs == 0)[::-1]]
+        self._start, self._size = int(state["start"]), int(state["size"])
+        self._tails = OrderedDict((k, tuple(v)) for k, v in state["tails"])
+        self.counters.update(state["counters"])
+        self._rng.bit_generator.state = state["rng"]
+        live = self._live_rows()
+        self._id_to_row = {int(self._step_id[r]): int(r) for r in live if self._step_id[r] >= 0}
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the state to directory ``path`` atomically (``meta.json`` + one ``.npy`` per array).
+
+        An existing ``path`` is refused unless ``overwrite``; then the new copy is complete on disk before
+        the old one is removed.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise CheckpointError(f"replay directory {path} already exists; pass overwrite=True to replace it")
+        state = self.get_state()
+        target = path.with_name(f".{path.name}.new") if path.exists() else path
+        if target.exists():
+            shutil.rmtree(target)
+        with atomic_directory(target) as tmp:
+            for name in _ARRAYS:
+                np.save(tmp / f"{name}.npy", state["arrays"][name], allow_pickle=False)
+            meta = {k: v for k, v in state.items() if k != "arrays"}
+            atomic_write_text(tmp / _META, json.dumps(meta))
+        if target != path:
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(path, old)
+            os.rename(target, path)
+            shutil.rmtree(old)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore the state saved by :meth:`save` into this buffer (same config required)."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / _META).read_text())
+            arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"replay directory {path} is missing or unreadable: {exc}") from exc
+        self.set_state({**meta, "arrays": arrays})
+
+
+def saved_replay_meta(path: str | os.PathLike) -> Dict[str, Any]:
+    """The ``meta`` block of a saved replay directory (shapes, capacity), to build a matching buffer."""
+    try:
+        return dict(json.loads((Path(path) / _META).read_text())["meta"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"replay directory {path} has no readable {_META}: {exc}") from exc

@@ -1,0 +1,239 @@
+"""The SAC learners on tiny pixel batches (local Learner objects, no Ray cluster): prior columns reach
+the loss, the regulariser's value and direction, lambda = 0 equals the base learner bit for bit, the
+actor loss never reaches the encoder, lambda switches at run time."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import POLICY_LOSS_KEY
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_MASK, PRIOR_ACTION, PRIOR_MASK
+from covr_ray.config import load_config
+from covr_ray.errors import LearnerError
+from covr_ray.rl.algo import build_algorithm_config
+from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
+from covr_ray.rl.learner import CovrSACLearner, PixelSACLearner
+from covr_ray.rl.networks import NetworkSpec, build_policy
+from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+MID = "default_policy"
+TS = {"num_env_steps_sampled_lifetime": 1000}
+
+
+def tiny_cfg(base: str = "rad", lam: float = 1.0, source: str = "mean", actor_lr: float = 1e-3) -> Any:
+    return load_config("smoke", overrides=[
+        f"sac.base={base}", f"sac.lam={lam}", f"sac.prior_action_source={source}", f"sac.actor_lr={actor_lr}",
+        "sac.hidden_dim=32",
+        "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16", "sac.augmentation_pad=2",
+        "schedule.cold_start_rounds=0", "env.image_size=24"])
+
+
+def make_learner(cfg: Any, learner_class: Optional[type] = None, seed: int = 0) -> Any:
+    config = build_algorithm_config(cfg, env=DotEnv, env_config={"size": 24})
+    # No RLlib seeding: on CPU builds it switches torch.use_deterministic_algorithms on for the whole
+    # test process. Torch is seeded here instead.
+    config.debugging(seed=None)
+    if learner_class is not None:
+        config.learners(learner_class=learner_class)
+    torch.manual_seed(seed)
+    return config.build_learner(env=DotEnv({"size": 24}))
+
+
+def collect(steps: int = 40, seed: int = 0, fixed_prior: Optional[list] = None, every: int = 2) -> CovrEpisodeReplayBuffer:
+    env = PriorInfoWrapper(DotEnv({"size": 24}), every=every, fixed_prior=fixed_prior)
+    buf = CovrEpisodeReplayBuffer(1000, frame_stack=3, seed=seed)
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
+                            action_space=env.action_space)
+    for _ in range(steps):
+        a = rng.uniform(-1, 1, 2).astype(np.float32)
+        obs, r, te, tr, info = env.step(a)
+        ep.add_env_step(obs, a, r, infos=info, terminated=te, truncated=tr)
+        if te or tr:
+            buf.add([ep.to_numpy()])
+            obs, info = env.reset()
+            ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
+                                    action_space=env.action_space)
+    if len(ep):
+        buf.add([ep.to_numpy()])
+    return buf
+
+
+def params(learner: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.module[MID].state_dict().items()}
+
+
+def set_prior(episodes: list, prior: Any) -> list:
+    """Same transitions with the prior replaced (``prior`` callable per episode or fixed list)."""
+    out = []
+    for ep in episodes:
+        infos = ep.get_infos()
+        a = prior(ep) if callable(prior) else prior
+        infos[1] = {**infos[1], INFO_PRIOR_ACTION: np.asarray(a, np.float32), INFO_PRIOR_MASK: 1.0}
+        out.append(SingleAgentEpisode(observations=list(ep.get_observations()), actions=list(ep.get_actions()),
+                                      rewards=list(ep.get_rewards()), infos=infos, terminated=ep.is_terminated,
+                                      truncated=ep.is_truncated, observation_space=ep.observation_space,
+                                      action_space=ep.action_space,
+                                      extra_model_outputs={k: list(ep.get_extra_model_outputs(k))
+                                                           for k in ep.extra_model_outputs},
+                                      len_lookback_buffer=0))
+    return out
+
+
+class SpyLearner(CovrSACLearner):
+    """Records the batch the loss sees."""
+
+    seen: list = []
+
+    def compute_loss_for_module(self, *, module_id: Any, config: Any, batch: dict, fwd_out: dict) -> Any:
+        SpyLearner.seen.append({k: batch[k].detach().clone() for k in (PRIOR_ACTION, PRIOR_MASK, Columns.OBS)})
+        return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+
+
+def test_prior_columns_reach_the_loss() -> None:
+    buf = collect(40, seed=1, every=2)
+    episodes = buf.sample(16, n_step=1)
+    expected_mask = np.array([ep.get_infos()[1][INFO_PRIOR_MASK] for ep in episodes], np.float32)
+    expected_prior = np.stack([ep.get_infos()[1][INFO_PRIOR_ACTION] for ep in episodes]).astype(np.float32)
+    assert 0 < expected_mask.sum() < 16
+    SpyLearner.seen = []
+    learner = make_learner(tiny_cfg(), SpyLearner)
+    results = learner.update(episodes=episodes, timesteps=TS)
+    batch = SpyLearner.seen[-1]
+    assert batch[PRIOR_ACTION].shape == (16, 2) and batch[PRIOR_ACTION].dtype == torch.float32
+    assert batch[PRIOR_MASK].shape == (16,) and batch[PRIOR_MASK].dtype == torch.float32
+    np.testing.assert_array_equal(batch[PRIOR_MASK].numpy(), expected_mask)
+    np.testing.assert_allclose(batch[PRIOR_ACTION].numpy(), expected_prior)
+    assert results[MID]["prior_coverage"].peek() == pytest.approx(expected_mask.mean())
+
+
+def test_prior_equal_to_policy_action_gives_zero_term() -> None:
+    learner = make_learner(tiny_cfg(base="sac"))  # no augmentation: a_r is the policy's mean on obs
+    module = learner.module[MID]
+    episodes = collect(30, seed=2).sample(16, n_step=1)
+
+    def own_action(ep: SingleAgentEpisode) -> np.ndarray:
+        obs = torch.as_tensor(ep.get_observations()[0][None])
+        with torch.no_grad():
+            return torch.tanh(module.actor(module.encoder(obs))[0, :2]).numpy()
+
+    results = learner.update(episodes=set_prior(episodes, own_action), timesteps=TS)
+    assert results[MID]["prior_coverage"].peek() == 1.0
+    assert results[MID]["prior_loss"].peek() < 1e-10
+    # a different prior gives a clearly non-zero term
+    results = learner.update(episodes=set_prior(episodes, [0.9, -0.9]), timesteps=TS)
+    assert results[MID]["prior_loss"].peek() > 0.1
+
+
+def _distance_to(learner: Any, episodes: list, target: np.ndarray) -> float:
+    module = learner.module[MID]
+    obs = torch.as_tensor(np.stack([ep.get_observations()[0] for ep in episodes]))
+    with torch.no_grad():
+        act = torch.tanh(module.actor(module.encoder(obs))[:, :2]).numpy()
+    return float(np.linalg.norm(act - target, axis=1).mean())
+
+
+@pytest.mark.parametrize("source", ["mean", "sample"])
+def test_fixed_prior_pulls_the_policy_toward_it(source: str) -> None:
+    target = np.array([0.8, -0.6], np.float32)
+    buf = collect(40, seed=3)
+    episodes = set_prior(buf.sample(16, n_step=1), target.tolist())
+    guided = make_learner(tiny_cfg(lam=5.0, source=source, actor_lr=1e-2))
+    free = make_learner(tiny_cfg(lam=0.0, actor_lr=1e-2))
+    start = _distance_to(guided, episodes, target)
+    assert start == pytest.approx(_distance_to(free, episodes, target))
+    losses = []
+    for i in range(20):
+        torch.manual_seed(i)
+        losses.append(guided.update(episodes=episodes, timesteps=TS)[MID]["prior_loss"].peek())
+        torch.manual_seed(i)
+        free.update(episodes=episodes, timesteps=TS)
+    if source == "mean":  # deterministic a_r: the term falls at every update
+        assert all(b < a for a, b in zip(losses, losses[1:]))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert _distance_to(guided, episodes, target) < 0.8 * start
+    assert _distance_to(guided, episodes, target) < 0.85 * _distance_to(free, episodes, target)
+
+
+def test_lambda_zero_is_bit_identical_to_the_base_learner() -> None:
+    episodes = collect(40, seed=4).sample(16, n_step=1)
+    covr = make_learner(tiny_cfg(lam=0.0), CovrSACLearner, seed=7)
+    base = make_learner(tiny_cfg(lam=0.0), PixelSACLearner, seed=7)
+    guided = make_learner(tiny_cfg(lam=1.0), CovrSACLearner, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(params(covr).values(), params(base).values()))
+    for i in range(3):
+        for learner in (covr, base, guided):
+            torch.manual_seed(100 + i)
+            learner.update(episodes=episodes, timesteps=TS)
+    p_covr, p_base, p_guided = params(covr), params(base), params(guided)
+    start = params(make_learner(tiny_cfg(lam=0.0), PixelSACLearner, seed=7))
+    assert any(not torch.equal(p_base[k], start[k]) for k in p_base)  # the updates did change weights
+    assert all(torch.equal(p_covr[k], p_base[k]) for k in p_base)
+    assert any(not torch.equal(p_guided[k], p_base[k]) for k in p_base if k.startswith("actor."))
+    # lambda does not touch the critic's update of the first step, only the actor path
+    for opt_name in ("qf", "policy", "alpha"):
+        s_covr = covr.get_optimizer(MID, opt_name).state_dict()["state"]
+        s_base = base.get_optimizer(MID, opt_name).state_dict()["state"]
+        assert all(torch.equal(s_covr[i]["exp_avg"], s_base[i]["exp_avg"]) for i in s_base)
+
+
+def test_actor_loss_never_reaches_the_encoder() -> None:
+    learner = make_learner(tiny_cfg(lam=2.0))
+    module = learner.module[MID]
+    episodes = set_prior(collect(30, seed=5).sample(16, n_step=1), [0.5, 0.5])
+    batch = learner._make_batch_if_necessary(
+        type("TD", (), {"batch": None, "episodes": episodes})()).policy_batches
+    batch = {mid: {k: v for k, v in b.items()} for mid, b in batch.items()}
+    fwd = learner.module.forward_train(batch)
+    learner.compute_losses(fwd_out=fwd, batch=batch)
+    policy_loss = learner._temp_losses[(MID, POLICY_LOSS_KEY)]
+    enc = list(module.encoder.parameters())
+    critic = list(module.critic.parameters())
+    grads = torch.autograd.grad(policy_loss, enc + critic + list(module.actor.parameters()), allow_unused=True,
+                                retain_graph=True)
+    assert all(g is None for g in grads[:len(enc) + len(critic)])
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[len(enc) + len(critic):])
+    qf_loss = learner._temp_losses[(MID, "qf_loss")]
+    enc_grads = torch.autograd.grad(qf_loss, enc, allow_unused=True)
+    assert all(g is not None for g in enc_grads)  # the critic does train the encoder
+    learner._temp_losses.clear()
+
+
+def test_prior_weight_switches_at_run_time_and_is_validated() -> None:
+    learner = make_learner(tiny_cfg(lam=1.0))
+    episodes = set_prior(collect(30, seed=6).sample(16, n_step=1), [0.3, 0.3])
+    assert learner.update(episodes=episodes, timesteps=TS)[MID]["prior_weight"].peek() == 1.0
+    learner.set_prior_weight(0.0)
+    assert learner.update(episodes=episodes, timesteps=TS)[MID]["prior_weight"].peek() == 0.0
+    assert learner.set_prior_weight(2.5) == 2.5 and learner.get_prior_weight() == 2.5
+    for bad in (-1.0, float("nan"), float("inf"), "1", True):
+        with pytest.raises(LearnerError):
+            learner.set_prior_weight(bad)
+    assert learner.get_state()["covr_prior_weight"] == 2.5
+
+
+def test_policy_state_q_values_and_exported_policy_match_the_module() -> None:
+    learner = make_learner(tiny_cfg())
+    module = learner.module[MID]
+    obs = np.random.default_rng(0).integers(0, 255, (5, 9, 24, 24), dtype=np.uint8)
+    spec = NetworkSpec(obs_shape=(9, 24, 24), action_dim=2, feature_dim=16, hidden_dim=32, num_filters=8)
+    policy = build_policy(spec, learner.policy_state(MID))
+    with torch.no_grad():
+        expected = torch.tanh(module.actor(module.encoder(torch.as_tensor(obs)))[:, :2])
+        np.testing.assert_allclose(policy(torch.as_tensor(obs)).numpy(), expected.numpy(), atol=1e-6)
+        # RLlib's deterministic (explore=False) action is the squashed mean too
+        dist = module.get_inference_action_dist_cls().from_logits(module.actor(module.encoder(torch.as_tensor(obs))))
+        np.testing.assert_allclose(dist.to_deterministic().sample().numpy(), expected.numpy(), atol=1e-6)
+    q = learner.q_values(obs, np.zeros((5, 2), np.float32), MID)
+    assert q.shape == (5,) and np.all(np.isfinite(q))
+    with pytest.raises(LearnerError):
+        learner.q_values(obs, np.zeros((4, 2), np.float32), MID)
