@@ -167,3 +167,25 @@ def test_gp_sites_appear_ahead_and_are_dropped_behind() -> None:
 
 def test_pedestrian_colour_is_distinct() -> None:
     assert PEDESTRIAN_COLOR[0] > 150 and max(PEDESTRIAN_COLOR[1:]) < 110
+
+
+def test_fast_neighbour_search_equals_highway_env() -> None:
+    from highway_env.road.road import Road
+
+    env = hw(3, vehicles=30)
+    env.reset()
+    core = env.unwrapped
+    for _ in range(5):
+        env.step(np.array([0.0, 0.5], np.float32))
+    road = core.road
+    others = [v for v in road.vehicles + road.objects]
+    road._cache = (others, np.array([v.position for v in others]), {id(v): i for i, v in enumerate(others)})
+    try:
+        for vehicle in road.vehicles:
+            for lane in range(core.num_lanes):
+                lane_index = ("0", "1", lane)
+                fast = road.neighbour_vehicles(vehicle, lane_index)
+                stock = Road.neighbour_vehicles(road, vehicle, lane_index)
+                assert fast[0] is stock[0] and fast[1] is stock[1]
+    finally:
+        road._cache = None
