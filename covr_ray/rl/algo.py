@@ -26,7 +26,6 @@ policy), :func:`q_values` (EDDF's Q ablation), :func:`learner_metrics` (namespac
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -38,7 +37,7 @@ from ray.rllib.algorithms.sac.sac import SAC, SACConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from covr_ray.config import CovrConfig
-from covr_ray.errors import CheckpointError, ConfigError, LearnerError
+from covr_ray.errors import CheckpointError, LearnerError
 from covr_ray.rl.connectors import PriorColumns, UniformWarmupActions
 from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
@@ -106,17 +105,6 @@ def training_intensity(updates_per_step: float, batch_size: int, num_env_runners
     return updates_per_step * batch_size * max(num_env_runners, 1) / (num_env_runners + 1)
 
 
-def _default_env(cfg: CovrConfig) -> tuple[Any, Dict[str, Any]]:
-    """The run's env as an RLlib env id and env_config (through covr_envs)."""
-    try:
-        from covr_envs import rllib as covr_rllib  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ConfigError("env.name", cfg.env.name, "an env covr_envs can register with RLlib",
-                          hint=f"covr_envs.rllib is not importable ({exc}); pass env= explicitly") from exc
-    name = covr_rllib.register_covr_env()
-    return name, {"env": dataclasses.asdict(cfg.env), "seed": cfg.seed}
-
-
 def module_config(cfg: CovrConfig) -> Dict[str, Any]:
     """model_config of :class:`PixelSACModule` from the ``sac`` section."""
     s = cfg.sac
@@ -138,14 +126,12 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
 
     Args:
         cfg: the validated run config (sections ``sac``, ``env``, ``ray``, ``prior``, ``schedule``).
-        env: RLlib env (registered id or gymnasium.Env class); None = the run's env via covr_envs.
-        env_config: passed to the env creator; None with ``env=None`` = ``{"env": ..., "seed": ...}``.
+        env: RLlib env (registered id or gymnasium.Env class), e.g. the orchestrator's env wrapped with
+            the prior client; None = the run's env through ``covr_envs.rllib.configure_env_runners``.
+        env_config: passed to the env creator with an explicit ``env``.
         prior_weight: starting lambda; None = :func:`initial_prior_weight`.
     """
     s, r = cfg.sac, cfg.ray
-    if env is None:
-        env, default_env_config = _default_env(cfg)
-        env_config = default_env_config if env_config is None else env_config
     lam0 = initial_prior_weight(cfg) if prior_weight is None else check_prior_weight(prior_weight)
     parallel_envs = max(r.num_env_runners, 1) * r.num_envs_per_env_runner
     warmup_steps = math.ceil(s.learning_starts / parallel_envs)
@@ -153,10 +139,8 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
     config = (
         CovrSACConfig()
         .framework("torch")
-        .environment(env=env, env_config=env_config or {}, normalize_actions=True, clip_actions=False)
-        .env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=r.num_envs_per_env_runner,
-                     num_cpus_per_env_runner=r.num_cpus_per_env_runner,
-                     rollout_fragment_length=s.rollout_fragment_length, batch_mode="truncate_episodes",
+        .environment(normalize_actions=True, clip_actions=False)
+        .env_runners(rollout_fragment_length=s.rollout_fragment_length, batch_mode="truncate_episodes",
                      module_to_env_connector=functools.partial(warmup_connector, warmup_steps=warmup_steps))
         .learners(num_learners=0, num_gpus_per_learner=r.num_gpus_learner if use_gpu else 0,
                   learner_class=CovrSACLearner, learner_connector=prior_columns_connector,
@@ -172,10 +156,17 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
                   replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": s.buffer_capacity,
                                         "frame_stack": cfg.env.frame_stack},
                   store_buffer_in_checkpoints=False)
-        .fault_tolerance(restart_failed_env_runners=r.restart_failed_env_runners)
         .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0)
         .debugging(seed=cfg.seed)
     )
+    if env is None:  # the run's env through covr_envs: env id, env_config with seeds, runners, fault tolerance
+        from covr_envs.rllib import configure_env_runners
+
+        return configure_env_runners(config, cfg)
+    config.environment(env=env, env_config=env_config or {})
+    config.env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=r.num_envs_per_env_runner,
+                       num_cpus_per_env_runner=r.num_cpus_per_env_runner)
+    config.fault_tolerance(restart_failed_env_runners=r.restart_failed_env_runners)
     return config
 
 

@@ -111,6 +111,7 @@ class CovrEpisodeReplayBuffer(ReplayBufferInterface):
 
     def add(self, episodes: Union[SingleAgentEpisode, List[SingleAgentEpisode]], **kwargs: Any) -> None:
         """Store env-runner episode chunks (each: ``T+1`` observations, ``T`` actions, ``T+1`` infos)."""
+        late: List[Tuple[int, Any]] = []
         for ep in episodes if isinstance(episodes, list) else [episodes]:
             if not isinstance(ep, SingleAgentEpisode):
                 raise ReplayError(f"CovrEpisodeReplayBuffer stores SingleAgentEpisode chunks, got {type(ep).__name__}")
@@ -121,13 +122,16 @@ class CovrEpisodeReplayBuffer(ReplayBufferInterface):
                 self.observation_space, self.action_space = ep.observation_space, ep.action_space
             core = self._ensure_core(obs.shape[1:], actions.shape[1])
             infos = list(ep.get_infos())
-            step_ids, priors, masks, late = parse_step_infos(infos[1:n + 1], core.action_dim)
+            step_ids, priors, masks, chunk_late = parse_step_infos(infos[1:n + 1], core.action_dim)
             if ep.t_started == 0:  # a continuing chunk's first info is the previous chunk's last one
-                late = late_priors(infos[:1]) + late
+                chunk_late = late_priors(infos[:1]) + chunk_late
+            late += chunk_late
             core.add_chunk(ep.id_, obs, actions, np.asarray(ep.get_rewards(), np.float32), ep.is_terminated,
                            ep.is_truncated, step_ids, priors, masks)
-            if late:
-                core.attach_priors(late)
+        # Late priors after every chunk of this call is stored: a reset info may carry priors for the
+        # finished episode listed after it.
+        if late and self.core is not None:
+            self.core.attach_priors(late)
         if self.core is not None:
             self.metrics.log_dict({k.split("/", 1)[1]: v for k, v in self.core.stats().items()}, window=1)
 
