@@ -1,0 +1,137 @@
+"""Counters and rolling figures of the prior service, as a flat dict with ``prior/`` keys.
+
+:class:`PriorStats` is updated by the service's batching loop and read by :meth:`PriorService.metrics`,
+which the orchestrator hands to the project's metrics sink. The same figures are exported as Ray metrics
+(``covr_prior_*``, tagged with the replica) so the Ray dashboard / Prometheus shows them live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Optional
+
+import numpy as np
+
+#: Queries whose latency and arrival time are kept for the rolling figures.
+WINDOW = 4096
+#: Seconds over which ``prior/qps`` is measured.
+QPS_WINDOW_S = 30.0
+
+
+class _RayMetrics:
+    """Ray metrics of one replica; absent (no-ops) when Ray metrics cannot be created (no Ray worker)."""
+
+    def __init__(self, replica: str) -> None:
+        from ray.util import metrics
+
+        tags = {"replica": replica}
+        keys = ("replica",)
+        self.queries = metrics.Counter("covr_prior_queries", "Prior queries answered", tag_keys=keys)
+        self.parse_failures = metrics.Counter("covr_prior_parse_failures",
+                                              "Answers that did not parse into an action", tag_keys=keys)
+        self.timeouts = metrics.Counter("covr_prior_timeouts", "Queries dropped after timeout_s", tag_keys=keys)
+        self.latency = metrics.Histogram("covr_prior_latency_ms", "Query latency, enqueue to answer (ms)",
+                                         boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+                                         tag_keys=keys)
+        self.batch = metrics.Histogram("covr_prior_batch_size", "Requests per engine call",
+                                       boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=keys)
+        self.version = metrics.Gauge("covr_prior_adapter_version", "Serving adapter version (-1 = base)",
+                                     tag_keys=keys)
+        for m in (self.queries, self.parse_failures, self.timeouts, self.latency, self.batch, self.version):
+            m.set_default_tags(tags)
+
+
+class PriorStats:
+    """Service counters plus rolling latency / batch-size / throughput windows."""
+
+    def __init__(self, replica: str = "0", ray_metrics: bool = True) -> None:
+        self.queries = 0
+        self.answered = 0
+        self.parse_failures = 0
+        self.timeouts = 0
+        self.engine_errors = 0
+        self.batches = 0
+        self.adapter_version = -1
+        self.adapter_loads = 0
+        self.adapter_load_failures = 0
+        self.last_swap_s: Optional[float] = None
+        self._latency_ms: deque[float] = deque(maxlen=WINDOW)
+        self._batch_sizes: deque[int] = deque(maxlen=WINDOW)
+        self._done_at: deque[float] = deque(maxlen=WINDOW)
+        self._ray: Optional[_RayMetrics] = None
+        if ray_metrics:
+            try:
+                self._ray = _RayMetrics(replica)
+            except (ImportError, RuntimeError, ValueError):  # outside a Ray worker: dict figures only
+                self._ray = None
+
+    def batch(self, size: int) -> None:
+        """One engine call answered ``size`` requests."""
+        self.batches += 1
+        self._batch_sizes.append(size)
+        if self._ray:
+            self._ray.batch.observe(size)
+
+    def answer(self, latency_ms: float, parsed: bool) -> None:
+        """One request answered after ``latency_ms``; ``parsed`` False counts a parse failure."""
+        self.queries += 1
+        self.answered += 1
+        self._latency_ms.append(latency_ms)
+        self._done_at.append(time.monotonic())
+        if not parsed:
+            self.parse_failures += 1
+        if self._ray:
+            self._ray.queries.inc()
+            self._ray.latency.observe(latency_ms)
+            if not parsed:
+                self._ray.parse_failures.inc()
+
+    def timeout(self) -> None:
+        """A request waited longer than timeout_s and was dropped unanswered."""
+        self.queries += 1
+        self.timeouts += 1
+        if self._ray:
+            self._ray.timeouts.inc()
+
+    def engine_error(self, n: int) -> None:
+        """An engine call failed; its ``n`` requests got no prior."""
+        self.queries += n
+        self.engine_errors += n
+
+    def adapter(self, version: int, load_s: Optional[float] = None, failed: bool = False) -> None:
+        """An adapter load finished (or failed); ``version`` is the serving version afterwards."""
+        if failed:
+            self.adapter_load_failures += 1
+        else:
+            self.adapter_loads += 1
+            self.last_swap_s = load_s
+        self.adapter_version = version
+        if self._ray:
+            self._ray.version.set(version)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Figures with namespaced keys (``prior/latency_p95_ms``, ...)."""
+        now = time.monotonic()
+        recent = [t for t in self._done_at if now - t <= QPS_WINDOW_S]
+        span = (now - recent[0]) if len(recent) > 1 else 0.0
+        lat = np.asarray(self._latency_ms, dtype=np.float64)
+        sizes = np.asarray(self._batch_sizes, dtype=np.float64)
+        return {
+            "prior/queries_total": self.queries,
+            "prior/answered_total": self.answered,
+            "prior/qps": (len(recent) - 1) / span if span > 0 else 0.0,
+            "prior/batches_total": self.batches,
+            "prior/batch_size_mean": float(sizes.mean()) if sizes.size else 0.0,
+            "prior/batch_size_max": int(sizes.max()) if sizes.size else 0,
+            "prior/latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else 0.0,
+            "prior/latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else 0.0,
+            "prior/parse_failures_total": self.parse_failures,
+            "prior/parse_failure_rate": self.parse_failures / self.answered if self.answered else 0.0,
+            "prior/timeouts_total": self.timeouts,
+            "prior/engine_errors_total": self.engine_errors,
+            "prior/adapter_version": self.adapter_version,
+            "prior/adapter_loads_total": self.adapter_loads,
+            "prior/adapter_load_failures_total": self.adapter_load_failures,
+            "prior/last_swap_s": self.last_swap_s if self.last_swap_s is not None else float("nan"),
+        }
