@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: bench name -> (module, one-line help). Each module has ``add_arguments`` and ``run``.
 BENCHES: dict[str, tuple[str, str]] = {
     "env": ("covr_envs.bench", "agent steps per second of one env under random actions (--env NAME --steps N)"),
+    "learner": ("covr_ray.rl.bench", "SAC updates/s through RLlib vs the same update in plain PyTorch (--batch-size B)"),
 }
 
 

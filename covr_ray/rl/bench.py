@@ -1,0 +1,172 @@
+"""``covr bench learner``: SAC updates per second through RLlib, and the same update in plain PyTorch.
+
+Both paths run in this process on the same networks (the plain trainer copies the RLlib module's
+weights) and draw batches of the same size from the same compact replay, filled with synthetic
+frame-stacked episodes (random pixels: speed does not depend on the content):
+
+- RLlib: ``replay.sample`` -> 1-step episodes -> learner connector (prior columns, batching, tensors)
+  -> ``Learner.update`` (module forward, SAC + COVR losses, three backward passes, Adam steps, metrics);
+- plain: ``replay.sample`` arrays -> tensors -> :class:`covr_ray.rl.plain.PlainPixelSAC.update`.
+
+``rllib_over_plain`` = time per RLlib update / time per plain update (1.0 = no overhead).
+
+How to run::
+
+    covr bench learner --json                          # dmc-cartpole-swingup preset, batch 64, 84x84
+    covr bench learner --json --batch-size 256 --device cuda --updates 50
+
+Prints one JSON object: ``updates_per_s``, ``batch_size``, ``obs_shape``, ``device``, ``plain_updates_per_s``,
+``rllib_over_plain`` plus the base, threads, parameter count and the replay's bytes per stored step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Callable, Dict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="dmc-cartpole-swingup", help="preset giving the sac section")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="config override (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per update")
+    parser.add_argument("--image-size", type=int, default=84, help="observation height and width")
+    parser.add_argument("--action-dim", type=int, default=None, help="action size; default: the preset env's")
+    parser.add_argument("--updates", type=int, default=10, help="timed updates per path")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed updates per path first")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+
+
+def _timed(fn: Callable[[], Any], n: int, sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def _fill_replay(buf: Any, obs_shape: tuple[int, int, int], frame_stack: int, action_dim: int, steps: int,
+                 seed: int) -> None:
+    """Synthetic frame-stacked episodes of 125 steps, a prior on every 2nd step."""
+    import gymnasium as gym
+    import numpy as np
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_MASK, INFO_STEP_ID
+
+    rng = np.random.default_rng(seed)
+    c = obs_shape[0] // frame_stack
+    obs_space = gym.spaces.Box(0, 255, obs_shape, np.uint8)
+    act_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+    step_id, length = 0, 125
+    while len(buf) < steps:
+        frames = rng.integers(0, 256, (length + frame_stack, c) + obs_shape[1:], dtype=np.uint8)
+        obs = [frames[t:t + frame_stack].reshape(obs_shape) for t in range(length + 1)]
+        infos: list[dict] = [{}]
+        for t in range(length):
+            prior = t % 2 == 0
+            infos.append({INFO_STEP_ID: step_id, INFO_PRIOR_MASK: 1.0 if prior else 0.0,
+                          INFO_PRIOR_ACTION: rng.uniform(-1, 1, action_dim).tolist()})
+            step_id += 1
+        buf.add([SingleAgentEpisode(observations=obs, infos=infos,
+                                    actions=list(rng.uniform(-1, 1, (length, action_dim)).astype(np.float32)),
+                                    rewards=list(rng.normal(size=length)), truncated=True, len_lookback_buffer=0,
+                                    observation_space=obs_space, action_space=act_space)])
+
+
+def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None = None, batch_size: int = 64,
+              image_size: int = 84, action_dim: int | None = None, updates: int = 10, warmup: int = 2,
+              device: str = "auto", threads: int | None = None) -> Dict[str, Any]:
+    """Measure both paths; returns the figures (see the module docstring)."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from covr_ray.config import load_config
+    from covr_ray.errors import ConfigError
+    from covr_ray.rl.algo import MODULE_ID, build_algorithm_config
+    from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
+    from covr_ray.rl.networks import count_parameters
+    from covr_ray.rl.plain import PlainPixelSAC
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("--device", device, "cpu or auto on a machine without CUDA")
+    for name, value, lo in (("--updates", updates, 1), ("--warmup", warmup, 0), ("--batch-size", batch_size, 1)):
+        if value < lo:
+            raise ConfigError(name, value, f"an integer >= {lo}")
+    cfg = load_config(preset, overrides=list(overrides or []) + [
+        f"sac.batch_size={batch_size}", f"env.image_size={image_size}", "schedule.cold_start_rounds=0",
+        f"sac.buffer_capacity={max(4 * batch_size, 1000)}"])
+    if action_dim is None:
+        from covr_envs.registry import resolve_env_spec
+
+        action_dim = resolve_env_spec(cfg.env).action_dim
+    obs_shape = (3 * cfg.env.frame_stack, image_size, image_size)
+    obs_space = gym.spaces.Box(0, 255, obs_shape, np.uint8)
+    act_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+
+    config = build_algorithm_config(cfg, env="covr-bench-no-env", env_config={})
+    config.learners(num_gpus_per_learner=1 if use_cuda else 0).debugging(seed=None)
+    torch.manual_seed(cfg.seed)
+    learner = config.build_learner(spaces={MODULE_ID: (obs_space, act_space)})
+    module = learner.module[MODULE_ID]
+    dev = next(module.parameters()).device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    buf = CovrEpisodeReplayBuffer(cfg.sac.buffer_capacity, frame_stack=cfg.env.frame_stack, seed=cfg.seed)
+    _fill_replay(buf, obs_shape, cfg.env.frame_stack, action_dim, min(cfg.sac.buffer_capacity, 4 * batch_size),
+                 cfg.seed)
+    timesteps = {"num_env_steps_sampled_lifetime": cfg.sac.learning_starts + 1}
+
+    def rllib_update() -> None:
+        learner.update(episodes=buf.sample(batch_size, n_step=1), timesteps=timesteps)
+
+    s = cfg.sac
+    plain = PlainPixelSAC.from_module(module, gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr,
+                                      alpha_lr=s.alpha_lr, alpha_beta=s.alpha_beta, tau=s.tau,
+                                      encoder_tau=s.encoder_tau, target_update_every=s.target_update_every,
+                                      prior_weight=s.lam, prior_action_source=s.prior_action_source, device=dev)
+    learner.set_prior_weight(s.lam)
+
+    def plain_update() -> None:
+        arrays = buf.core.sample(batch_size)
+        plain.update({k: torch.as_tensor(v).to(dev, non_blocking=True) for k, v in arrays.items()})
+
+    for fn in (rllib_update, plain_update):
+        for _ in range(warmup):
+            fn()
+    rllib_s = _timed(rllib_update, updates, sync)
+    plain_s = _timed(plain_update, updates, sync)
+    return {
+        "updates_per_s": round(1.0 / rllib_s, 3),
+        "batch_size": batch_size,
+        "obs_shape": list(obs_shape),
+        "device": str(dev),
+        "plain_updates_per_s": round(1.0 / plain_s, 3),
+        "rllib_over_plain": round(rllib_s / plain_s, 3),
+        "base": cfg.sac.base,
+        "action_dim": action_dim,
+        "threads": torch.get_num_threads(),
+        "parameters": count_parameters([module.encoder, module.actor, module.critic]),
+        "replay_bytes_per_step": round(buf.core.nbytes() / max(1, len(buf)), 1),
+        "updates_timed": updates,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    figures = run_bench(args.preset, args.overrides, args.batch_size, args.image_size, args.action_dim,
+                        args.updates, args.warmup, args.device, args.threads)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:>24}: {value}")
+    return 0
