@@ -231,7 +231,7 @@ class CarlaEnv(gym.Env):
         if seed is not None:
             self.rng = np.random.default_rng(int(seed))
         self._distance, self._collided, self._offroad = 0.0, False, False
-        for attempt in range(2):
+        for _ in range(2):
             self.conn.ensure()  # raises SimulatorConnectionError when the watchdog gives up
             try:
                 self._build_scene()
@@ -270,11 +270,12 @@ class CarlaEnv(gym.Env):
         cmap = self.conn.map
         velocity = self.call(self.ego.get_velocity)
         location = self.call(self.ego.get_transform).location
-        lane = self.call(cmap.get_waypoint, location)
+        lane = self.call(cmap.get_waypoint, location)  # projected onto the nearest driving lane
         on_lane = self.call(cmap.get_waypoint, location, project_to_road=False,
                             lane_type=self.carla.LaneType.Driving)
         self._offroad = on_lane is None
-        progress = lane_progress(velocity, lane.transform.get_forward_vector(), self.cfg.fixed_delta_s)
+        progress = 0.0 if lane is None else lane_progress(velocity, lane.transform.get_forward_vector(),
+                                                            self.cfg.fixed_delta_s)
         self._speed = vector_norm(velocity)
         with self._lock:
             impulse = float(sum(self._impulses))

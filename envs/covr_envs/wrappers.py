@@ -1,4 +1,4 @@
-"""Wrappers shared by every family: frame resize, action repeat, channel-first frame stack, seeding.
+"""Wrappers and helpers shared by every family: frame resize, action checks, channel-first frame stack, seeding.
 
 The pipeline :func:`covr_envs.registry.make_env` builds, inner to outer::
 
@@ -7,8 +7,8 @@ The pipeline :func:`covr_envs.registry.make_env` builds, inner to outer::
     -> FrameStackCHW   (obs: (3 * k, S, S) uint8; render() = the newest single frame (S, S, 3))
     -> SeededReset     (first reset() without a seed uses the construction seed)
 
-Families whose simulator steps are cheap relative to rendering (DMC, driving) repeat the action inside the
-core env and render once per agent step; :class:`ActionRepeat` is the generic fallback for ``gym:`` envs.
+Every core env repeats the action itself and renders (or reads pixels) once per agent step, so frames are
+never drawn for intermediate simulator steps.
 """
 
 from __future__ import annotations
@@ -69,40 +69,6 @@ def check_action(action: Any, dim: int, env_name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise EnvError(f"{env_name}: action must be finite, got {arr.tolist()}")
     return np.clip(arr, -1.0, 1.0)
-
-
-class ActionRepeat(gym.Wrapper):
-    """Repeat each action ``k`` times, summing rewards; stops early when the episode ends.
-
-    ``info["env_steps"]`` is the number of inner steps actually taken.
-    """
-
-    def __init__(self, env: gym.Env, k: int) -> None:
-        super().__init__(env)
-        if k < 1:
-            raise EnvError(f"action repeat must be >= 1, got {k}")
-        self.k = k
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        total = 0.0
-        info: dict[str, Any] = {}
-        obs, terminated, truncated = None, False, False
-        taken = 0
-        for _ in range(self.k):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
-            taken += 1
-            if terminated or truncated:
-                break
-        info = dict(info)
-        info["env_steps"] = taken
-        return obs, total, terminated, truncated, info
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        info = dict(info)
-        info["env_steps"] = 0
-        return obs, info
 
 
 class FrameStackCHW(gym.Wrapper):
