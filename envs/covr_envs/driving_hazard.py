@@ -28,6 +28,7 @@ line of sight). Parked rows and pedestrians are created ahead of the ego as it d
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -116,6 +117,7 @@ def segment_hits_box(p0: np.ndarray, p1: np.ndarray, box_min: np.ndarray, box_ma
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def _pedestrian_class() -> type:
     from highway_env.vehicle.kinematics import Vehicle
 
