@@ -1,0 +1,114 @@
+"""D_f recording inside the env runners: every finished episode becomes (o_i, a_r_i, g_i) rows on disk.
+
+An RLlib callback (:class:`DfRecorderCallback`) runs in each env runner (a Ray actor). When an episode
+ends it walks the episode's chunks (RLlib cuts episodes into fragments for the replay buffer; the callback
+gets the earlier chunks too) and writes one row per step into that runner's
+:class:`~covr_ray.finetune.buffer.FilterBuffer` directory ``<run_dir>/df/runner-<index>/``:
+
+- the frame the VLM sees for step i is the newest RGB frame of observation o_i (the last 3 channels of
+  the channel-first stack, identical to ``env.render()`` at that step);
+- a_r_i is the action the policy took, in the normalised space [-1, 1];
+- the per-step entropy is the entropy of the policy's pre-squash Gaussian (sum of log std plus
+  ``0.5 * log(2 pi e)`` per dimension), or ``A * log 2`` for the uniform warm-up actions;
+- the return-to-go g_i is computed by the buffer when the episode ends (discount = ``sac.gamma``); a
+  truncated episode (time limit, crash) is not bootstrapped: its tail returns are lower bounds.
+
+Each finished episode is flushed as its own shard (written atomically), so the orchestrator can build a
+round from complete files at any time; no env runner state has to be gathered.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.core.columns import Columns
+
+from covr_ray.log import get_logger
+
+log = get_logger(__name__)
+
+#: key of ``env_config`` holding the recorder's settings (dict: dir, gamma, action_dim).
+ENV_CONFIG_KEY = "covr_df"
+_HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
+
+
+def gaussian_entropy(dist_inputs: np.ndarray) -> np.ndarray:
+    """Entropy of the pre-squash Gaussian per row: ``dist_inputs: (T, 2A)`` = [mean, log_std] -> ``(T,)``."""
+    log_std = np.asarray(dist_inputs, dtype=np.float64)[:, dist_inputs.shape[1] // 2:]
+    return log_std.sum(axis=1) + log_std.shape[1] * _HALF_LOG_2PIE
+
+
+def episode_rows(chunks: list[Any], action_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps of an episode given as its chunks in order.
+
+    Returns:
+        frames: (T, S, S, 3) uint8; actions: (T, A) float32; rewards: (T,) float32; entropy: (T,) float64.
+    """
+    frames, actions, rewards, entropy = [], [], [], []
+    for chunk in chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        obs = np.asarray(chunk.get_observations(slice(0, n)))
+        frames.append(np.ascontiguousarray(obs[:, -3:].transpose(0, 2, 3, 1)))
+        acts = np.asarray(chunk.get_actions(slice(0, n)), dtype=np.float32).reshape(n, action_dim)
+        actions.append(acts)
+        rewards.append(np.asarray(chunk.get_rewards(slice(0, n)), dtype=np.float32).reshape(n))
+        ent = np.full(n, action_dim * math.log(2.0))
+        try:
+            dist = np.asarray(chunk.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS, slice(0, n)),
+                              dtype=np.float64)
+        except KeyError:
+            dist = None
+        if dist is not None and dist.ndim == 2 and dist.shape == (n, 2 * action_dim):
+            ent = gaussian_entropy(dist)
+        entropy.append(ent)
+    if not frames:
+        empty = np.zeros((0,), np.float32)
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, action_dim), np.float32), empty, empty
+    return (np.concatenate(frames), np.concatenate(actions), np.concatenate(rewards),
+            np.concatenate(entropy))
+
+
+class DfRecorderCallback(RLlibCallback):
+    """Writes every finished episode of this env runner into its D_f directory (see the module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer: Optional[Any] = None
+        self._settings: Optional[dict[str, Any]] = None
+
+    def _buffer_for(self, env_runner: Any) -> Optional[Any]:
+        if self._buffer is not None:
+            return self._buffer
+        settings = (env_runner.config.env_config or {}).get(ENV_CONFIG_KEY) if env_runner else None
+        if not settings:
+            return None  # not a COVR run (e.g. a bare algorithm in a test): nothing to record
+        from covr_ray.finetune.buffer import FilterBuffer
+
+        index = getattr(env_runner, "worker_index", 0)
+        directory = Path(settings["dir"]) / f"runner-{index}"
+        self._buffer = FilterBuffer(directory, action_dim=int(settings["action_dim"]),
+                                    gamma=float(settings["gamma"]), rows_per_shard=1 << 30)
+        self._settings = settings
+        return self._buffer
+
+    def on_episode_end(self, *, episode: Any, prev_episode_chunks: Optional[list[Any]] = None,
+                       env_runner: Any = None, metrics_logger: Any = None, **kwargs: Any) -> None:
+        buffer = self._buffer_for(env_runner)
+        if buffer is None:
+            return
+        chunks = list(prev_episode_chunks or []) + [episode]
+        frames, actions, rewards, entropy = episode_rows(chunks, buffer.action_dim)
+        if len(rewards) == 0:
+            return
+        buffer.add_episode(episode.id_, frames, actions, rewards, entropy)
+        path = buffer.flush()
+        if metrics_logger is not None:
+            metrics_logger.log_value("covr_df/episodes_written", 1, reduce="sum")
+            metrics_logger.log_value("covr_df/rows_written", len(rewards), reduce="sum")
+        log.debug("D_f: episode %s (%d steps) -> %s", episode.id_, len(rewards), path)

@@ -1,0 +1,378 @@
+"""The COVR loop: VLM-guided RL and RL-tuned VLM, alternating, with every actor alive the whole time.
+
+One screen shows every part and its role (:meth:`CovrRun.setup`)::
+
+    prior    = start_prior_replicas(...)       # Ray actors: vLLM-served VLM, answers batched prior queries
+    lora     = start_lora_trainer(...)         # Ray actor: LoRA fine-tunes the VLM on kept D_f shards
+    algo     = build_algorithm_config(...)     # RLlib SAC: env runners (simulators + prior client +
+               .callbacks(DfRecorderCallback)  #   D_f recorder) and the learner with the regularised loss
+    schedule = FinetuneSchedule(cfg.schedule)  # when rounds happen, when guidance switches on
+    sink     = MetricsSink(...)                # the one metrics writer
+
+:meth:`CovrRun.run` then repeats ``algo.train()`` (sampling + SAC updates) and, at the schedule's env-step
+points, a fine-tune round (:meth:`CovrRun.fine_tune_round`): EDDF + RALW turn the env runners' D_f shards
+into a kept shard set, the LoRA trainer writes adapter ``v<N>``, every prior replica hot-swaps it, D_f's
+consumed shards are deleted, and lambda is set to ``sac.lam`` once ``cold_start_rounds`` rounds are done
+(0 before: the update is then the base algorithm's). Checkpoints and evaluations happen every
+``schedule.checkpoint_every`` / ``schedule.eval_every`` env steps and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+from covr_ray.config import CovrConfig
+from covr_ray.errors import ConfigError, LoRATrainerError, PriorServiceError
+from covr_ray.log import get_logger
+from covr_ray.loop.run_dir import (RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state)
+
+log = get_logger(__name__)
+
+
+def default_run_dir(cfg: CovrConfig) -> Path:
+    return Path("runs") / f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class CovrRun:
+    """One COVR training run (new or resumed). Use :meth:`new` or :meth:`resume`, then :meth:`run`.
+
+    Args:
+        cfg: the validated config.
+        run: the run directory.
+        checkpoint: resume from this checkpoint (None = start fresh).
+        ray_init_kwargs: extra ``ray.init`` arguments (tests pass their own ``_temp_dir``).
+        progress: show a progress bar over env steps.
+    """
+
+    def __init__(self, cfg: CovrConfig, run: RunDir, checkpoint: Optional[Path] = None,
+                 ray_init_kwargs: Optional[dict[str, Any]] = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = run
+        self.checkpoint_path = checkpoint
+        self.ray_init_kwargs = dict(ray_init_kwargs or {})
+        self.progress = progress
+        self.run_id = f"{run.root.name[:40]}-{uuid.uuid4().hex[:6]}"
+        self.env_steps = 0
+        self.adapter_version = -1
+        self.entropy: Optional[float] = None
+        self.prior: list[Any] = []
+        self.lora: Any = None
+        self.algo: Any = None
+        self.sink: Any = None
+        self.history: list[dict[str, float]] = []
+        self._next_checkpoint = cfg.schedule.checkpoint_every
+        self._next_eval = cfg.schedule.eval_every
+        self._last_prior_log = 0.0
+        self._last_eval: Optional[dict[str, Any]] = None
+        self._last_eval_steps = -1
+
+    # --- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def new(cls, cfg: CovrConfig, **kwargs: Any) -> "CovrRun":
+        root = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        return cls(cfg, RunDir.create(root, cfg), **kwargs)
+
+    @classmethod
+    def resume(cls, root: str | Path, **kwargs: Any) -> "CovrRun":
+        run, cfg = RunDir.open(root)
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            log.warning("%s has no complete checkpoint yet: starting it from the beginning", run.root)
+        return cls(cfg, run, checkpoint=checkpoint, **kwargs)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.cfg.ray.get_timeout_s
+
+    def _check_resources(self) -> None:
+        import ray
+
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        r = self.cfg.ray
+        wanted = {"ray.num_gpus_learner": r.num_gpus_learner, "ray.num_gpus_lora": r.num_gpus_lora,
+                  "ray.num_gpus_prior": r.num_gpus_prior * r.prior_replicas if self.cfg.prior.enabled else 0}
+        if sum(wanted.values()) > gpus + 1e-9:
+            field = max(wanted, key=wanted.get)
+            raise ConfigError(field, wanted[field], f"GPU shares the cluster has ({gpus:g} GPUs in all, asked "
+                              f"{sum(wanted.values()):g})",
+                              hint="on a CPU machine: --set ray.num_gpus_learner=0 ray.num_gpus_prior=0 "
+                                   "ray.num_gpus_lora=0")
+
+    def setup(self) -> "CovrRun":
+        """Start Ray and every actor (see the module docstring); restore state when resuming."""
+        import ray
+
+        from covr_envs.registry import resolve_env_spec
+        from covr_ray.finetune.schedule import FinetuneSchedule
+        from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
+        from covr_ray.loop.env_factory import register_run_env
+        from covr_ray.metrics import MetricsSink
+        from covr_ray.rl.algo import build_algorithm_config, set_prior_weight
+
+        cfg = self.cfg
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray.address, **self.ray_init_kwargs)
+        self._check_resources()
+        if cfg.prior.enabled and cfg.eddf.signal == "q_value":
+            raise ConfigError("eddf.signal", "q_value", "return or reward in `covr train`",
+                              hint="the D_f recorder does not store critic Q-values yet; the q_value ablation "
+                                   "works on shards that carry them (covr_ray.finetune.eddf)")
+        spec = resolve_env_spec(cfg.env)
+        self.env_spec = spec
+        self.sink = MetricsSink(self.run_dir.root, cfg.logging, run_name=self.run_dir.root.name,
+                                config=cfg.to_dict())
+        self.schedule = FinetuneSchedule(cfg.schedule)
+        if cfg.prior.enabled:
+            self._start_vlm_actors(spec)
+        env_id = register_run_env()
+        from covr_envs.rllib import env_config_dict
+
+        env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": self.run_id,
+                      ENV_CONFIG_KEY: ({"dir": str(self.run_dir.df.resolve()), "gamma": cfg.sac.gamma,
+                                        "action_dim": spec.action_dim} if cfg.prior.enabled else None)}
+        if self.checkpoint_path is not None:
+            self._restore(env_config)
+        else:
+            algo_config = build_algorithm_config(cfg, env=env_id, env_config=env_config)
+            algo_config.callbacks(DfRecorderCallback)
+            self.algo = algo_config.build_algo()
+        set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
+        log.info("run %s: %s, env steps %d of %d, round %d, adapter v%d, lambda %.3g", self.run_id,
+                 self.run_dir.root, self.env_steps, cfg.schedule.total_env_steps, self.schedule.round,
+                 self.adapter_version, self.current_lambda())
+        return self
+
+    def _start_vlm_actors(self, spec: Any) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        from covr_ray.finetune.lora_trainer import start_lora_trainer
+        from covr_ray.prior.codecs import get_codec
+        from covr_ray.prior.prompts import build_instruction
+        from covr_ray.prior.service import start_prior_replicas
+
+        cfg = self.cfg
+        self.prior = start_prior_replicas(cfg, run_id=self.run_id, adapter_dir=self.run_dir.adapters,
+                                          codec=spec.codec, action_dim=spec.action_dim, task_prompt=spec.prompt,
+                                          action_description=spec.action_description,
+                                          num_cpus=cfg.ray.num_cpus_prior)
+        instruction = build_instruction(spec.prompt, spec.action_description, get_codec(spec.codec, spec.action_dim))
+        self.lora = start_lora_trainer(cfg.ray, name=f"covr-lora-{self.run_id}", model=cfg.prior.model,
+                                       lora=cfg.lora, codec_name=spec.codec, action_dim=spec.action_dim,
+                                       prompt_text=instruction, adapter_root=str(self.run_dir.adapters),
+                                       device=cfg.device, dtype=cfg.prior.dtype, family=cfg.prior.family,
+                                       seed=cfg.seed, progress=False)
+        try:
+            infos = ray.get([h.info.remote() for h in self.prior], timeout=self.timeout_s)
+            lora_info = ray.get(self.lora.info.remote(), timeout=self.timeout_s)
+        except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+            raise PriorServiceError(f"the VLM actors did not start within {self.timeout_s} s: {exc}") from exc
+        self.adapter_version = max(int(i.get("adapter_version", -1)) for i in infos)
+        log.info("prior service: %s; LoRA trainer: %s", infos[0], lora_info)
+        self.sink.log({"lora/trainable_frac": float(lora_info.get("trainable_frac", math.nan))}, step=self.env_steps)
+
+    def _restore(self, env_config: dict[str, Any]) -> None:
+        from covr_ray.finetune.schedule import FinetuneSchedule
+        from covr_ray.rl.algo import restore_algorithm
+
+        state = read_loop_state(self.checkpoint_path)
+        self.algo = restore_algorithm(self.checkpoint_path / "algorithm")
+        self.env_steps = int(state["env_steps"])
+        self.schedule = FinetuneSchedule.from_dict(self.cfg.schedule, state["schedule"])
+        self.entropy = state.get("entropy")
+        self._next_checkpoint = int(state["next_checkpoint"])
+        self._next_eval = int(state["next_eval"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at %d env steps (round %d)", self.checkpoint_path, self.env_steps,
+                 self.schedule.round)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def current_lambda(self) -> float:
+        """lambda of the regulariser now: ``sac.lam`` once guidance is on, else 0."""
+        return self.cfg.sac.lam if (self.cfg.prior.enabled and self.schedule.guidance_on) else 0.0
+
+    def run(self, stop_at_env_steps: Optional[int] = None) -> dict[str, Any]:
+        """Train until ``schedule.total_env_steps``; returns a summary dict.
+
+        ``stop_at_env_steps`` stops early, after the first iteration past that many env steps, without the
+        final evaluation and checkpoint: what a preempted job or a crash leaves behind (the run continues
+        with ``covr train --resume``).
+        """
+        from tqdm.auto import tqdm
+
+        from covr_ray.rl.algo import learner_metrics
+
+        if self.algo is None:
+            self.setup()
+        cfg = self.cfg
+        total = cfg.schedule.total_env_steps
+        bar = tqdm(total=total, initial=min(self.env_steps, total), desc="env steps", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        final_eval: Optional[dict[str, Any]] = None
+        try:
+            while self.env_steps < total:
+                result = self.algo.train()
+                agent_steps = int(_dig(result, "env_runners", "num_env_steps_sampled_lifetime") or 0)
+                new_steps = agent_steps * cfg.env.action_repeat
+                bar.update(max(0, min(new_steps, total) - self.env_steps))
+                self.env_steps = max(self.env_steps, new_steps)
+                metrics = learner_metrics(result)
+                if "learner/entropy" in metrics:
+                    self.entropy = metrics["learner/entropy"]
+                metrics.update({"loop/env_steps": float(self.env_steps), "loop/round": float(self.schedule.round),
+                                "loop/lambda": self.current_lambda(),
+                                "lora/adapter_version": float(self.adapter_version)})
+                self.sink.log(metrics, step=self.env_steps)
+                self._log_prior_metrics()
+                if cfg.prior.enabled and self.schedule.due(self.env_steps):
+                    self.fine_tune_round()
+                    bar.set_postfix(round=self.schedule.round, adapter=self.adapter_version)
+                if self.env_steps >= self._next_eval:
+                    self.evaluate()
+                    self._next_eval = self.env_steps + cfg.schedule.eval_every
+                if self.env_steps >= self._next_checkpoint:
+                    self._next_checkpoint = self.env_steps + cfg.schedule.checkpoint_every
+                    self.checkpoint()
+                if stop_at_env_steps is not None and self.env_steps >= stop_at_env_steps:
+                    break
+            else:
+                final_eval = self._last_eval if self._last_eval_steps == self.env_steps else self.evaluate()
+                self.checkpoint()
+        finally:
+            bar.close()
+        summary = {"run_dir": str(self.run_dir.root), "env_steps": self.env_steps, "rounds": self.schedule.round,
+                   "adapter_version": self.adapter_version, "wall_s": time.perf_counter() - t0,
+                   "eval": final_eval if self.env_steps >= total else None}
+        log.info("run finished: %s", summary)
+        return summary
+
+    def _log_prior_metrics(self) -> None:
+        if not self.prior or time.monotonic() - self._last_prior_log < self.cfg.logging.log_every_s:
+            return
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        self._last_prior_log = time.monotonic()
+        try:
+            stats = ray.get(self.prior[0].metrics.remote(), timeout=min(self.timeout_s, 30.0))
+        except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+            log.warning("prior service metrics unavailable: %s", exc)
+            return
+        self.sink.log({k: float(v) for k, v in stats.items()
+                       if k.startswith("prior/") and isinstance(v, (int, float))}, step=self.env_steps)
+
+    def fine_tune_round(self) -> dict[str, float]:
+        """EDDF + RALW over D_f -> kept shard set -> LoRA round -> hot-swap -> clear D_f -> guidance."""
+        from covr_ray.finetune.lora_trainer import train_round_remote
+        from covr_ray.finetune.round_data import build_kept_set
+        from covr_ray.prior.service import load_adapter_everywhere
+        from covr_ray.rl.algo import set_prior_weight
+
+        cfg = self.cfg
+        c = self.schedule.round
+        shards = self.run_dir.df_shards()
+        out_dir = self.run_dir.rounds / f"round-{c:03d}-step{self.env_steps}"
+        metrics: dict[str, float] = {}
+        kept, data_metrics = build_kept_set(shards, out_dir, cfg.eddf, cfg.ralw, self.env_spec.action_dim,
+                                            entropy=self.entropy, seed=cfg.seed + c)
+        metrics.update(data_metrics)
+        for path in shards:  # D_f is cleared only now that the kept set is completely written
+            path.unlink(missing_ok=True)
+        metrics["df/cleared_shards"] = float(len(shards))
+        try:
+            result = train_round_remote(self.lora, kept.path, timeout_s=self.timeout_s)
+        except LoRATrainerError as exc:
+            log.error("fine-tune round %d failed (%s); the previous adapter keeps serving", c, exc)
+            result = None
+        if result is not None:
+            metrics.update(result.metrics)
+            if result.trained and result.adapter_path:
+                answers = load_adapter_everywhere(self.prior, result.adapter_path, result.version, self.timeout_s)
+                failed = [a for a in answers if isinstance(a, BaseException)]
+                for err in failed:
+                    log.error("a prior replica refused adapter v%d: %s", result.version, err)
+                if len(failed) < len(answers):
+                    self.adapter_version = result.version
+                metrics["lora/swap_failures"] = float(len(failed))
+        metrics.update(self.schedule.complete_round(self.env_steps))
+        lam = set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
+        metrics.update({"loop/lambda": lam, "lora/adapter_version": float(self.adapter_version)})
+        self.sink.log(metrics, step=self.env_steps)
+        self.history.append(dict(metrics, round=float(c), env_steps=float(self.env_steps)))
+        log.info("round %d at %d env steps: kept %d of %d D_f rows, adapter v%d, lambda %.3g", c, self.env_steps,
+                 int(metrics.get("round/kept_rows", 0)), int(metrics.get("round/df_rows", 0)),
+                 self.adapter_version, lam)
+        return metrics
+
+    # --- checkpoints, policy, eval ------------------------------------------------------------------
+
+    def save_policy(self) -> Path:
+        from covr_ray.policy_io import policy_meta, save_policy
+        from covr_ray.rl.algo import network_spec_for, policy_state_dict
+
+        state = policy_state_dict(self.algo, timeout_s=self.timeout_s)
+        meta = policy_meta(self.cfg, self.env_steps, self.env_spec.action_dim)
+        return save_policy(self.run_dir.policy, network_spec_for(self.algo), state, meta)
+
+    def checkpoint(self) -> Path:
+        """Write a complete checkpoint (algorithm + replay, loop state, RNG) and point LATEST at it."""
+        from covr_ray.io import atomic_directory
+        from covr_ray.rl.algo import save_checkpoint
+
+        path = self.run_dir.checkpoints / f"ckpt-{self.env_steps:010d}"
+        if (path / "loop_state.json").is_file():
+            return path  # already saved at these env steps
+        with atomic_directory(path) as tmp:
+            save_checkpoint(self.algo, tmp / "algorithm")
+            write_loop_state(tmp, {"env_steps": self.env_steps, "schedule": self.schedule.to_dict(),
+                                   "adapter_version": self.adapter_version, "entropy": self.entropy,
+                                   "next_checkpoint": self._next_checkpoint, "next_eval": self._next_eval,
+                                   "run_id": self.run_id, "rng": rng_state()})
+        self.run_dir.commit_checkpoint(path)
+        self.save_policy()
+        log.info("checkpoint %s", path)
+        return path
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the policy network alone (no VLM) and log ``eval/*``."""
+        from covr_ray.evaluate import eval_metrics, evaluate_policy, write_eval_result
+        from covr_ray.policy_io import load_policy
+
+        policy, _meta = load_policy(self.save_policy())
+        result = evaluate_policy(policy, self.cfg.env, self.cfg.schedule.eval_episodes,
+                                 seed=self.cfg.seed + 10_000 + self.env_steps)
+        result["env_steps"] = self.env_steps
+        write_eval_result(self.run_dir.root, result)
+        self.sink.log(eval_metrics(result), step=self.env_steps)
+        self._last_eval, self._last_eval_steps = result, self.env_steps
+        return result
+
+    def close(self) -> None:
+        """Stop the algorithm and actors, flush metrics (Ray itself is left running for the caller)."""
+        import ray
+
+        if self.algo is not None:
+            self.algo.stop()
+            self.algo = None
+        for handle in self.prior + ([self.lora] if self.lora is not None else []):
+            ray.kill(handle, no_restart=True)
+        self.prior, self.lora = [], None
+        if self.sink is not None:
+            self.sink.close()
+
+
+def _dig(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    if hasattr(d, "peek"):
+        d = d.peek()
+    return d

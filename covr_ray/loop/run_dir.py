@@ -1,0 +1,162 @@
+"""The run directory and the loop's checkpoint state.
+
+Layout of ``RUN_DIR``::
+
+    config.yaml              the resolved config (``covr train --resume RUN_DIR`` reads it back)
+    checkpoints/ckpt-<env steps>/
+        algorithm/           RLlib state: RL module, optimisers, lambda, replay buffer
+        loop_state.json      env steps, schedule (round, interval), adapter version, RNG states
+    checkpoints/LATEST       name of the newest complete checkpoint (replaced atomically)
+    adapters/v<N>/           LoRA adapters by version (PEFT format)
+    df/runner-<i>/           D_f shards written by each env runner
+    rounds/round-<c>/        the kept (EDDF-filtered, RALW-weighted) shard set of fine-tune round c
+    policy/policy.pt         the deployable policy (encoder + actor), refreshed at every checkpoint
+    eval/eval-<steps>.json   evaluations;  export/  exported artifacts
+    metrics.csv, tb/, wandb/ metrics
+
+A checkpoint directory is written under a temporary name and renamed when complete, then ``LATEST`` is
+replaced; a crash at any point leaves the previous checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from covr_ray.config import CovrConfig, config_from_dict, save_config
+from covr_ray.errors import CheckpointError
+from covr_ray.io import atomic_write_text
+
+LOOP_STATE_FORMAT = 1
+
+
+@dataclass
+class RunDir:
+    """Paths of one run."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def df(self) -> Path:
+        return self.root / "df"
+
+    @property
+    def rounds(self) -> Path:
+        return self.root / "rounds"
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy" / "policy.pt"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @classmethod
+    def create(cls, root: str | Path, cfg: CovrConfig) -> "RunDir":
+        """A new run: ``root`` must not hold a run yet; writes config.yaml."""
+        run = cls(Path(root))
+        if run.config_path.exists():
+            raise CheckpointError(f"{run.root} already holds a run; continue it with `covr train --resume "
+                                  f"{run.root}` or choose another run_dir")
+        for d in (run.root, run.checkpoints, run.adapters, run.df, run.rounds, run.eval):
+            d.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config_path)
+        return run
+
+    @classmethod
+    def open(cls, root: str | Path) -> tuple["RunDir", CovrConfig]:
+        """An existing run and its config."""
+        import yaml
+
+        run = cls(Path(root))
+        if not run.config_path.is_file():
+            raise CheckpointError(f"{run.root} is not a run directory (no config.yaml)")
+        return run, config_from_dict(yaml.safe_load(run.config_path.read_text()))
+
+    def df_shards(self) -> list[Path]:
+        """Complete D_f shards of every env runner (temp files of writers mid-write are excluded)."""
+        from covr_ray.finetune.shards import SHARD_SUFFIX
+
+        return sorted(p for p in self.df.glob(f"runner-*/df-*{SHARD_SUFFIX}") if not p.name.startswith("."))
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        """The newest complete checkpoint, or None."""
+        pointer = self.checkpoints / "LATEST"
+        if not pointer.is_file():
+            return None
+        path = self.checkpoints / pointer.read_text().strip()
+        if not (path / "loop_state.json").is_file():
+            raise CheckpointError(f"{pointer} names {path.name}, which is incomplete or missing")
+        return path
+
+    def commit_checkpoint(self, path: Path, keep: int = 2) -> None:
+        """Point LATEST at ``path`` (atomically), then delete all but the newest ``keep`` checkpoints."""
+        atomic_write_text(self.checkpoints / "LATEST", path.name + "\n")
+        done = sorted((p for p in self.checkpoints.glob("ckpt-*") if (p / "loop_state.json").is_file()),
+                      key=lambda p: int(p.name.split("-")[1]))
+        for old in done[:-keep]:
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states (JSON-serialisable)."""
+    import torch
+
+    py = random.getstate()
+    return {"python": [py[0], list(py[1]), py[2]],
+            "numpy": _np_state_to_json(np.random.get_state()),
+            "torch": torch.get_rng_state().tolist()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np.random.set_state(_np_state_from_json(state["numpy"]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def _np_state_to_json(st: tuple) -> list:
+    return [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]
+
+
+def _np_state_from_json(st: list) -> tuple:
+    return (st[0], np.asarray(st[1], dtype=np.uint32), st[2], st[3], st[4])
+
+
+def write_loop_state(path: Path, state: dict[str, Any]) -> None:
+    state = dict(state, format_version=LOOP_STATE_FORMAT, written_at=time.time())
+    atomic_write_text(path / "loop_state.json", json.dumps(state))
+
+
+def read_loop_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((checkpoint / "loop_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {checkpoint / 'loop_state.json'}: {exc}") from exc
+    if state.get("format_version") != LOOP_STATE_FORMAT:
+        raise CheckpointError(f"{checkpoint} has loop state format {state.get('format_version')!r}; this "
+                              f"version of COVR-Ray reads format {LOOP_STATE_FORMAT}")
+    return state
