@@ -1,0 +1,267 @@
+"""Evaluation: run an actor on a run's env for N episodes and summarise (paper: 10 episodes, policy only).
+
+The actor is any callable ``act(frame, obs) -> action`` (:data:`ActFn`), so the same loop evaluates the
+policy network (:func:`policy_act_fn`, deterministic ``tanh(mean)``, no VLM, no Ray) and, later, the VLM
+alone as a policy (an ``act`` that asks the prior service about ``frame``).
+
+The orchestrator calls::
+
+    from covr_ray.evaluate import evaluate_policy, eval_metrics, write_eval_result
+    result = evaluate_policy(policy, cfg.env, episodes=cfg.schedule.eval_episodes, seed=eval_seed(cfg))
+    result["env_steps"] = env_steps                       # training env steps of this policy
+    sink.log(eval_metrics(result), step=env_steps)        # eval/return_mean, eval/distance_m_mean, ...
+    write_eval_result(run_dir, result)                    # <run_dir>/eval/eval-<env_steps>.json
+
+``covr eval RUN_DIR`` does the same from ``<run_dir>/policy/policy.pt`` and ``<run_dir>/config.yaml``
+(:func:`evaluate_run`).
+
+Result dict (JSON-serialisable): ``env``, ``actor``, ``episodes``, ``seed``, ``returns`` / ``return_mean`` /
+``return_std``, ``lengths`` / ``length_mean`` / ``length_std`` (agent steps), ``episode_env_steps``
+(simulator steps, action repeat counted), ``wall_s``; for envs that report ``info["distance_m"]``
+(driving): ``distances_m`` / ``distance_m_mean`` / ``distance_m_std`` (metres). Standard deviations are
+population ones (ddof 0) over episodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from covr_ray.errors import CheckpointError, ConfigError, EnvError
+from covr_ray.io import atomic_write_text
+from covr_ray.log import get_logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from covr_ray.config import CovrConfig, EnvConfig
+    from covr_ray.rl.networks import PixelPolicy
+
+log = get_logger(__name__)
+
+ActFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``act(frame: (S, S, 3) uint8, obs: (3 * frame_stack, S, S) uint8) -> action (A,) float32 in [-1, 1]``.
+``frame`` is the newest RGB frame (what the VLM sees), ``obs`` the stacked observation (what the policy
+sees)."""
+
+EVAL_DIR = "eval"
+"""Sub-directory of a run directory holding ``eval-<env_steps>.json`` files (and videos)."""
+EVAL_SEED_OFFSET = 100_000
+"""Default eval seed = run seed + this, so evaluation episodes are not the training episodes."""
+MAX_EPISODES = 10_000
+
+
+def eval_seed(cfg: "CovrConfig") -> int:
+    """Default seed of a run's evaluation episodes (episode ``i`` resets with ``eval_seed + i``)."""
+    return (int(cfg.seed) + EVAL_SEED_OFFSET) % 2**32
+
+
+def policy_act_fn(policy: "PixelPolicy", device: str | torch.device = "cpu") -> ActFn:
+    """Wrap the policy network as an :data:`ActFn`: deterministic action from ``obs``; ``frame`` unused."""
+    policy = policy.to(device).eval()
+
+    def act(frame: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(obs)).unsqueeze(0).to(device)
+            return policy(x)[0].cpu().numpy().astype(np.float32)
+
+    return act
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std())
+
+
+def run_episodes(act: ActFn, env_cfg: "EnvConfig", episodes: int, seed: int, *,
+                 actor_name: str = "policy", record_first_episode: bool = False
+                 ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Run ``episodes`` episodes of ``env_cfg``'s env with ``act``; return ``(result, frames)``.
+
+    Episode ``i`` starts with ``reset(seed=seed + i)``, so the same seed gives the same episodes.
+
+    Args:
+        act: the actor, see :data:`ActFn`.
+        env_cfg: the run's env section (``cfg.env``).
+        episodes: number of episodes, >= 1.
+        seed: base seed, 0 <= seed < 2**32.
+        actor_name: stored as ``result["actor"]`` (``policy``, ``vlm``).
+        record_first_episode: keep the first episode's rendered frames (``(S, S, 3) uint8`` each, the
+            reset frame first) for a video; otherwise ``frames`` is empty.
+
+    Raises:
+        ConfigError: bad ``episodes`` or ``seed``.
+        EnvError: ``act`` returned an action of the wrong shape or a non-finite one.
+    """
+    from covr_envs import get_env_spec, make_env_from_config
+
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= MAX_EPISODES:
+        raise ConfigError("--episodes", episodes, f"an integer in 1..{MAX_EPISODES}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError("--seed", seed, "an integer 0 <= seed < 2**32")
+    spec = get_env_spec(env_cfg.name)
+    reports_distance = "distance_m" in spec.info_keys
+    env = make_env_from_config(env_cfg, seed)
+    action_shape = tuple(env.action_space.shape)
+    returns, lengths, env_steps, distances = [], [], [], []
+    frames: list[np.ndarray] = []
+    start = time.perf_counter()
+    try:
+        for episode in range(episodes):
+            obs, info = env.reset(seed=(seed + episode) % 2**32)
+            record = record_first_episode and episode == 0
+            frame = env.render()
+            if record:
+                frames.append(frame)
+            total, steps, sim_steps, done = 0.0, 0, 0, False
+            while not done:
+                action = np.asarray(act(frame, obs), dtype=np.float32)
+                if action.shape != action_shape or not np.all(np.isfinite(action)):
+                    raise EnvError(f"{actor_name} actor returned action {action.tolist()} of shape {action.shape}; "
+                                   f"{env_cfg.name} needs a finite array of shape {action_shape} in [-1, 1]")
+                obs, reward, terminated, truncated, info = env.step(action)
+                frame = env.render()
+                if record:
+                    frames.append(frame)
+                total += float(reward)
+                steps += 1
+                sim_steps += int(info.get("env_steps", 1))
+                done = bool(terminated or truncated)
+            returns.append(total)
+            lengths.append(steps)
+            env_steps.append(sim_steps)
+            if reports_distance:
+                distances.append(float(info["distance_m"]))
+    finally:
+        env.close()
+    result: dict[str, Any] = {"env": env_cfg.name, "actor": actor_name, "episodes": episodes, "seed": seed,
+                              "returns": returns, "lengths": lengths, "episode_env_steps": env_steps}
+    result["return_mean"], result["return_std"] = _mean_std(returns)
+    result["length_mean"], result["length_std"] = _mean_std(lengths)
+    if reports_distance:
+        result["distances_m"] = distances
+        result["distance_m_mean"], result["distance_m_std"] = _mean_std(distances)
+    result["wall_s"] = round(time.perf_counter() - start, 3)
+    return result, frames
+
+
+def evaluate_policy(policy: "PixelPolicy", env_cfg: "EnvConfig", episodes: int, seed: int, *,
+                    video_path: Optional[str | Path] = None, fps: float = 15.0) -> dict[str, Any]:
+    """Evaluate the policy network alone (deterministic actions, no VLM, no Ray) on ``env_cfg``'s env.
+
+    Args:
+        policy: ``PixelPolicy``; its ``obs_shape`` must match the env's observation.
+        env_cfg: the run's env section.
+        episodes, seed: see :func:`run_episodes`.
+        video_path: if set (``.mp4`` or ``.gif``), the first episode's frames are written there and the
+            path is stored as ``result["video"]``.
+
+    Returns:
+        The result dict described in the module docstring.
+
+    Raises:
+        CheckpointError: the policy's observation shape does not match the env's.
+    """
+    expected = (3 * env_cfg.frame_stack, env_cfg.image_size, env_cfg.image_size)
+    got = tuple(policy.encoder.obs_shape)
+    if got != expected:
+        raise CheckpointError(f"policy expects observations {got} but env {env_cfg.name} with frame_stack "
+                              f"{env_cfg.frame_stack} and image_size {env_cfg.image_size} gives {expected}")
+    result, frames = run_episodes(policy_act_fn(policy), env_cfg, episodes, seed, actor_name="policy",
+                                  record_first_episode=video_path is not None)
+    if video_path is not None:
+        from covr_ray.video import write_video
+
+        result["video"] = str(write_video(frames, video_path, fps=fps))
+    return result
+
+
+def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Namespaced scalars for the metrics sink: ``eval/return_mean``, ``eval/return_std``,
+    ``eval/length_mean`` and, for driving, ``eval/distance_m_mean`` / ``eval/distance_m_std``."""
+    keys = ("return_mean", "return_std", "length_mean", "distance_m_mean", "distance_m_std")
+    return {f"eval/{k}": float(result[k]) for k in keys if k in result}
+
+
+def eval_result_path(run_dir: str | Path, env_steps: int) -> Path:
+    """``<run_dir>/eval/eval-<env_steps>.json``."""
+    return Path(run_dir) / EVAL_DIR / f"eval-{int(env_steps)}.json"
+
+
+def write_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Write ``result`` (which must hold ``env_steps``) to :func:`eval_result_path`, atomically.
+
+    Raises:
+        ConfigError: ``result`` lacks ``env_steps`` or holds a non-finite number.
+    """
+    steps = result.get("env_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError("result.env_steps", steps, "an integer >= 0 (training env steps of the policy)")
+    for key in ("return_mean", "return_std", "distance_m_mean", "distance_m_std"):
+        if key in result and not math.isfinite(float(result[key])):
+            raise ConfigError(f"result.{key}", result[key], "a finite number")
+    path = eval_result_path(run_dir, steps)
+    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_run_config(run_dir: str | Path) -> "CovrConfig":
+    """The validated config of a run directory (``<run_dir>/config.yaml``).
+
+    Raises:
+        CheckpointError: no ``config.yaml`` or unreadable YAML.
+        ConfigError: the YAML does not make a valid config.
+    """
+    from covr_ray.config import config_from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory: {path.name} is missing (written by `covr train`)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a config mapping")
+    return config_from_dict(data)
+
+
+def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = None, *, video: bool = False,
+                 video_format: str = "auto", fps: float = 15.0) -> tuple[dict[str, Any], Path]:
+    """``covr eval``: evaluate ``<run_dir>/policy/policy.pt`` on the run's env; write the result JSON.
+
+    The env comes from ``<run_dir>/config.yaml``; the policy's meta must agree with it. ``seed`` defaults to
+    :func:`eval_seed`. With ``video``, the first episode goes to ``<run_dir>/eval/video-<env_steps>.<ext>``.
+
+    Returns:
+        ``(result, json_path)``; ``result["env_steps"]`` is the policy's training env steps.
+
+    Raises:
+        CheckpointError: missing config or policy, or a policy made for another env.
+    """
+    from covr_ray.policy_io import load_policy
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    policy, meta = load_policy(run_dir)
+    if meta["env"] != cfg.env.name:
+        raise CheckpointError(f"policy in {run_dir} was trained on {meta['env']!r} but config.yaml names "
+                              f"{cfg.env.name!r}")
+    steps = int(meta["env_steps"])
+    video_path = None
+    if video:
+        from covr_ray.video import resolve_format
+
+        video_path = run_dir / EVAL_DIR / f"video-{steps}.{resolve_format(video_format)}"
+    result = evaluate_policy(policy, cfg.env, episodes, eval_seed(cfg) if seed is None else seed,
+                             video_path=video_path, fps=fps)
+    result.update({"env_steps": steps, "preset": cfg.preset, "run_seed": int(cfg.seed)})
+    path = write_eval_result(run_dir, result)
+    log.info("eval %s: return %.1f +- %.1f over %d episodes -> %s", run_dir, result["return_mean"],
+             result["return_std"], episodes, path)
+    return result, path
