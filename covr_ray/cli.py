@@ -21,11 +21,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-vlm": ("covr_ray.vlm.tiny", "build a tiny random-weight VLM (Qwen2.5-VL by default) for tests and demos"),
     "ask": ("covr_ray.commands.ask", "ask a VLM (hub id or local path) about one image, in transformers or vLLM"),
     "bench": ("covr_ray.commands.bench", "run a benchmark and print its figures as JSON (see `covr bench --help`)"),
+    "eval": ("covr_ray.commands.eval", "evaluate a run's policy network alone (no VLM) for N episodes on its env"),
+    "export": ("covr_ray.commands.export", "export a run's policy to ONNX or TorchScript with a verified manifest"),
+    "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with 95% CI) and learning curves over runs"),
 }
 
 #: bench name -> (module, one-line help). Each module has ``add_arguments`` and ``run``.
 BENCHES: dict[str, tuple[str, str]] = {
     "env": ("covr_envs.bench", "agent steps per second of one env under random actions (--env NAME --steps N)"),
+    "deploy": ("covr_ray.commands.bench_deploy", "single-observation latency p50/p99 and size of the exported policy"),
     "learner": ("covr_ray.rl.bench", "SAC updates/s through RLlib vs the same update in plain PyTorch (--batch-size B)"),
 }
 
