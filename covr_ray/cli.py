@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("covr_ray.commands.bench", "run a benchmark and print its figures as JSON (see `covr bench --help`)"),
     "eval": ("covr_ray.commands.eval", "evaluate a run's policy network alone (no VLM) for N episodes on its env"),
     "export": ("covr_ray.commands.export", "export a run's policy to ONNX or TorchScript with a verified manifest"),
-    "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with 95% CI) and learning curves over runs"),
+    "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with bootstrap CIs) and learning curves over runs"),
 }
 
 #: bench name -> (module, one-line help). Each module has ``add_arguments`` and ``run``.
