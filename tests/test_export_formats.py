@@ -14,7 +14,6 @@ from covr_deploy.manifest import MODEL_FILES, sha256_file
 from covr_ray.cli import main
 from covr_ray.errors import ExportError
 from covr_ray.export import export_policy, export_run, verify_artifact
-from covr_ray.policy_io import load_policy
 from covr_ray.rl.networks import PixelPolicy
 from test_export_policy_io import IMAGE, make_run_dir, small_policy
 
@@ -98,5 +97,5 @@ def test_cli_export_json_and_out_dir(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (out / MODEL_FILES["torchscript"]).is_file()
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0
     assert "verified: max abs diff" in capsys.readouterr().out
-    policy, _ = load_policy(run_dir)
-    assert Policy.load(run_dir / "export").format == "onnx"
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert manifest["format"] == "onnx" and Policy.load(run_dir / "export").format == "onnx"
