@@ -36,6 +36,7 @@ from typing import Iterable, Literal, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from covr_ray import columns as C
@@ -176,7 +177,7 @@ def read_shard(path: Path, columns: Optional[list[str]] = None,
     if kind is not None and shard_kind != kind:
         raise ShardError(f"shard {path}: kind {shard_kind!r}; expected {kind!r}")
     if C.RL_ACTION in table.column_names and table.num_rows:
-        lengths = pa.compute.list_value_length(table.column(C.RL_ACTION)).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(table.column(C.RL_ACTION)).to_numpy(zero_copy_only=False)
         if not np.all(lengths == action_dim):
             raise ShardError(f"shard {path}: rl_action lengths {sorted(set(lengths.tolist()))} differ from "
                              f"the declared action_dim {action_dim}")
@@ -376,3 +377,26 @@ def latest_frame(obs: np.ndarray, channels: int = 3) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] % channels or arr.shape[0] < channels:
         raise FinetuneDataError(f"obs shape {arr.shape}; expected ({channels} * k, H, W)")
     return np.ascontiguousarray(np.moveaxis(arr[-channels:], 0, -1))
+
+
+def kept_set_from_arrays(path: Path, frames: Sequence[np.ndarray], actions: np.ndarray,
+                         weights: Optional[np.ndarray] = None, returns: Optional[np.ndarray] = None,
+                         episode_id: str = "given") -> ShardSet:
+    """Write a kept shard set from arrays (benchmarks, tests, or supervising the VLM with given pairs).
+
+    Args:
+        frames: N frames (H, W, 3) uint8.
+        actions: (N, action_dim) float in [-1, 1].
+        weights: (N,) sample weights (default 1).
+        returns: (N,) returns stored beside them (default 0).
+    """
+    acts = np.asarray(actions, dtype=np.float32)
+    n = len(frames)
+    if acts.ndim != 2 or len(acts) != n:
+        raise FinetuneDataError(f"actions shape {acts.shape}; expected ({n}, action_dim)")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    g = np.zeros(n) if returns is None else np.asarray(returns, dtype=np.float64)
+    rows = {C.EPISODE_ID: [episode_id] * n, C.STEP_INDEX: list(range(n)),
+            C.FRAME_PNG: [encode_frame(f) for f in frames], C.RL_ACTION: acts, C.RETURN_TO_GO: g,
+            C.REWARD: np.zeros(n), C.Q_VALUE: np.full(n, np.nan), C.ENTROPY: np.zeros(n), C.SAMPLE_WEIGHT: w}
+    return write_shard_set(Path(path), [build_table(rows, "kept", acts.shape[1])], "kept", acts.shape[1])

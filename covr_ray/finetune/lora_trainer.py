@@ -1,0 +1,396 @@
+"""The LoRA trainer: fine-tunes the VLM on a round's kept samples and publishes a new adapter version.
+
+One :class:`LoRATrainer` lives for the whole run (as a Ray actor: :func:`start_lora_trainer`). It holds the
+base VLM with a PEFT LoRA adapter on the language model (``LoRAConfig.target_modules``, a regex over module
+names; the default leaves the vision tower frozen) and keeps training the same adapter round after round,
+as the paper's iterative fine-tuning does. Each round (:meth:`LoRATrainer.train_round`):
+
+1. reads a kept shard set (EDDF-filtered, RALW-weighted rows; unreadable shards are skipped with a warning);
+2. trains on ``prompt (frame + task text) -> codec text of a_r + eos`` for ``epochs`` passes (at most
+   ``max_steps`` optimizer steps) with AdamW (no weight decay, gradients clipped at 1.0). The loss is the
+   paper's RALW loss ``(1 / N_v) * sum_b w_b * sum_t CE_ls(y_bt)``: per-token cross-entropy with label
+   smoothing on answer tokens only, each sample's sum scaled by its weight, divided by the batch's answer
+   token count ``N_v`` (zero-weight samples count in ``N_v`` but add no gradient). A batch whose weights are
+   all zero is skipped without a forward pass: its loss and gradient are exactly zero;
+3. saves the adapter in standard PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``) under
+   ``<adapter_root>/v<version>/`` atomically, and returns its path and version for the prior service's
+   ``load_adapter(path, version)`` hot-swap.
+
+A restarted trainer resumes from the newest complete version under ``adapter_root``. The optimizer state
+starts fresh each round.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from covr_ray.config import LoRAConfig, RayConfig
+from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError, ShardError
+from covr_ray.finetune.lora_data import IGNORE_INDEX, collate, decode_rgb, load_examples
+from covr_ray.finetune.shards import ShardSet, open_shard_set
+from covr_ray.io import atomic_directory, atomic_write_text
+from covr_ray.log import get_logger
+
+log = get_logger(__name__)
+
+_VERSION_RE = re.compile(r"^v(\d+)$")
+META_FILE = "covr_adapter.json"
+
+
+@dataclass
+class RoundResult:
+    """What one fine-tune round produced."""
+
+    adapter_path: Optional[str]
+    """Directory of the saved adapter (PEFT format); None when no adapter exists yet (nothing trained)."""
+    version: int
+    """Adapter version (1, 2, ...); -1 = base model (no adapter yet)."""
+    trained: bool
+    """False when no optimizer step happened (empty kept set, or every weight 0): no new version."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """``lora/*`` metrics of the round."""
+
+
+def adapter_versions(adapter_root: Union[str, Path]) -> list[int]:
+    """Complete adapter versions under ``adapter_root`` (directories ``v<N>`` with an adapter_config.json)."""
+    root = Path(adapter_root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _VERSION_RE.match(p.name)
+        if m and (p / "adapter_config.json").is_file():
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def weighted_answer_nll(logits: Any, labels: Any, weights: Any, label_smoothing: float) -> tuple[Any, Any, Any]:
+    """The RALW loss of one batch.
+
+    Args:
+        logits: (B, T, V) float, ``logits[:, t]`` predicts ``labels[:, t]`` (already shifted).
+        labels: (B, T) int64, -100 outside answer tokens.
+        weights: (B,) float sample weights w_b.
+        label_smoothing: epsilon of the label-smoothed cross-entropy.
+
+    Returns:
+        ``(loss, token_nll, n_tokens)``: loss = ``sum_b w_b sum_t CE(b, t) / N_v`` (scalar), token_nll =
+        (B, T) per-token loss (0 outside answers), n_tokens = N_v.
+    """
+    import torch.nn.functional as F
+
+    b, t, v = logits.shape
+    tok = F.cross_entropy(logits.float().reshape(b * t, v), labels.reshape(b * t), ignore_index=IGNORE_INDEX,
+                          reduction="none", label_smoothing=label_smoothing).view(b, t)
+    n_tokens = (labels != IGNORE_INDEX).sum()
+    loss = (tok.sum(dim=1) * weights.to(tok.dtype)).sum() / n_tokens.clamp(min=1)
+    return loss, tok, n_tokens
+
+
+def answer_accuracy(answers: Sequence[str], targets: np.ndarray, codec: Any) -> dict[str, float]:
+    """How close decoded answers are to target actions.
+
+    Args:
+        answers: N texts.
+        targets: (N, action_dim) float actions.
+
+    Returns:
+        ``parsed_frac`` (share that decode to an action), ``mean_abs_err`` (mean |a - target| over parsed
+        answers and dimensions; 2.0, the largest possible, when none parse), ``exact_frac`` (share within the
+        codec's resolution on every dimension).
+    """
+    decoded = [codec.decode(a) for a in answers]
+    ok = [d is not None for d in decoded]
+    errs = [np.abs(d - t) for d, t in zip(decoded, np.asarray(targets)) if d is not None]
+    return {"parsed_frac": float(np.mean(ok)) if ok else 0.0,
+            "mean_abs_err": float(np.mean(errs)) if errs else 2.0,
+            "exact_frac": float(np.mean([bool(np.all(e <= codec.resolution + 1e-6)) for e in errs] +
+                                        [False] * (len(ok) - len(errs)))) if ok else 0.0}
+
+
+class LoRATrainer:
+    """Base VLM + one LoRA adapter, trained round after round.
+
+    Args:
+        model: hub id or local directory of the base VLM (``prior.model``).
+        lora: the LoRA section (rank, alpha, dropout, targets, lr, epochs, batch size, smoothing, cap).
+        codec_name: ``driving`` or ``numeric`` (:func:`covr_ray.prior.codecs.get_codec`).
+        action_dim: the env's action dimension.
+        prompt_text: the task text the prior service sends with each frame (the same text, or the VLM
+            learns a prompt it is never asked).
+        adapter_root: where versions ``v<N>/`` are written (``<run_dir>/adapters``).
+        device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
+        dtype: ``auto`` (bfloat16 on cuda, float32 on cpu) or a torch dtype name; LoRA weights are float32.
+        family: ``auto`` or a VLM family (see :mod:`covr_ray.vlm.loader`).
+        seed: seeds the LoRA init and the data order.
+        progress: show a tqdm progress bar per round.
+        resume: load the newest version under ``adapter_root`` if there is one.
+    """
+
+    def __init__(self, model: str, lora: LoRAConfig, codec_name: str, action_dim: int, prompt_text: str,
+                 adapter_root: Union[str, Path], *, device: str = "auto", dtype: str = "auto",
+                 family: str = "auto", seed: int = 0, progress: bool = True, resume: bool = True) -> None:
+        import torch
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import PeftModel, get_peft_model
+
+        from covr_ray.prior.codecs import get_codec
+        from covr_ray.vlm.loader import build_chat_prompt, load_hf
+
+        lora.validate("lora")
+        if not prompt_text.strip():
+            raise ConfigError("prompt_text", prompt_text, "the non-empty task text the prior service sends")
+        self.lora = lora
+        self.codec = get_codec(codec_name, action_dim)
+        self.prompt_text = prompt_text
+        self.adapter_root = Path(adapter_root)
+        self.seed = int(seed)
+        self.progress = progress
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        torch.manual_seed(self.seed)
+        base, self.processor = load_hf(model, device=self.device, dtype=dtype, family=family)
+        self.prompt = build_chat_prompt(self.processor, prompt_text)
+        self.model_name = model
+        versions = adapter_versions(self.adapter_root) if resume else []
+        if versions:
+            path = self.adapter_root / f"v{versions[-1]}"
+            saved = json.loads((path / "adapter_config.json").read_text())
+            if (saved.get("r"), float(saved.get("lora_alpha", 0))) != (lora.rank, float(lora.alpha)):
+                raise CheckpointError(f"adapter {path} has rank {saved.get('r')}, alpha {saved.get('lora_alpha')}; "
+                                      f"the config asks rank {lora.rank}, alpha {lora.alpha}")
+            self.model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+            self.version = versions[-1]
+            log.info("LoRA trainer resumed from adapter v%d (%s)", self.version, path)
+        else:
+            peft_cfg = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                      target_modules=lora.target_modules, bias="none")
+            try:
+                self.model = get_peft_model(base, peft_cfg)
+            except ValueError as exc:
+                raise ConfigError("lora.target_modules", lora.target_modules,
+                                  "a regex matching linear layers of the VLM's language model",
+                                  hint=str(exc)) from exc
+            self.version = -1
+        self.model.to(self.device)
+        self.adapted_modules = sorted({n.rsplit(".lora_", 1)[0] for n, _ in self.model.named_parameters()
+                                       if ".lora_" in n})
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        self.trainable_frac = trainable / total
+        self.trainable_params = trainable
+        if self.trainable_frac > lora.max_trainable_frac:
+            raise ConfigError("lora.rank", lora.rank, f"a rank whose trainable share is <= lora.max_trainable_frac "
+                              f"({lora.max_trainable_frac:.4f})",
+                              hint=f"rank {lora.rank} trains {trainable} of {total} parameters "
+                                   f"({100 * self.trainable_frac:.2f} %); lower the rank or narrow target_modules")
+        fwd = self.model.get_base_model().forward
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(fwd).parameters
+
+    # --- one round ------------------------------------------------------------------------------------
+
+    def train_round(self, kept_set: Union[str, Path, ShardSet], version: Optional[int] = None) -> RoundResult:
+        """Fine-tune on one kept shard set and save a new adapter version.
+
+        Args:
+            kept_set: a kept shard set (or its directory).
+            version: version number to write; None = one more than the newest under ``adapter_root``.
+
+        Raises:
+            ShardError: the set is incomplete (no manifest) or of the wrong kind.
+            LoRATrainerError: the loss became non-finite (nothing is saved).
+        """
+        import torch
+
+        shard_set = kept_set if isinstance(kept_set, ShardSet) else open_shard_set(Path(kept_set))
+        examples, metrics = load_examples(shard_set, self.codec, self.processor.tokenizer)
+        n, bs = len(examples), self.lora.batch_size
+        if n == 0:
+            log.warning("LoRA round: kept set %s is empty; adapter stays at version %d", shard_set.path,
+                        self.version)
+            return RoundResult(self._current_path(), self.version, False, {**metrics, **self._static_metrics()})
+        rng = np.random.default_rng(self.seed + max(self.version, 0) + 1)
+        batches = [order[i:i + bs] for _ in range(self.lora.epochs)
+                   for order in [rng.permutation(n)] for i in range(0, n, bs)]
+        if self.lora.max_steps is not None:
+            batches = batches[: self.lora.max_steps]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lora.learning_rate, weight_decay=0.0)
+        losses, accs, skipped, samples, tokens = [], [], 0, 0, 0
+        self.model.train()
+        t0 = time.perf_counter()
+        bar = _progress(len(batches), f"lora v{max(self.version, 0) + 1}", self.progress)
+        try:
+            for idx in batches:
+                w = examples.weights[idx]
+                if not np.any(w > 0):
+                    skipped += 1
+                    bar.update(1)
+                    continue
+                loss, acc, n_tok = self._step(opt, params, examples, idx)
+                losses.append(loss)
+                accs.append(acc)
+                samples += len(idx)
+                tokens += n_tok
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+        finally:
+            bar.close()
+            self.model.eval()
+        elapsed = time.perf_counter() - t0
+        if not losses:  # every batch had zero weight: nothing moved, no new version
+            log.warning("LoRA round: all %d kept rows of %s have weight 0; adapter stays at version %d", n,
+                        shard_set.path, self.version)
+            metrics.update(self._static_metrics())
+            metrics.update({"lora/steps": 0.0, "lora/skipped_zero_weight_batches": float(skipped)})
+            return RoundResult(self._current_path(), self.version, False, metrics)
+        path, new_version = self._save(version, shard_set, metrics)
+        metrics.update(self._static_metrics())
+        metrics.update({
+            "lora/steps": float(len(losses)), "lora/skipped_zero_weight_batches": float(skipped),
+            "lora/samples": float(samples), "lora/answer_tokens": float(tokens),
+            "lora/loss": float(np.mean(losses)) if losses else 0.0,
+            "lora/loss_first": losses[0] if losses else 0.0, "lora/loss_last": losses[-1] if losses else 0.0,
+            "lora/token_acc_last": accs[-1] if accs else 0.0, "lora/time_s": elapsed,
+            "lora/samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+            "lora/adapter_version": float(new_version)})
+        log.info("LoRA round: %d steps on %d rows, loss %.4f -> %.4f, adapter v%d at %s", len(losses), n,
+                 metrics["lora/loss_first"], metrics["lora/loss_last"], new_version, path)
+        return RoundResult(str(path), new_version, True, metrics)
+
+    def _step(self, opt: Any, params: list, examples: Any, idx: np.ndarray) -> tuple[float, float, int]:
+        import torch
+
+        batch = collate(self.processor, self.prompt, [decode_rgb(examples.frames[int(i)].as_py()) for i in idx],
+                        [examples.answer_ids[int(i)] for i in idx], examples.weights[idx])
+        loss, token_acc, n_tok = self.batch_loss(batch)
+        if not torch.isfinite(loss):
+            raise LoRATrainerError(f"LoRA loss became {loss.item()} at adapter version {self.version}; lower "
+                                   f"lora.learning_rate ({self.lora.learning_rate}) or check the kept set")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss.item()), token_acc, n_tok
+
+    def batch_loss(self, batch: dict[str, Any]) -> tuple[Any, float, int]:
+        """RALW loss of a collated batch (:func:`covr_ray.finetune.lora_data.collate`) under the current
+        adapter; returns ``(loss tensor, answer-token accuracy, answer tokens)``."""
+        batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        labels, weights = batch.pop("labels"), batch.pop("weights")
+        width = labels.shape[1]
+        starts = (labels != IGNORE_INDEX).int().argmax(dim=1)
+        keep = int(width - (int(starts.min()) - 1))  # logits from the position before the first answer token
+        kwargs = {"logits_to_keep": keep} if self._logits_to_keep else {}
+        logits = self.model(**batch, **kwargs).logits
+        logits = logits[:, -keep:] if logits.shape[1] != keep else logits
+        shifted_logits, shifted_labels = logits[:, :-1], labels[:, width - keep + 1:]
+        loss, _tok, n_tok = weighted_answer_nll(shifted_logits, shifted_labels, weights, self.lora.label_smoothing)
+        mask = shifted_labels != IGNORE_INDEX
+        acc = float(((shifted_logits.argmax(-1) == shifted_labels) & mask).sum() / mask.sum().clamp(min=1))
+        return loss, acc, int(n_tok)
+
+    # --- inference (evaluation and tests) ---------------------------------------------------------------
+
+    def answers(self, frames: Sequence[np.ndarray], max_new_tokens: int = 24) -> list[str]:
+        """Greedy answers of the current model (base + adapter) for (H, W, 3) uint8 frames."""
+        from covr_ray.vlm.loader import hf_generate
+
+        self.model.eval()
+        return hf_generate(self.model, self.processor, list(frames), [self.prompt_text] * len(frames),
+                           max_new_tokens=max_new_tokens)
+
+    def lora_state(self) -> dict[str, np.ndarray]:
+        """Copies of every LoRA weight, by parameter name (for tests that check what moved)."""
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in self.model.named_parameters()
+                if ".lora_" in n}
+
+    # --- saving -----------------------------------------------------------------------------------------
+
+    def _save(self, version: Optional[int], shard_set: ShardSet, metrics: dict) -> tuple[Path, int]:
+        existing = adapter_versions(self.adapter_root)
+        new_version = version if version is not None else (max(existing) + 1 if existing else 1)
+        if new_version < 1:
+            raise ConfigError("version", new_version, "an integer >= 1")
+        target = self.adapter_root / f"v{new_version}"
+        with atomic_directory(target) as tmp:
+            self.model.save_pretrained(str(tmp))
+            atomic_write_text(tmp / META_FILE, json.dumps({
+                "version": new_version, "base_model": self.model_name, "kept_set": str(shard_set.path),
+                "rows": shard_set.rows, "codec": self.codec.name, "prompt_text": self.prompt_text,
+                "trainable_frac": self.trainable_frac, "created": time.time()}, indent=1))
+        self.version = new_version
+        return target, new_version
+
+    def _current_path(self) -> Optional[str]:
+        return str(self.adapter_root / f"v{self.version}") if self.version >= 1 else None
+
+    def _static_metrics(self) -> dict[str, float]:
+        return {"lora/trainable_frac": self.trainable_frac, "lora/trainable_params": float(self.trainable_params),
+                "lora/adapted_modules": float(len(self.adapted_modules)),
+                "lora/adapter_version": float(self.version)}
+
+    def info(self) -> dict[str, Any]:
+        """Static facts: device, trainable share, adapted modules, current version."""
+        return {"device": self.device, "trainable_frac": self.trainable_frac,
+                "trainable_params": self.trainable_params, "adapted_modules": list(self.adapted_modules),
+                "version": self.version, "adapter_path": self._current_path()}
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+# --- Ray actor -----------------------------------------------------------------------------------------
+
+def start_lora_trainer(ray_cfg: RayConfig, *, name: Optional[str] = None, **trainer_kwargs: Any) -> Any:
+    """Start :class:`LoRATrainer` as a Ray actor (``ray_cfg.num_gpus_lora`` GPUs, restarts per
+    ``ray_cfg.max_actor_restarts``; a restarted actor resumes from the newest adapter version).
+
+    ``trainer_kwargs`` are :class:`LoRATrainer`'s arguments. Returns the actor handle.
+    """
+    import ray
+
+    actor_cls = ray.remote(LoRATrainer)
+    options: dict[str, Any] = {"num_cpus": ray_cfg.num_cpus_lora, "num_gpus": ray_cfg.num_gpus_lora,
+                               "max_restarts": ray_cfg.max_actor_restarts}
+    if name:
+        options["name"] = name
+    return actor_cls.options(**options).remote(**trainer_kwargs)
+
+
+def train_round_remote(actor: Any, kept_set: Union[str, Path], timeout_s: float,
+                       version: Optional[int] = None) -> RoundResult:
+    """Run :meth:`LoRATrainer.train_round` on the actor and wait at most ``timeout_s`` seconds.
+
+    Raises:
+        LoRATrainerError: the round timed out or the actor died; errors the round raised on purpose
+            (ShardError, LoRATrainerError, ConfigError) come through as themselves.
+    """
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    ref = actor.train_round.remote(str(kept_set), version)
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError as exc:
+        ray.cancel(ref)
+        raise LoRATrainerError(f"LoRA round on {kept_set} did not finish within {timeout_s} s "
+                               "(ray.get_timeout_s); the round's kept set stays on disk for a retry") from exc
+    except RayActorError as exc:
+        raise LoRATrainerError(f"the LoRA trainer actor died during the round on {kept_set}: {exc}") from exc
+    except RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, (LoRATrainerError, ConfigError, ShardError)):
+            raise cause from exc
+        raise LoRATrainerError(f"the LoRA round on {kept_set} failed: {exc}") from exc
+
