@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "env": ("covr_envs.bench", "agent steps per second of one env under random actions (--env NAME --steps N)"),
     "deploy": ("covr_ray.commands.bench_deploy", "single-observation latency p50/p99 and size of the exported policy"),
     "learner": ("covr_ray.rl.bench", "SAC updates/s through RLlib vs the same update in plain PyTorch (--batch-size B)"),
+    "lora": ("covr_ray.finetune.bench", "LoRA fine-tune samples/s and trainable share of the VLM (--model, --preset)"),
 }
 
 

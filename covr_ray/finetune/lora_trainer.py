@@ -196,12 +196,14 @@ class LoRATrainer:
 
     # --- one round ------------------------------------------------------------------------------------
 
-    def train_round(self, kept_set: Union[str, Path, ShardSet], version: Optional[int] = None) -> RoundResult:
+    def train_round(self, kept_set: Union[str, Path, ShardSet], version: Optional[int] = None,
+                    max_steps: Optional[int] = None) -> RoundResult:
         """Fine-tune on one kept shard set and save a new adapter version.
 
         Args:
             kept_set: a kept shard set (or its directory).
             version: version number to write; None = one more than the newest under ``adapter_root``.
+            max_steps: cap on this round's optimizer steps; None = ``lora.max_steps``.
 
         Raises:
             ShardError: the set is incomplete (no manifest) or of the wrong kind.
@@ -219,8 +221,9 @@ class LoRATrainer:
         rng = np.random.default_rng(self.seed + max(self.version, 0) + 1)
         batches = [order[i:i + bs] for _ in range(self.lora.epochs)
                    for order in [rng.permutation(n)] for i in range(0, n, bs)]
-        if self.lora.max_steps is not None:
-            batches = batches[: self.lora.max_steps]
+        cap = self.lora.max_steps if max_steps is None else max_steps
+        if cap is not None:
+            batches = batches[:cap]
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lora.learning_rate, weight_decay=0.0)
         losses, accs, skipped, samples, tokens = [], [], 0, 0, 0
