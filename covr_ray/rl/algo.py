@@ -37,12 +37,13 @@ from ray.rllib.algorithms.sac.sac import SAC, SACConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from covr_ray.config import CovrConfig
-from covr_ray.errors import CheckpointError, LearnerError
+from covr_ray.errors import CheckpointError, ConfigError, LearnerError
 from covr_ray.rl.connectors import PriorColumns, UniformWarmupActions
 from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
 from covr_ray.rl.networks import NetworkSpec
 from covr_ray.rl.rl_module import PixelSACModule, network_spec
+from covr_ray.rl.training_step import columnar_training_step
 
 #: sub-directory of an algorithm checkpoint holding the replay buffer.
 REPLAY_DIR = "covr_replay"
@@ -61,6 +62,12 @@ class CovrSAC(SAC):
         rb = dict(config.replay_buffer_config)
         return CovrEpisodeReplayBuffer(capacity=int(rb["capacity"]), frame_stack=int(rb.get("frame_stack", 1)),
                                        seed=config.seed, frame_slack=float(rb.get("frame_slack", 0.125)))
+
+    def training_step(self) -> None:
+        """RLlib's SAC iteration; with ``sac.sample_path: columns`` the batches skip the episode path."""
+        if self.config.learner_config_dict.get("sample_path", "columns") == "columns":
+            return columnar_training_step(self, MODULE_ID)
+        return super().training_step()
 
     def save_to_path(self, path: Optional[Union[str, Path]] = None, **kwargs: Any) -> str:
         """RLlib's checkpoint (module, optimizers, connectors, metrics) plus ``covr_replay/``."""
@@ -113,6 +120,15 @@ def module_config(cfg: CovrConfig) -> Dict[str, Any]:
             "init_alpha": s.init_alpha}
 
 
+def learner_uses_gpu(cfg: CovrConfig) -> bool:
+    """GPU for the learner: ``ray.num_gpus_learner > 0`` and ``device`` cuda (or auto with CUDA present)."""
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", cfg.device, "cpu or auto on a machine without CUDA")
+    return cfg.ray.num_gpus_learner > 0 and (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()))
+
+
 def initial_prior_weight(cfg: CovrConfig) -> float:
     """lambda at the start of a run: 0 while the cold start lasts or when the prior is off."""
     if not cfg.prior.enabled or cfg.schedule.cold_start_rounds > 0:
@@ -135,7 +151,7 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
     lam0 = initial_prior_weight(cfg) if prior_weight is None else check_prior_weight(prior_weight)
     parallel_envs = max(r.num_env_runners, 1) * r.num_envs_per_env_runner
     warmup_steps = math.ceil(s.learning_starts / parallel_envs)
-    use_gpu = cfg.device != "cpu" and r.num_gpus_learner > 0
+    use_gpu = learner_uses_gpu(cfg)
     config = (
         CovrSACConfig()
         .framework("torch")
@@ -146,7 +162,8 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
                   learner_class=CovrSACLearner, learner_connector=prior_columns_connector,
                   learner_config_dict={"alpha_beta": s.alpha_beta, "encoder_tau": s.encoder_tau,
                                        "target_update_every": s.target_update_every, "prior_weight": lam0,
-                                       "prior_action_source": s.prior_action_source})
+                                       "prior_action_source": s.prior_action_source,
+                                       "sample_path": s.sample_path})
         .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelSACModule, model_config=module_config(cfg)))
         .training(gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr, alpha_lr=s.alpha_lr,
                   initial_alpha=s.init_alpha, tau=s.tau, twin_q=True, n_step=1, target_entropy="auto",

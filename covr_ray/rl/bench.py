@@ -1,14 +1,19 @@
 """``covr bench learner``: SAC updates per second through RLlib, and the same update in plain PyTorch.
 
-Both paths run in this process on the same networks (the plain trainer copies the RLlib module's
+All paths run in this process on the same networks (the plain trainer copies the RLlib module's
 weights) and draw batches of the same size from the same compact replay, filled with synthetic
 frame-stacked episodes (random pixels: speed does not depend on the content):
 
-- RLlib: ``replay.sample`` -> 1-step episodes -> learner connector (prior columns, batching, tensors)
-  -> ``Learner.update`` (module forward, SAC + COVR losses, three backward passes, Adam steps, metrics);
+- RLlib, columns (the default ``sac.sample_path``): ``replay.sample`` arrays -> ``MultiAgentBatch`` ->
+  ``Learner.update`` (tensors, module forward, SAC + COVR losses, three backward passes, Adam steps,
+  metrics);
+- RLlib, episodes (``sac.sample_path: episodes``): ``replay.sample`` -> 1-step episodes -> learner connector
+  (prior columns from infos, batching, tensors) -> ``Learner.update``;
 - plain: ``replay.sample`` arrays -> tensors -> :class:`covr_ray.rl.plain.PlainPixelSAC.update`.
 
-``rllib_over_plain`` = time per RLlib update / time per plain update (1.0 = no overhead).
+``rllib_over_plain`` = time per RLlib (columns) update / time per plain update (1.0 = no overhead),
+``episode_path_over_plain`` the same for the episode path; all are medians of interleaved calls, so a
+change of machine load hits every path alike.
 
 How to run::
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from typing import Any, Callable, Dict
 
@@ -41,13 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
-def _timed(fn: Callable[[], Any], n: int, sync: Callable[[], None]) -> float:
-    sync()
-    start = time.perf_counter()
+def _timed(fns: list[Callable[[], Any]], n: int, sync: Callable[[], None]) -> list[float]:
+    """Median seconds per call of each function, calls interleaved so load changes hit all alike."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(n):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / n
+        for fn, out in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def _fill_replay(buf: Any, obs_shape: tuple[int, int, int], frame_stack: int, action_dim: int, steps: int,
@@ -93,6 +103,7 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
     from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
     from covr_ray.rl.networks import count_parameters
     from covr_ray.rl.plain import PlainPixelSAC
+    from covr_ray.rl.training_step import columns_batch
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -126,7 +137,10 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
                  cfg.seed)
     timesteps = {"num_env_steps_sampled_lifetime": cfg.sac.learning_starts + 1}
 
-    def rllib_update() -> None:
+    def rllib_columns_update() -> None:
+        learner.update(batch=columns_batch(buf.core.sample(batch_size), MODULE_ID), timesteps=timesteps)
+
+    def rllib_episodes_update() -> None:
         learner.update(episodes=buf.sample(batch_size, n_step=1), timesteps=timesteps)
 
     s = cfg.sac
@@ -140,11 +154,11 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
         arrays = buf.core.sample(batch_size)
         plain.update({k: torch.as_tensor(v).to(dev, non_blocking=True) for k, v in arrays.items()})
 
-    for fn in (rllib_update, plain_update):
+    paths = [rllib_columns_update, rllib_episodes_update, plain_update]
+    for fn in paths:
         for _ in range(warmup):
             fn()
-    rllib_s = _timed(rllib_update, updates, sync)
-    plain_s = _timed(plain_update, updates, sync)
+    rllib_s, episodes_s, plain_s = _timed(paths, updates, sync)
     return {
         "updates_per_s": round(1.0 / rllib_s, 3),
         "batch_size": batch_size,
@@ -152,6 +166,8 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
         "device": str(dev),
         "plain_updates_per_s": round(1.0 / plain_s, 3),
         "rllib_over_plain": round(rllib_s / plain_s, 3),
+        "episode_path_updates_per_s": round(1.0 / episodes_s, 3),
+        "episode_path_over_plain": round(episodes_s / plain_s, 3),
         "base": cfg.sac.base,
         "action_dim": action_dim,
         "threads": torch.get_num_threads(),

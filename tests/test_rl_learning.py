@@ -1,0 +1,116 @@
+"""Learning check (slow, run by hand): pixel cartpole-swingup with the ``rad`` base climbs well above random.
+
+How to run (CPU: the sizes below are what a 2-core box manages in about an hour; on a GPU machine with
+Ray, raise COVR_LEARNING_STEPS to 12500 = 100 K env steps and use the preset's sizes)::
+
+    MUJOCO_GL=egl COVR_LEARNING_STEPS=3000 .venv/bin/python -m pytest tests/test_rl_learning.py --run-slow -s
+
+Env vars: ``COVR_LEARNING_STEPS`` (agent steps, x8 env steps; default 3000), ``COVR_LEARNING_BATCH`` (64),
+``COVR_LEARNING_HIDDEN`` (256), ``COVR_LEARNING_IMAGE`` (84), ``COVR_LEARNING_STARTS`` (random steps, 1000),
+``COVR_LEARNING_EVAL_EVERY`` (500), ``COVR_LEARNING_THREADS`` (1), ``COVR_LEARNING_OUT`` (curve JSON path).
+The curve (agent steps, env steps, deterministic eval return, exploration return, wall time) is written as
+JSON. Pass: the final deterministic return is above the uniform-random policy's by at least 100 and at
+least 3x (random is about 25-30 per 1000-frame episode on cartpole-swingup).
+
+No prior service: lambda = 0, i.e. the base algorithm (prior-guided runs go through ``covr train``).
+One env runner in the driver process (``num_env_runners=0``), 1 torch thread: on the shared 2-core box
+more processes only add contention.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _evaluate(policy: torch.nn.Module, env: Any, episodes: int, seed: int) -> float:
+    returns = []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        done, total = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action = policy(torch.as_tensor(obs[None]))[0].numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def _random_return(env: Any, episodes: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    returns = []
+    for e in range(episodes):
+        env.reset(seed=seed + e)
+        done, total = False, 0.0
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+@pytest.mark.slow
+def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
+    from covr_envs.registry import make_env_from_config
+    from covr_ray.config import load_config
+    from covr_ray.rl.algo import build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict
+    from covr_ray.rl.networks import build_policy
+
+    import ray
+
+    steps = int(os.environ.get("COVR_LEARNING_STEPS", "3000"))
+    batch = int(os.environ.get("COVR_LEARNING_BATCH", "64"))
+    hidden = int(os.environ.get("COVR_LEARNING_HIDDEN", "256"))
+    image = int(os.environ.get("COVR_LEARNING_IMAGE", "84"))
+    starts = int(os.environ.get("COVR_LEARNING_STARTS", "1000"))
+    eval_every = int(os.environ.get("COVR_LEARNING_EVAL_EVERY", "500"))
+    out = Path(os.environ.get("COVR_LEARNING_OUT", REPO / ".cache" / "test" / "learning_rad_cartpole.json"))
+    torch.set_num_threads(int(os.environ.get("COVR_LEARNING_THREADS", "1")))
+    cfg = load_config("dmc-cartpole-swingup", overrides=[
+        "sac.base=rad", "prior.enabled=false", f"sac.batch_size={batch}", f"sac.hidden_dim={hidden}",
+        f"env.image_size={image}", "ray.num_env_runners=0", "ray.num_gpus_learner=0", "device=cpu",
+        f"sac.learning_starts={starts}", "sac.rollout_fragment_length=8", "seed=1"])
+    eval_env = make_env_from_config(cfg.env, seed=10_000)
+    random_return = _random_return(eval_env, 2, seed=10_000)
+
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"covr_learning_{os.getpid()}"
+    ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
+    algo = build_algorithm_config(cfg).build_algo()
+    curve: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    next_eval, final = eval_every, float("nan")
+    try:
+        agent_steps = 0
+        while agent_steps < steps:
+            metrics = learner_metrics(algo.train())
+            agent_steps = int(metrics.get("rollout/agent_steps", agent_steps))
+            if agent_steps >= next_eval or agent_steps >= steps:
+                policy = build_policy(network_spec_for(algo), policy_state_dict(algo))
+                final = _evaluate(policy, eval_env, 2, seed=20_000)
+                curve.append({"agent_steps": agent_steps, "env_steps": agent_steps * cfg.env.action_repeat,
+                              "eval_return": final,
+                              "explore_return": metrics.get("rollout/episode_return_mean", float("nan")),
+                              "critic_loss": metrics.get("learner/critic_loss", float("nan")),
+                              "entropy": metrics.get("learner/entropy", float("nan")),
+                              "wall_s": time.perf_counter() - t0})
+                print(json.dumps(curve[-1]), flush=True)
+                next_eval += eval_every
+    finally:
+        algo.stop()
+        ray.shutdown()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"random_return": random_return, "batch": batch, "hidden": hidden, "image": image,
+                               "threads": torch.get_num_threads(), "curve": curve}, indent=1))
+    assert final >= random_return + 100 and final >= 3 * random_return, (final, random_return)
