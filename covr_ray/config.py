@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -226,9 +227,6 @@ class SACConfig:
     rollout_fragment_length: int = 8
     """Agent steps each env of each env runner collects per training iteration; the iteration then
     runs ``updates_per_step`` updates per collected step."""
-    sample_path: Literal["columns", "episodes"] = "columns"
-    """How train batches leave the replay: ``columns`` (arrays straight into the learner; fast) or
-    ``episodes`` (RLlib's 1-step episodes through the learner connector; 9x slower data path at batch 512)."""
 
     def validate(self, path: str) -> None:
         _check(f"{path}.lam", self.lam, self.lam >= 0 and math.isfinite(self.lam), "a finite number >= 0")
@@ -279,8 +277,15 @@ class EDDFConfig:
 
     def validate(self, path: str) -> None:
         _check(f"{path}.topk_keep", self.topk_keep, 0 < self.topk_keep <= 1, "0 < share <= 1")
+        for name in ("s_min", "s_max"):
+            v = getattr(self, name)
+            _check(f"{path}.{name}", v, math.isfinite(v), "a finite number")
         _check(f"{path}.s_min", self.s_min, self.s_min <= self.s_max, f"<= s_max ({self.s_max})")
-        _check(f"{path}.entropy_temperature", self.entropy_temperature, self.entropy_temperature > 0, "> 0")
+        _check(f"{path}.entropy_temperature", self.entropy_temperature,
+               self.entropy_temperature > 0 and math.isfinite(self.entropy_temperature), "a finite number > 0")
+        if self.entropy_center is not None:
+            _check(f"{path}.entropy_center", self.entropy_center, math.isfinite(self.entropy_center),
+                   "a finite number of nats or null (= -action_dim)")
 
 
 @dataclass
@@ -330,6 +335,11 @@ class LoRAConfig:
         _check(f"{path}.label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "0 <= eps < 1")
         _check(f"{path}.max_trainable_frac", self.max_trainable_frac, 0 < self.max_trainable_frac <= 1,
                "0 < share <= 1")
+        try:
+            re.compile(self.target_modules)
+        except re.error as exc:
+            raise ConfigError(f"{path}.target_modules", self.target_modules,
+                              "a Python regex over module names", hint=str(exc)) from exc
 
 
 @dataclass
