@@ -204,3 +204,27 @@ def test_saved_adapter_loads_in_vllm_and_changes_answers(trained, trainer, tiny_
     same = [codec.decode(a) is not None and codec.decode(b) is not None and np.allclose(codec.decode(a), codec.decode(b))
             for a, b in zip(out["tuned"], trained["after"])]
     assert sum(same) >= 7, (out["tuned"], trained["after"])
+
+
+def test_paper_rank_on_qwen2_5_vl_3b_architecture_stays_under_cap():
+    """Rank 128 with the default targets on the Qwen2.5-VL-3B architecture (its published config values, built
+    on the meta device: no weights) adapts the language model only and trains about 6 % (< 8.26 %)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                  fullatt_block_indexes=[7, 15, 23, 31])
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                                                                    tie_word_embeddings=True))
+        base = sum(p.numel() for p in model.parameters())
+        peft = get_peft_model(model, PeftLoraConfig(r=128, lora_alpha=256, target_modules=LoRAConfig().target_modules))
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert 3.7e9 < base < 3.8e9
+    assert trainable == 36 * 128 * (2 * (2048 + 2048) + 2 * (2048 + 256) + 3 * (2048 + 11008))
+    assert 0.055 < trainable / (base + trainable) < 0.0826
+    assert not [n for n, _ in peft.named_parameters() if "lora_" in n and "visual" in n]

@@ -5,7 +5,8 @@ actions turned into the preset env's codec text, weight 1 so every sample trains
 :class:`~covr_ray.finetune.lora_trainer.LoRATrainer` with the preset's ``lora`` section on ``--model``, runs
 an untimed warm-up round of ``--warmup`` steps, then a timed round of ``--steps`` optimizer steps.
 ``samples_per_s`` is the trainer's own figure for the timed round: PNG decode, processor, forward,
-RALW loss, backward and AdamW step per sample (model load and adapter save excluded).
+RALW loss, backward and AdamW step per sample (model load and adapter save excluded). On CPU the bench runs
+torch on one thread by default, as the trainer does inside its Ray actor (``num_cpus=1``).
 
 How to run::
 
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per step; default: the preset's")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads; default on CPU: 1, as in the trainer's Ray actor (num_cpus=1)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
@@ -75,6 +77,9 @@ def run_bench(preset: str = "smoke", overrides: Optional[list[str]] = None, mode
             raise ConfigError(name, value, f"an integer >= {lo}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", device, "cpu or auto on a machine without CUDA")
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if threads is None and on_cpu:
+        threads = 1  # Ray gives the trainer actor (num_cpus=1) OMP_NUM_THREADS=1
     if threads is not None:
         torch.set_num_threads(threads)
     cfg = load_config(preset, overrides=list(overrides or []))
