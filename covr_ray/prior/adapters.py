@@ -169,3 +169,31 @@ class AdapterRegistry:
         dropped = self._loaded[:-self.max_adapters]
         self._loaded = self._loaded[-self.max_adapters:]
         return dropped
+
+
+#: Language-model projections of the supported families (the vision towers are left alone: vLLM serves
+#: LoRA on the language model only).
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def build_random_adapter(model: str, out_dir: str | Path, *, rank: int = 8, alpha: int = 64,
+                         seed: int = 0) -> Path:
+    """Write a PEFT LoRA adapter for ``model`` with random A *and* B matrices into ``out_dir`` (atomically).
+
+    A freshly initialised LoRA (B = 0) does not change the model; this one does, which is what benchmarks
+    and tests of hot-swapping need. It is not a trained adapter.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from covr_ray.io import atomic_directory
+
+    base = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
+                                                 target_modules=LANGUAGE_MODEL_TARGETS))
+    out = Path(out_dir)
+    with atomic_directory(out) as tmp:
+        peft_model.save_pretrained(tmp)
+    return out

@@ -69,11 +69,15 @@ class Arrival:
 
 
 class PriorClient:
-    """Sends queries to the service actor and collects the answers that are ready, never blocking."""
+    """Sends queries to the service actor and collects the answers that are ready, never blocking.
+
+    At most ``max_in_flight`` queries are outstanding: while a service is slow or restarting, further
+    query steps simply carry no prior instead of piling up a backlog it would answer too late.
+    """
 
     def __init__(self, *, service_name: Optional[str] = None, namespace: Optional[str] = None,
                  service: Any = None, timeout_s: float = 30.0, lookup_every_s: float = 5.0,
-                 prompt: Optional[str] = None) -> None:
+                 prompt: Optional[str] = None, max_in_flight: int = 4) -> None:
         if service is None and not service_name:
             raise ConfigError("prior.service_name", service_name, "an actor name or a handle")
         self.service_name = service_name
@@ -81,11 +85,12 @@ class PriorClient:
         self.timeout_s = timeout_s
         self.lookup_every_s = lookup_every_s
         self.prompt = prompt
+        self.max_in_flight = max_in_flight
         self._handle = service
         self._last_lookup = -float("inf")
         self._inflight: list[_InFlight] = []
         self.counts = {"sent": 0, "answered": 0, "no_action": 0, "timeouts": 0, "errors": 0, "lookups": 0,
-                       "skipped_no_service": 0}
+                       "skipped_no_service": 0, "skipped_busy": 0}
 
     def _service(self) -> Any:
         if self._handle is not None or not self.service_name:
@@ -116,12 +121,15 @@ class PriorClient:
         """Ask for the prior of ``frame`` (H, W, 3) uint8 covering ``step_ids``; False if no service now."""
         from ray.exceptions import RayError
 
+        if len(self._inflight) >= self.max_in_flight:  # a slow or restarting service gets no backlog
+            self.counts["skipped_busy"] += 1
+            return False
         handle = self._service()
         if handle is None:
             self.counts["skipped_no_service"] += 1
             return False
         try:
-            ref = handle.query.remote(frame, self.prompt)
+            ref = handle.query.remote(frame, self.prompt, sent_at=time.time())
         except RayError as exc:
             log.warning("prior query not sent: %s", exc)
             self.counts["errors"] += 1

@@ -163,12 +163,15 @@ class PriorService:
 
     # -- queries --------------------------------------------------------------------------------------
 
-    async def query(self, frame: np.ndarray, prompt: Optional[str] = None) -> dict[str, Any]:
+    async def query(self, frame: np.ndarray, prompt: Optional[str] = None,
+                    sent_at: Optional[float] = None) -> dict[str, Any]:
         """Answer one query (batched with others).
 
         Args:
             frame: (H, W, 3) uint8, the single RGB frame the VLM sees.
             prompt: task prompt; None = the env's prompt given at start.
+            sent_at: caller's ``time.time()`` when it sent the query; a query that already waited longer
+                than ``timeout_s`` (e.g. queued while the actor restarted) is answered "timeout" at once.
 
         Returns:
             ``{"status", "text", "action", "version", "latency_ms", "batch_size"}``: ``action`` is a list
@@ -184,8 +187,9 @@ class PriorService:
         except ValueError as exc:
             raise PriorServiceError(str(exc)) from exc
         instruction = self._instruction(prompt)
+        waited = 0.0 if sent_at is None else max(0.0, time.time() - float(sent_at))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(frame, instruction, time.monotonic(), future))
+        self._pending.append(_Pending(frame, instruction, time.monotonic() - waited, future))
         assert self._wake is not None
         self._wake.set()
         return await future
@@ -326,19 +330,24 @@ class PriorService:
 
 def start_prior_service(cfg: CovrConfig, *, run_id: str, adapter_dir: str | Path, codec: str, action_dim: int,
                         task_prompt: str, action_description: str, replica: int = 0,
-                        namespace: Optional[str] = None, num_cpus: float = 1.0) -> Any:
+                        namespace: Optional[str] = None) -> Any:
     """Create replica ``replica`` of the service as a named Ray actor (``prior_actor_name``); returns its
     handle immediately (the engine starts in the actor; call ``info`` with a timeout to wait for it).
 
     Restarts: ``ray.max_actor_restarts``; in-flight calls are not retried (they come back as errors, i.e.
-    "no prior", on the env side). GPUs: ``ray.num_gpus_prior`` per replica.
+    "no prior", on the env side). Resources: ``ray.num_cpus_prior`` and ``ray.num_gpus_prior`` per replica.
     """
     import ray
 
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.ray.address is None and cfg.ray.num_gpus_prior > gpus:  # a local Ray never grows: fail now
+        raise ConfigError("ray.num_gpus_prior", cfg.ray.num_gpus_prior, f"<= the {gpus:g} GPUs of this local Ray",
+                          hint="set ray.num_gpus_prior=0 to serve the prior on CPU")
     actor_cls = ray.remote(PriorService)
     options: dict[str, Any] = dict(
         name=prior_actor_name(run_id, replica), max_restarts=cfg.ray.max_actor_restarts, max_task_retries=0,
-        num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus_prior, max_concurrency=max(1000, 4 * cfg.prior.max_batch_size),
+        num_cpus=cfg.ray.num_cpus_prior, num_gpus=cfg.ray.num_gpus_prior,
+        max_concurrency=max(1000, 4 * cfg.prior.max_batch_size),
     )
     if namespace is not None:
         options["namespace"] = namespace
@@ -350,11 +359,11 @@ def start_prior_service(cfg: CovrConfig, *, run_id: str, adapter_dir: str | Path
 
 def start_prior_replicas(cfg: CovrConfig, *, run_id: str, adapter_dir: str | Path, codec: str, action_dim: int,
                          task_prompt: str, action_description: str, namespace: Optional[str] = None,
-                         num_cpus: float = 1.0) -> list[Any]:
+                         ) -> list[Any]:
     """``ray.prior_replicas`` replicas of the service (env runner i uses replica ``i % prior_replicas``)."""
     return [start_prior_service(cfg, run_id=run_id, adapter_dir=adapter_dir, codec=codec, action_dim=action_dim,
                                 task_prompt=task_prompt, action_description=action_description, replica=r,
-                                namespace=namespace, num_cpus=num_cpus)
+                                namespace=namespace)
             for r in range(cfg.ray.prior_replicas)]
 
 
