@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.covr-installed-$(ACCEL)
 TINY_VLM := .cache/tiny-qwen2_5_vl
+DEMO_DIR := $(or $(DEMO_DIR),runs/demo/$(shell date +%Y%m%d-%H%M%S))
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all bench tiny-vlm clean-venv help
@@ -38,13 +39,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	MUJOCO_GL=egl $(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
+# The demo: COVR on the embedded highway with the tiny VLM (CPU, ~20 min on 2 cores), then an eval of the
+# policy network alone with a video, and a report with the learning curve.
 demo: $(STAMP) $(TINY_VLM)/config.json
-	@echo "The end-to-end COVR demo (covr train on the embedded driving preset) is not built yet."
-	@echo "What it will do: train SAC from pixels on driving-hw with the tiny VLM as prior, run at least two"
-	@echo "LoRA fine-tune rounds with hot-swaps, evaluate the policy and plot the curve (issue: the COVR loop)."
-	@echo "Available now:"
-	$(VENV)/bin/covr --help
-	$(VENV)/bin/covr presets
+	$(VENV)/bin/covr train --preset demo --set prior.model=$(TINY_VLM) --run-dir $(DEMO_DIR)
+	$(VENV)/bin/covr eval $(DEMO_DIR) --episodes 3 --video
+	$(VENV)/bin/covr report $(dir $(DEMO_DIR)) --out $(dir $(DEMO_DIR))report
+	@echo "demo run: $(DEMO_DIR) (config.yaml, checkpoints/, adapters/, policy/, eval/, metrics.csv, tb/, wandb/)"
+	@echo "report:   $(dir $(DEMO_DIR))report"
 
 clean-venv:
 	rm -rf $(VENV)

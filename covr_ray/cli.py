@@ -16,6 +16,7 @@ from covr_ray.errors import CovrError
 
 #: command -> (module, one-line help). The order is the order of ``covr --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("covr_ray.commands.train", "run the COVR loop on Ray: VLM-guided SAC + LoRA rounds (or --resume RUN_DIR)"),
     "presets": ("covr_ray.commands.presets", "list the shipped presets (one per scenario) with their key values"),
     "config": ("covr_ray.commands.config", "print the resolved config of a preset plus --set overrides, as YAML"),
     "make-tiny-vlm": ("covr_ray.vlm.tiny", "build a tiny random-weight VLM (Qwen2.5-VL by default) for tests and demos"),
@@ -28,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: bench name -> (module, one-line help). Each module has ``add_arguments`` and ``run``.
 BENCHES: dict[str, tuple[str, str]] = {
+    "loop": ("covr_ray.loop.bench", "COVR's wall-clock over its base algorithm, and env rate with the prior on vs off"),
     "env": ("covr_envs.bench", "agent steps per second of one env under random actions (--env NAME --steps N)"),
     "deploy": ("covr_ray.commands.bench_deploy", "single-observation latency p50/p99 and size of the exported policy"),
     "learner": ("covr_ray.rl.bench", "SAC updates/s through RLlib vs the same update in plain PyTorch (--batch-size B)"),

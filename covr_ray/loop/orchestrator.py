@@ -159,8 +159,7 @@ class CovrRun:
         cfg = self.cfg
         self.prior = start_prior_replicas(cfg, run_id=self.run_id, adapter_dir=self.run_dir.adapters,
                                           codec=spec.codec, action_dim=spec.action_dim, task_prompt=spec.prompt,
-                                          action_description=spec.action_description,
-                                          num_cpus=cfg.ray.num_cpus_prior)
+                                          action_description=spec.action_description)
         instruction = build_instruction(spec.prompt, spec.action_description, get_codec(spec.codec, spec.action_dim))
         self.lora = start_lora_trainer(cfg.ray, name=f"covr-lora-{self.run_id}", model=cfg.prior.model,
                                        lora=cfg.lora, codec_name=spec.codec, action_dim=spec.action_dim,
@@ -172,7 +171,7 @@ class CovrRun:
             lora_info = ray.get(self.lora.info.remote(), timeout=self.timeout_s)
         except (GetTimeoutError, RayActorError, RayTaskError) as exc:
             raise PriorServiceError(f"the VLM actors did not start within {self.timeout_s} s: {exc}") from exc
-        self.adapter_version = max(int(i.get("adapter_version", -1)) for i in infos)
+        self.adapter_version = max(int(i["version"]) for i in infos)
         log.info("prior service: %s; LoRA trainer: %s", infos[0], lora_info)
         self.sink.log({"lora/trainable_frac": float(lora_info.get("trainable_frac", math.nan))}, step=self.env_steps)
 
@@ -342,12 +341,12 @@ class CovrRun:
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the policy network alone (no VLM) and log ``eval/*``."""
-        from covr_ray.evaluate import eval_metrics, evaluate_policy, write_eval_result
+        from covr_ray.evaluate import eval_metrics, eval_seed, evaluate_policy, write_eval_result
         from covr_ray.policy_io import load_policy
 
         policy, _meta = load_policy(self.save_policy())
         result = evaluate_policy(policy, self.cfg.env, self.cfg.schedule.eval_episodes,
-                                 seed=self.cfg.seed + 10_000 + self.env_steps)
+                                 seed=(eval_seed(self.cfg) + self.env_steps) % 2**32)
         result["env_steps"] = self.env_steps
         write_eval_result(self.run_dir.root, result)
         self.sink.log(eval_metrics(result), step=self.env_steps)

@@ -1,0 +1,110 @@
+"""``covr bench loop``: what COVR costs on top of its base algorithm, for the same env steps.
+
+- ``covr_over_base_wallclock``: wall time of :meth:`CovrRun.run` with the prior service, D_f recording
+  and LoRA rounds, over the same run with ``prior.enabled=false`` (plain SAC/RAD), same preset, seed and
+  env steps. Actor start-up (engine load) is excluded: it is paid once per run, not per step.
+- ``env_rate_prior_on_over_off``: agent steps per second of one env wrapped in the prior client (querying a
+  live prior service every ``prior.prior_every`` steps, never blocking) over the bare env.
+
+Targets: <= 1.3 and >= 0.9. Default model: the tiny local VLM (built into ``.cache/`` if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="smoke", help="preset of both runs (default smoke)")
+    parser.add_argument("--model", help="VLM for the prior (default: the tiny local build)")
+    parser.add_argument("--steps", type=int, default=300, help="env steps of each run")
+    parser.add_argument("--env-steps", type=int, default=300, help="agent steps of the env-rate measurement")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+
+
+def _tiny_model() -> str:
+    from covr_ray.vlm.tiny import build_tiny_vlm
+
+    out = Path(".cache") / "tiny-qwen2_5_vl"
+    if not (out / "config.json").is_file():
+        build_tiny_vlm(out)
+    return str(out)
+
+
+def _timed_run(cfg: Any) -> float:
+    from covr_ray.loop.orchestrator import CovrRun
+
+    job = CovrRun.new(cfg, progress=False).setup()
+    try:
+        t0 = time.perf_counter()
+        job.run()
+        return time.perf_counter() - t0
+    finally:
+        job.close()
+
+
+def _env_rate(env: Any, steps: int, seed: int) -> float:
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _obs, _r, terminated, truncated, _info = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - t0)
+
+
+def env_rates(cfg: Any, steps: int, timeout_s: float) -> tuple[float, float]:
+    """(bare env steps/s, steps/s with the prior client querying a live service)."""
+    import ray
+
+    from covr_envs.registry import make_env_from_config, resolve_env_spec
+    from covr_ray.prior.client import PriorWrapper
+    from covr_ray.prior.service import start_prior_service
+
+    spec = resolve_env_spec(cfg.env)
+    off = _env_rate(make_env_from_config(cfg.env, cfg.seed), steps, cfg.seed)
+    with tempfile.TemporaryDirectory() as adapters:
+        run_id = f"bench-{int(time.time())}"
+        service = start_prior_service(cfg, run_id=run_id, adapter_dir=adapters, codec=spec.codec,
+                                      action_dim=spec.action_dim, task_prompt=spec.prompt,
+                                      action_description=spec.action_description)
+        try:
+            ray.get(service.info.remote(), timeout=timeout_s)
+            env = PriorWrapper.from_config(make_env_from_config(cfg.env, cfg.seed), cfg, run_id=run_id,
+                                           worker_index=0, action_dim=spec.action_dim)
+            on = _env_rate(env, steps, cfg.seed)
+        finally:
+            ray.kill(service, no_restart=True)
+    return off, on
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from covr_ray.config import load_config
+
+    model = args.model or _tiny_model()
+    common = [f"prior.model={model}", f"schedule.total_env_steps={args.steps}", "schedule.eval_every=1000000000",
+              "schedule.checkpoint_every=1000000000", "schedule.eval_episodes=1", "logging.wandb=false",
+              "logging.tensorboard=false", *args.overrides]
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory(prefix="covr-bench-loop-") as tmp:
+        covr_cfg = load_config(args.preset, common + [f"run_dir={tmp}/covr"])
+        base_cfg = load_config(args.preset, common + [f"run_dir={tmp}/base", "prior.enabled=false"])
+        covr_s = _timed_run(covr_cfg)
+        base_s = _timed_run(base_cfg)
+    off, on = env_rates(covr_cfg, args.env_steps, covr_cfg.ray.get_timeout_s)
+    out = {"covr_over_base_wallclock": round(covr_s / base_s, 3), "env_rate_prior_on_over_off": round(on / off, 3),
+           "covr_wall_s": round(covr_s, 1), "base_wall_s": round(base_s, 1), "env_steps": args.steps,
+           "env_steps_per_s_prior_off": round(off, 1), "env_steps_per_s_prior_on": round(on, 1),
+           "preset": args.preset, "model": model}
+    print(json.dumps(out))
+    return 0

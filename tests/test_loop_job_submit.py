@@ -1,0 +1,82 @@
+"""`ray job submit` of a short `covr train` to a Ray head this test starts on loopback.
+
+The head binds 127.0.0.1 only (GCS, dashboard, job server). The job runs the real `covr train` CLI
+(`--address auto` joins the head) with the prior switched off to keep CI short: the submission path,
+the runtime env and the run directory are what this test is about; the COVR loop itself is
+tests/test_loop_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s} s")
+
+
+@pytest.fixture()
+def ray_head():
+    if shutil.which("ray", path=str(BIN)) is None:
+        pytest.skip("the ray CLI is not installed in this environment")
+    tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
+    gcs, dash = _free_port(), _free_port()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
+         "--num-cpus", "2", "--temp-dir", tmp, "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        _wait_http(dash, 240)
+        yield {"dashboard": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env}
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_covr_train(ray_head, tmp_path):
+    run_dir = tmp_path / "job-run"
+    runtime_env = {"env_vars": {"WANDB_MODE": "offline", "MUJOCO_GL": "egl", "RAY_ADDRESS": ray_head["gcs"]}}
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"],
+           "--runtime-env-json", json.dumps(runtime_env), "--",
+           str(BIN / "covr"), "train", "--preset", "smoke", "--address", "auto", "--run-dir", str(run_dir),
+           "--no-progress", "--set", "prior.enabled=false", "--set", "schedule.total_env_steps=60",
+           "--set", "schedule.eval_episodes=1", "--set", "sac.learning_starts=20", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_head["env"], cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "succeeded" in out.lower(), out[-4000:]
+    summary = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
+    assert summary["env_steps"] >= 60
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "policy" / "policy.pt").is_file()
+    assert list((run_dir / "eval").glob("eval-*.json"))
