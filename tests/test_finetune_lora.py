@@ -148,6 +148,8 @@ def test_restart_resumes_latest_version_and_writes_the_next(trained, workdir, ti
     result = again.train_round(kept_set_from_arrays(workdir / "kept-2", frames8()[:2], TARGETS[:2]).path)
     assert result.version == 2 and adapter_versions(workdir / "adapters") == [1, 2]
     assert Path(saved).is_dir()  # v1 is never overwritten
+    with pytest.raises(ConfigError, match="never overwritten"):
+        again.train_round(workdir / "kept-2", version=1)
 
 
 def test_trainable_share_cap_is_enforced(tiny_vlm_dir, workdir, one_thread):

@@ -323,6 +323,9 @@ class LoRATrainer:
         if new_version < 1:
             raise ConfigError("version", new_version, "an integer >= 1")
         target = self.adapter_root / f"v{new_version}"
+        if target.exists():
+            raise ConfigError("version", new_version, f"a version not yet under {self.adapter_root} (have "
+                              f"{existing}); adapter versions are never overwritten")
         with atomic_directory(target) as tmp:
             self.model.save_pretrained(str(tmp))
             atomic_write_text(tmp / META_FILE, json.dumps({
