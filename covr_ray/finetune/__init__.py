@@ -2,5 +2,6 @@
 
 Modules (import what you need; torch is imported only by ``lora_trainer``):
 ``buffer`` (D_f), ``shards`` (schema v1 I/O), ``eddf``, ``ralw``, ``round_data`` (D_f -> kept set),
-``schedule``, ``lora_trainer`` (trainer and Ray actor), ``bench`` (``covr bench lora``).
+``schedule``, ``lora_data`` (kept rows -> batches), ``lora_trainer`` (trainer and Ray actor),
+``bench`` (``covr bench lora``). See docs/finetune.md.
 """
