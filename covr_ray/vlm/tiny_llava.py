@@ -86,7 +86,22 @@ def build_tiny_llava_into(out: str | Path, seed: int = 0) -> None:
                                vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
                                image_token="<image>", num_additional_image_tokens=1)
     model.save_pretrained(out)
+    _nest_vision_tower_keys(Path(out) / "model.safetensors")
     processor.save_pretrained(out)
+
+
+def _nest_vision_tower_keys(path: Path) -> None:
+    """Rename ``vision_tower.X`` to ``vision_tower.vision_model.X``, the layout of the llava-hf checkpoints.
+
+    transformers 5 flattened ``CLIPVisionModel`` and saves the short names; it still reads the nested ones
+    (a prefix change on load), and vLLM reads only the nested ones.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    renamed = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.")
+                and not k.startswith("vision_tower.vision_model.") else k): v for k, v in tensors.items()}
+    save_file(renamed, str(path), metadata={"format": "pt"})
 
 
 def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
