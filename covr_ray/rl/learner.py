@@ -50,6 +50,7 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
+from covr_ray.rl.regulariser import prior_regulariser
 from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, LOGP_CURR, PixelSACModule
 
 #: learner_config_dict keys (written by covr_ray.rl.algo.build_algorithm_config) and defaults.
@@ -67,23 +68,6 @@ CRITIC_LOSS_KEY = "critic_loss"
 PRIOR_LOSS_KEY = "prior_loss"
 PRIOR_WEIGHT_KEY = "prior_weight"
 PRIOR_COVERAGE_KEY = "prior_coverage"
-
-
-def prior_regulariser(policy_action: torch.Tensor, prior_action: torch.Tensor,
-                      prior_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """COVR's term before weighting: mean over samples with a prior of ``||a_v - a_r||^2``.
-
-    Shapes: ``policy_action: (B, A)``, ``prior_action: (B, A)``, ``prior_mask: (B,)`` in {0, 1}.
-    Returns ``(loss, coverage)``: the scalar term (0 when no sample has a prior) and the share of the
-    batch that carries a prior. Samples without a prior contribute neither value nor gradient (their
-    prior is zeroed first, so a NaN placeholder cannot leak in).
-    """
-    mask = prior_mask.to(policy_action.dtype)
-    prior = torch.where(mask.unsqueeze(-1) > 0, prior_action.to(policy_action.dtype),
-                        torch.zeros_like(policy_action))
-    sq = ((prior - policy_action) ** 2).sum(-1)
-    loss = (mask * sq).sum() / mask.sum().clamp(min=1.0)
-    return loss, mask.mean()
 
 
 def check_prior_weight(value: Any) -> float:

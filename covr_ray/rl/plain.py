@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covr_ray.rl.augment import RandomShift
-from covr_ray.rl.learner import prior_regulariser
+from covr_ray.rl.regulariser import prior_regulariser
 from covr_ray.rl.networks import LOG_STD_MIN, Actor, Critic
 from covr_ray.rl.encoder import PixelEncoder
 

@@ -30,8 +30,9 @@ from covr_ray.config import CovrConfig, load_config
 from covr_ray.io import atomic_write_text
 
 
-def build_trainer(cfg: CovrConfig, obs_shape: tuple[int, int, int], action_dim: int, device: str) -> Any:
-    """:class:`~covr_ray.rl.plain.PlainPixelSAC` with the preset's networks and hyperparameters."""
+def build_trainer(cfg: CovrConfig, obs_shape: tuple[int, int, int], action_dim: int, device: str) -> tuple[Any, Any]:
+    """(:class:`~covr_ray.rl.plain.PlainPixelSAC`, its NetworkSpec) with the preset's networks and
+    hyperparameters."""
     from covr_ray.rl.networks import NetworkSpec, build_actor, build_critic, build_encoder, initial_log_alpha
     from covr_ray.rl.plain import PlainPixelSAC
 

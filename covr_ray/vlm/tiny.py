@@ -101,18 +101,42 @@ def _qwen_tokenizer():
     return tokenizer
 
 
-def _qwen_text_config(tokenizer, vocab_size: int) -> dict:
+#: Model shapes (data). ``tiny``: ~0.6 M parameters, head_dim 64, a large init range so answers depend on
+#: the image; ``qwen2.5-vl-3b``: the published Qwen2.5-VL-3B-Instruct dimensions (random weights), for
+#: speed and memory benchmarks on machines that cannot download the real checkpoint.
+SHAPES: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, max_position_embeddings=4096, mrope_section=[8, 12, 12],
+                     initializer_range=0.5, min_vocab=0),
+        "qwen2_5_vl": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=1, out_hidden_size=128,
+                           fullatt_block_indexes=[1]),
+        "qwen2_vl": dict(depth=2, embed_dim=64, hidden_size=128, num_heads=1, mlp_ratio=2),
+    },
+    "qwen2.5-vl-3b": {
+        "text": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                     num_key_value_heads=2, max_position_embeddings=128000, mrope_section=[16, 24, 24],
+                     initializer_range=0.02, min_vocab=151936),
+        "qwen2_5_vl": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                           fullatt_block_indexes=[7, 15, 23, 31]),
+    },
+}
+
+
+def _qwen_text_config(tokenizer, vocab_size: int, dims: dict) -> dict:
+    dims = dict(dims)
+    mrope = dims.pop("mrope_section")
+    dims.pop("min_vocab")
     return dict(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]},
-        rms_norm_eps=1e-6, tie_word_embeddings=True, initializer_range=0.5,
+        vocab_size=vocab_size, **dims,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
+        rms_norm_eps=1e-6, tie_word_embeddings=True,
         bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
     )
 
 
-def _build_qwen(out: Path, family: str, seed: int) -> None:
+def _build_qwen(out: Path, family: str, seed: int, shape: str = "tiny") -> None:
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -125,26 +149,32 @@ def _build_qwen(out: Path, family: str, seed: int) -> None:
         Qwen2VLVideoProcessor,
     )
 
+    if family not in SHAPES[shape]:
+        raise ConfigError("shape", shape, "a shape defined for family " + family + ": "
+                          + ", ".join(k for k, v in SHAPES.items() if family in v))
+    dims = SHAPES[shape]
     tokenizer = _qwen_tokenizer()
-    vocab_size = 64 * ((len(tokenizer) + 63) // 64)
+    vocab_size = max(64 * ((len(tokenizer) + 63) // 64), dims["text"]["min_vocab"])
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-    text = _qwen_text_config(tokenizer, vocab_size)
+    text = _qwen_text_config(tokenizer, vocab_size, dims["text"])
     if family == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=1, out_hidden_size=128,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                      fullatt_block_indexes=[1])
+        vision = dict(dims["qwen2_5_vl"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                      window_size=112)
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     else:
-        vision = dict(depth=2, embed_dim=64, hidden_size=128, num_heads=1, mlp_ratio=2, patch_size=14,
-                      spatial_merge_size=2, temporal_patch_size=2)
+        vision = dict(dims["qwen2_vl"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
         model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     config.tie_word_embeddings = True
     torch.manual_seed(seed)
-    model = model_cls(config).eval()
+    big = shape != "tiny"
+    with torch.device("cuda" if big and torch.cuda.is_available() else "cpu"):
+        model = model_cls(config).eval()
+    if big:  # real-size shapes are benchmark stand-ins: store them as their real checkpoints are, bf16
+        model = model.to(torch.bfloat16)
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224, patch_size=14,
                                             merge_size=2, temporal_patch_size=2)
     video_processor = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=224 * 224, patch_size=14,
@@ -157,11 +187,13 @@ def _build_qwen(out: Path, family: str, seed: int) -> None:
     processor.save_pretrained(out)
 
 
-def build_tiny_vlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
-    """Build a tiny ``family`` VLM into ``out_dir`` (atomically: the directory appears complete or not at
-    all). Refuses to overwrite an existing directory. Returns the directory."""
+def build_tiny_vlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0, shape: str = "tiny") -> Path:
+    """Build a random-weight ``family`` VLM of ``shape`` (see :data:`SHAPES`) into ``out_dir``, atomically
+    (the directory appears complete or not at all). Refuses to overwrite an existing directory."""
     if family not in FAMILIES:
         raise ConfigError("family", family, "one of " + ", ".join(FAMILIES))
+    if shape not in SHAPES:
+        raise ConfigError("shape", shape, "one of " + ", ".join(SHAPES))
     out = Path(out_dir)
     with atomic_directory(out) as tmp:
         if family == "llava":
@@ -169,7 +201,7 @@ def build_tiny_vlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 
 
             build_tiny_llava_into(tmp, seed=seed)
         else:
-            _build_qwen(tmp, family, seed)
+            _build_qwen(tmp, family, seed, shape)
     return out
 
 
@@ -177,6 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="directory to create (must not exist)")
     parser.add_argument("--family", default="qwen2_5_vl", choices=FAMILIES, help="VLM family to build")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES),
+                        help="tiny (tests, demo) or a real model's dimensions with random weights (benchmarks)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     if (out / "config.json").is_file():
         print(f"{out} already holds a model; nothing to do")
         return 0
-    build_tiny_vlm(out, family=args.family, seed=args.seed)
+    build_tiny_vlm(out, family=args.family, seed=args.seed, shape=args.shape)
     n_params = _count_params(out)
     print(f"tiny {args.family} VLM ({n_params / 1e6:.2f} M parameters) written to {out}")
     return 0
