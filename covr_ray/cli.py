@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "deploy": ("covr_ray.commands.bench_deploy", "single-observation latency p50/p99 and size of the exported policy"),
     "learner": ("covr_ray.rl.bench", "SAC updates/s through RLlib vs the same update in plain PyTorch (--batch-size B)"),
     "lora": ("covr_ray.finetune.bench", "LoRA fine-tune samples/s and trainable share of the VLM (--model, --preset)"),
+    "prior": ("covr_ray.prior.bench", "VLM prior service: batched vs sequential queries/s, p50/p95, hot swap vs reload"),
 }
 
 
