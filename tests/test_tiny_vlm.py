@@ -79,3 +79,19 @@ def test_vllm_cpu_serves_the_tiny_vlm(tiny_vlm_dir):
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 3
     assert all(r["backend"] == "vllm" and r["answer"] for r in rows)
+
+
+def test_real_shape_matches_qwen2_5_vl_3b_parameter_count():
+    """The benchmark stand-in has the published 3B model's size (built on the meta device: no memory)."""
+    import torch
+
+    from covr_ray.vlm.tiny import _qwen_tokenizer, qwen_config
+
+    config, model_cls, _ = qwen_config("qwen2_5_vl", "qwen2.5-vl-3b", _qwen_tokenizer())
+    with torch.device("meta"):
+        model = model_cls(config)
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.6e9 < n < 3.9e9, n  # Qwen2.5-VL-3B-Instruct: 3.75 B
+    assert config.text_config.hidden_size // config.text_config.num_attention_heads == 128
+    with pytest.raises(ConfigError, match="shape"):
+        qwen_config("qwen2_vl", "qwen2.5-vl-3b", _qwen_tokenizer())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from covr_ray.errors import ConfigError
 from covr_ray.io import atomic_directory
@@ -136,24 +136,15 @@ def _qwen_text_config(tokenizer, vocab_size: int, dims: dict) -> dict:
     )
 
 
-def _build_qwen(out: Path, family: str, seed: int, shape: str = "tiny") -> None:
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def qwen_config(family: str, shape: str, tokenizer: Any) -> tuple[Any, type, type]:
+    """(config, model class, processor class) of a random ``family`` VLM of ``shape`` (:data:`SHAPES`)."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
 
-    if family not in SHAPES[shape]:
+    if shape not in SHAPES or family not in SHAPES[shape]:
         raise ConfigError("shape", shape, "a shape defined for family " + family + ": "
                           + ", ".join(k for k, v in SHAPES.items() if family in v))
     dims = SHAPES[shape]
-    tokenizer = _qwen_tokenizer()
     vocab_size = max(64 * ((len(tokenizer) + 63) // 64), dims["text"]["min_vocab"])
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
@@ -163,12 +154,22 @@ def _build_qwen(out: Path, family: str, seed: int, shape: str = "tiny") -> None:
         vision = dict(dims["qwen2_5_vl"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                       window_size=112)
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-        model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+        classes = (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
     else:
         vision = dict(dims["qwen2_vl"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
-        model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+        classes = (Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
     config.tie_word_embeddings = True
+    return config, classes[0], classes[1]
+
+
+def _build_qwen(out: Path, family: str, seed: int, shape: str = "tiny") -> None:
+    import torch
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    tokenizer = _qwen_tokenizer()
+    config, model_cls, proc_cls = qwen_config(family, shape, tokenizer)
+    text = config.text_config
     torch.manual_seed(seed)
     big = shape != "tiny"
     with torch.device("cuda" if big and torch.cuda.is_available() else "cpu"):
@@ -181,8 +182,8 @@ def _build_qwen(out: Path, family: str, seed: int, shape: str = "tiny") -> None:
                                             merge_size=2, temporal_patch_size=2)
     processor = proc_cls(image_processor=image_processor, tokenizer=tokenizer,
                          video_processor=video_processor, chat_template=QWEN_CHAT_TEMPLATE)
-    model.generation_config.eos_token_id = text["eos_token_id"]
-    model.generation_config.pad_token_id = text["pad_token_id"]
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.generation_config.pad_token_id = text.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
