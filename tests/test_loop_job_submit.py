@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -46,7 +47,9 @@ def ray_head():
         pytest.skip("the ray CLI is not installed in this environment")
     tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     gcs, dash = _free_port(), _free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Ray 2.60 enables token auth: give this head (and the test's client) a token of their own instead of
+    # touching ~/.ray/auth_token.
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
