@@ -36,23 +36,23 @@ def test_layout_and_latest(tmp_path: Path) -> None:
     assert latest_adapter(root) is None
     for v in (3, 1, 12):
         _write_adapter(adapter_path(root, v))
-    (root / ".v000013.abc.tmp").mkdir()  # an unfinished atomic write is not a version
+    (root / ".v13.abc.tmp").mkdir()  # an unfinished atomic write is not a version
     assert [v for v, _ in list_adapters(root)] == [1, 3, 12]
-    assert latest_adapter(root) == (12, root / "v000012")
-    assert validate_adapter(root / "v000003", 3, root, max_rank=8).rank == 8
+    assert latest_adapter(root) == (12, root / "v12")
+    assert validate_adapter(root / "v3", 3, root, max_rank=8).rank == 8
 
 
 def test_paths_outside_the_run_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "run" / "adapters"
     root.mkdir(parents=True)
-    outside = _write_adapter(tmp_path / "elsewhere" / "v000001")
+    outside = _write_adapter(tmp_path / "elsewhere" / "v1")
     with pytest.raises(AdapterError, match="outside the run's adapter directory"):
         validate_adapter(outside, 1, root, max_rank=8)
     with pytest.raises(AdapterError, match="outside"):
-        validate_adapter(root / ".." / ".." / "elsewhere" / "v000001", 1, root, max_rank=8)
-    (root / "v000002").symlink_to(outside)  # a link inside pointing out is still outside
+        validate_adapter(root / ".." / ".." / "elsewhere" / "v1", 1, root, max_rank=8)
+    (root / "v2").symlink_to(outside)  # a link inside pointing out is still outside
     with pytest.raises(AdapterError, match="outside"):
-        validate_adapter(root / "v000002", 2, root, max_rank=8)
+        validate_adapter(root / "v2", 2, root, max_rank=8)
     with pytest.raises(AdapterError, match="outside"):
         validate_adapter(root, 1, root, max_rank=8)
 
@@ -68,7 +68,7 @@ def test_paths_outside_the_run_are_refused(tmp_path: Path) -> None:
 ])
 def test_broken_adapters_are_refused_with_a_reason(tmp_path: Path, case: str, match: str) -> None:
     root = tmp_path / "adapters"
-    path = _write_adapter(root / "v000001", rank=16 if case == "rank_too_big" else 8)
+    path = _write_adapter(root / "v1", rank=16 if case == "rank_too_big" else 8)
     version = 1
     if case == "no_config":
         (path / "adapter_config.json").unlink()
@@ -98,8 +98,8 @@ def test_registry_moves_forward_and_keeps_a_bounded_set(tmp_path: Path) -> None:
     assert [a.version for a in reg.loaded] == [2, 3]
     assert [a.version for a in dropped_all] == [1]
     with pytest.raises(AdapterError, match="not newer"):
-        reg.check(root / "v000002", 2)
+        reg.check(root / "v2", 2)
     with pytest.raises(AdapterError, match="integer >= 0"):
-        reg.check(root / "v000004", -5)
+        reg.check(root / "v4", -5)
     with pytest.raises(AdapterError, match="integer >= 0"):
         adapter_path(root, True)  # type: ignore[arg-type]

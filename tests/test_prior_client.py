@@ -160,3 +160,17 @@ def test_disabled_client_and_bad_configuration() -> None:
     fresh, _ = _wrap()
     with pytest.raises(EnvError, match="reset"):
         _step(fresh)
+
+
+def test_env_runners_are_spread_over_the_replicas() -> None:
+    from covr_ray.config import load_config
+    from covr_ray.prior.service import prior_actor_name
+
+    cfg = load_config("driving-hw", ["ray.prior_replicas=3", "prior.prior_every=5", "prior.valid_frames=2"])
+    names = [PriorWrapper.from_config(FrameEnv(), cfg, run_id="r7", worker_index=w, action_dim=2).client.service_name
+             for w in range(1, 7)]
+    assert names == [prior_actor_name("r7", w % 3) for w in range(1, 7)]
+    env = PriorWrapper.from_config(FrameEnv(), cfg, run_id="r7", worker_index=1, action_dim=2)
+    assert (env.prior_every, env.valid_frames) == (5, 2)
+    off = load_config("driving-hw", ["prior.enabled=false"])
+    assert PriorWrapper.from_config(FrameEnv(), off, run_id="r7", worker_index=1, action_dim=2).client is None

@@ -20,6 +20,7 @@ import pytest
 from covr_ray.config import load_config
 from covr_ray.errors import AdapterError, PriorServiceError
 from covr_ray.prior.adapters import adapter_path, build_random_adapter
+from covr_ray.prior.service import load_adapter_everywhere
 
 pytestmark = pytest.mark.requires_vllm
 
@@ -158,11 +159,11 @@ def test_broken_or_foreign_adapters_are_refused_and_the_old_one_keeps_serving(
         ray_local: Any, service: Any, adapter_dir: Path, tmp_path: Path) -> None:
     ray = ray_local
     garbage, mismatched = _broken_copies(adapter_dir)
-    with pytest.raises(AdapterError, match="header length"):
-        ray.get(service.load_adapter.remote(str(garbage), 4), timeout=TIMEOUT)
+    (refused,) = load_adapter_everywhere([service], garbage, 4, TIMEOUT)  # what the orchestrator calls
+    assert isinstance(refused, AdapterError) and "header length" in str(refused)
     with pytest.raises(AdapterError, match="refused adapter v5"):
         ray.get(service.load_adapter.remote(str(mismatched), 5), timeout=TIMEOUT)
-    foreign = shutil.copytree(adapter_path(adapter_dir, 3), tmp_path / "v000006")
+    foreign = shutil.copytree(adapter_path(adapter_dir, 3), tmp_path / "v6")
     with pytest.raises(AdapterError, match="outside the run's adapter directory"):
         ray.get(service.load_adapter.remote(str(foreign), 6), timeout=TIMEOUT)
     answers = _ask(ray, service, _frames(4, seed=7))

@@ -1,6 +1,6 @@
 """LoRA adapter versions served by the prior service: where they live, what is accepted, how many stay.
 
-Layout: the run's adapter directory holds one directory per published version, ``v000001``, ``v000002``,
+Layout: the run's adapter directory holds one directory per published version, ``v1``, ``v2``,
 ... (:func:`adapter_path`), each a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
 written atomically by the LoRA trainer. After a restart the service reloads :func:`latest_adapter`.
 
@@ -38,14 +38,15 @@ class AdapterVersion:
 
 
 def adapter_path(adapter_dir: str | Path, version: int) -> Path:
-    """Where version ``version`` of the run's adapter is published: ``<adapter_dir>/v{version:06d}``."""
+    """Where version ``version`` of the run's adapter is published: ``<adapter_dir>/v{version}`` (the layout
+    the LoRA trainer writes)."""
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise AdapterError(f"adapter version {version!r}; allowed: an integer >= 0")
-    return Path(adapter_dir) / f"v{version:06d}"
+    return Path(adapter_dir) / f"v{version}"
 
 
 def version_of(path: str | Path) -> Optional[int]:
-    """Version number encoded in a directory name ``vNNNNNN``, or None for other names."""
+    """Version number encoded in a directory name ``v<N>`` (``v7``, ``v000007``), or None for other names."""
     m = _VERSION_DIR.match(Path(path).name)
     return int(m.group(1)) if m else None
 

