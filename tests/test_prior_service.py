@@ -74,7 +74,8 @@ def service(ray_local: Any, tiny_vlm_dir: Path, adapter_dir: Path):
                                  task_prompt="Drive forward fast without collisions.",
                                  action_description="Action: [steer, throttle_brake].", namespace=NAMESPACE)
     info = ray_local.get(handle.info.remote(), timeout=TIMEOUT)
-    assert info["backend"] == "vllm" and info["guided"] and info["version"] == -1
+    assert info["backend"] == "vllm" and info["guided"] and info["version"] == -1 and info["ray_metrics"]
+    assert info["http"] is None  # no port unless prior.http_port is set
     return handle
 
 

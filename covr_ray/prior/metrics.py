@@ -13,14 +13,26 @@ from typing import Any, Optional
 
 import numpy as np
 
+from covr_ray.log import get_logger
+
+log = get_logger(__name__)
+
 #: Queries whose latency and arrival time are kept for the rolling figures.
 WINDOW = 4096
 #: Seconds over which ``prior/qps`` is measured.
 QPS_WINDOW_S = 30.0
 
 
+def _in_ray() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())
+
+
 class _RayMetrics:
-    """Ray metrics of one replica; absent (no-ops) when Ray metrics cannot be created (no Ray worker)."""
+    """Ray metrics of one replica (created only inside a Ray worker or driver)."""
 
     def __init__(self, replica: str) -> None:
         from ray.util import metrics
@@ -60,11 +72,17 @@ class PriorStats:
         self._batch_sizes: deque[int] = deque(maxlen=WINDOW)
         self._done_at: deque[float] = deque(maxlen=WINDOW)
         self._ray: Optional[_RayMetrics] = None
-        if ray_metrics:
+        if ray_metrics and _in_ray():
             try:
                 self._ray = _RayMetrics(replica)
-            except (ImportError, RuntimeError, ValueError):  # outside a Ray worker: dict figures only
+            except (RuntimeError, ValueError) as exc:  # metrics unavailable: dict figures only
                 self._ray = None
+                log.warning("Ray metrics of the prior service disabled: %s", exc)
+
+    @property
+    def exports_ray_metrics(self) -> bool:
+        """True when the ``covr_prior_*`` Ray metrics exist (inside a Ray worker)."""
+        return self._ray is not None
 
     def batch(self, size: int) -> None:
         """One engine call answered ``size`` requests."""

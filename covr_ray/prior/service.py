@@ -315,6 +315,7 @@ class PriorService:
                 "codec": self.codec.name, "action_dim": self.codec.action_dim, "guided": self.backend.guided,
                 "version": self.registry.version, "loaded_versions": [a.version for a in self.registry.loaded],
                 "restored_version": self.restored, "replica": self.replica, "max_new_tokens": self.max_new_tokens,
+                "ray_metrics": self.stats.exports_ray_metrics,
                 "http": self._http.address if self._http is not None else None,
                 "http_error": self._http.error if self._http is not None else None}
 
