@@ -22,3 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return int(args._bench_run(args) or 0)
+
+
+def print_figures(figures: dict, as_json: bool) -> None:
+    """A benchmark's result: one JSON object (``--json``) or one aligned ``key: value`` line per figure."""
+    import json
+
+    if as_json:
+        print(json.dumps(figures))
+        return
+    width = max((len(k) for k in figures), default=0)
+    for key, value in figures.items():
+        print(f"{key:>{width}}: {value}")

@@ -20,7 +20,6 @@ batch size, steps, torch threads and the answer length in tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -110,12 +109,10 @@ def run_bench(preset: str = "smoke", overrides: Optional[list[str]] = None, mode
 
 
 def run(args: argparse.Namespace) -> int:
+    from covr_ray.commands.bench import print_figures
+
     figures = run_bench(preset=args.preset, overrides=args.overrides, model=args.model, rows=args.rows,
                         steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, device=args.device,
                         threads=args.threads)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>20}: {value}")
+    print_figures(figures, args.json)
     return 0

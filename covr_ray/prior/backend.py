@@ -42,6 +42,8 @@ class BackendOptions:
     """Torch device of the transformers backend: ``auto`` = cuda when available."""
     vllm_engine_process: Optional[bool] = None
     """Run vLLM's engine core in its own process; None = only when CUDA is available."""
+    enforce_eager: bool = False
+    """vLLM: skip torch.compile and CUDA graphs (``prior.enforce_eager``)."""
 
 
 class Backend(Protocol):
@@ -93,6 +95,7 @@ def backend_options(cfg: PriorConfig, *, family: str, regex: Optional[str], max_
         gpu_memory_utilization=cfg.gpu_memory_utilization, max_new_tokens=max_new_tokens,
         temperature=cfg.temperature, regex=regex, max_lora_rank=max_lora_rank, max_adapters=cfg.max_adapters,
         max_batch_size=cfg.max_batch_size, seed=seed, vllm_engine_process=cfg.vllm_engine_process,
+        enforce_eager=cfg.enforce_eager,
     )
 
 

