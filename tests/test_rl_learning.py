@@ -7,7 +7,8 @@ Ray, raise COVR_LEARNING_STEPS to 12500 = 100 K env steps and use the preset's s
 
 Env vars: ``COVR_LEARNING_STEPS`` (agent steps, x8 env steps; default 2500), ``COVR_LEARNING_BATCH`` (64),
 ``COVR_LEARNING_HIDDEN`` (256), ``COVR_LEARNING_IMAGE`` (84), ``COVR_LEARNING_STARTS`` (random steps, 1000),
-``COVR_LEARNING_EVAL_EVERY`` (500), ``COVR_LEARNING_THREADS`` (1), ``COVR_LEARNING_OUT`` (curve JSON path).
+``COVR_LEARNING_EVAL_EVERY`` (500), ``COVR_LEARNING_THREADS`` (1), ``COVR_LEARNING_DEVICE`` (cpu | cuda),
+``COVR_LEARNING_OUT`` (curve JSON path).
 The curve (agent steps, env steps, deterministic eval return, exploration return, wall time) is written as
 JSON. Pass: the final deterministic return is above the uniform-random policy's (measured in the test on
 the same env) by at least 100 and at least 2x. On covr_envs' cartpole-swingup, uniform-random episodes
@@ -77,12 +78,14 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
     hidden = int(os.environ.get("COVR_LEARNING_HIDDEN", "256"))
     image = int(os.environ.get("COVR_LEARNING_IMAGE", "84"))
     starts = int(os.environ.get("COVR_LEARNING_STARTS", "1000"))
+    device = os.environ.get("COVR_LEARNING_DEVICE", "cpu")
     eval_every = int(os.environ.get("COVR_LEARNING_EVAL_EVERY", "500"))
     out = Path(os.environ.get("COVR_LEARNING_OUT", REPO / ".cache" / "test" / "learning_rad_cartpole.json"))
     torch.set_num_threads(int(os.environ.get("COVR_LEARNING_THREADS", "1")))
     cfg = load_config("dmc-cartpole-swingup", overrides=[
         "sac.base=rad", "prior.enabled=false", f"sac.batch_size={batch}", f"sac.hidden_dim={hidden}",
-        f"env.image_size={image}", "ray.num_env_runners=0", "ray.num_gpus_learner=0", "device=cpu",
+        f"env.image_size={image}", "ray.num_env_runners=0", f"device={device}",
+        f"ray.num_gpus_learner={1 if device == 'cuda' else 0}",
         f"sac.learning_starts={starts}", "sac.rollout_fragment_length=8", "seed=1"])
     eval_env = make_env_from_config(cfg.env, seed=10_000)
     random_return = _random_return(eval_env, 2, seed=10_000)
