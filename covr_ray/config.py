@@ -227,6 +227,9 @@ class SACConfig:
     rollout_fragment_length: int = 8
     """Agent steps each env of each env runner collects per training iteration; the iteration then
     runs ``updates_per_step`` updates per collected step."""
+    sample_path: Literal["columns", "episodes"] = "columns"
+    """How train batches leave the replay: ``columns`` (arrays straight into the learner; fast) or
+    ``episodes`` (RLlib's 1-step episodes through the learner connector; 9x slower data path at batch 512)."""
 
     def validate(self, path: str) -> None:
         _check(f"{path}.lam", self.lam, self.lam >= 0 and math.isfinite(self.lam), "a finite number >= 0")

@@ -75,8 +75,12 @@ def test_ray_job_submit_runs_covr_train(ray_head, tmp_path):
            str(BIN / "covr"), "train", "--preset", "smoke", "--address", "auto", "--run-dir", str(run_dir),
            "--no-progress", "--set", "prior.enabled=false", "--set", "schedule.total_env_steps=60",
            "--set", "schedule.eval_episodes=1", "--set", "sac.learning_starts=20", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_head["env"], cwd=REPO)
-    out = proc.stdout + proc.stderr
+    for _attempt in range(30):  # the dashboard answers before its job agent has registered
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ray_head["env"], cwd=REPO)
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0 or "No available agent" not in out:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, out[-4000:]
     assert "succeeded" in out.lower(), out[-4000:]
     summary = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))

@@ -73,8 +73,9 @@ class RunDir:
 
     @classmethod
     def create(cls, root: str | Path, cfg: CovrConfig) -> "RunDir":
-        """A new run: ``root`` must not hold a run yet; writes config.yaml."""
-        run = cls(Path(root))
+        """A new run: ``root`` must not hold a run yet; writes config.yaml. Paths are made absolute (RLlib
+        reads a relative checkpoint path as a URI and refuses it; env runners may have another cwd)."""
+        run = cls(Path(root).resolve())
         if run.config_path.exists():
             raise CheckpointError(f"{run.root} already holds a run; continue it with `covr train --resume "
                                   f"{run.root}` or choose another run_dir")
@@ -88,7 +89,7 @@ class RunDir:
         """An existing run and its config."""
         import yaml
 
-        run = cls(Path(root))
+        run = cls(Path(root).resolve())
         if not run.config_path.is_file():
             raise CheckpointError(f"{run.root} is not a run directory (no config.yaml)")
         return run, config_from_dict(yaml.safe_load(run.config_path.read_text()))
