@@ -47,13 +47,18 @@ def ray_head():
         pytest.skip("the ray CLI is not installed in this environment")
     tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
     gcs, dash = _free_port(), _free_port()
+    # every port the head opens is chosen here, so a second Ray on the machine (another run, another test
+    # session) cannot collide with this one on Ray's fixed default ports
+    ports = ["--dashboard-agent-listen-port", _free_port(), "--dashboard-agent-grpc-port", _free_port(),
+             "--runtime-env-agent-port", _free_port(), "--metrics-export-port", _free_port(),
+             "--node-manager-port", _free_port(), "--object-manager-port", _free_port()]
     # Ray 2.60 enables token auth: give this head (and the test's client) a token of their own instead of
     # touching ~/.ray/auth_token.
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
-         "--num-cpus", "2", "--temp-dir", tmp, "--disable-usage-stats"],
+         "--num-cpus", "2", "--temp-dir", tmp, "--disable-usage-stats", *map(str, ports)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         _wait_http(dash, 240)
