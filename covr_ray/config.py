@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -21,6 +19,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from covr_ray.errors import ConfigError, PresetNotFoundError
+from covr_ray.typed_data import build_dataclass, merge_dicts
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -486,105 +485,6 @@ class CovrConfig:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Building configs from data
-# ---------------------------------------------------------------------------------------------------
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(path: str, tp: Any, value: Any) -> Any:
-    """Return ``value`` as type ``tp`` or raise ConfigError. Accepts ints for floats, nothing lossy."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(path, value, _type_name(tp))
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(path, value, _type_name(tp))
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(path, arg, value)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(path, value, _type_name(tp))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, f"a mapping of {tp.__name__} fields")
-        return build_dataclass(tp, value, path)
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, "a mapping")
-        return dict(value)
-    if origin is list or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, "a list")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [value_i if item_tp is Any else _coerce(f"{path}[{i}]", item_tp, value_i)
-                for i, value_i in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(path, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, value, "a string")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(path, value, _type_name(tp))  # pragma: no cover - a field type we do not support
-
-
-def build_dataclass(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build ``cls`` from a (partial) mapping; unknown keys and mistyped values raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{path}.{key}" if path else key
-        if key not in names:
-            raise ConfigError(full, value, f"a field of {cls.__name__}: " + ", ".join(sorted(names)),
-                              hint="unknown keys are errors, not ignored")
-        kwargs[key] = _coerce(full, hints[key], value)
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def available_presets() -> list[str]:
     """Names of the presets shipped with the package (files starting with ``_`` are bases only)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
@@ -613,7 +513,7 @@ def load_preset_data(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError("preset", str(path), "a YAML mapping at top level")
     parent = data.pop("extends", None)
     if parent is not None:
-        data = _merge(load_preset_data(str(parent), _seen + (name,)), data)
+        data = merge_dicts(load_preset_data(str(parent), _seen + (name,)), data)
     return data
 
 
@@ -638,7 +538,7 @@ def load_config(preset: str = "driving-hw", overrides: Optional[list[str]] = Non
     data = load_preset_data(preset)
     data.setdefault("preset", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
     if extra:
-        data = _merge(data, extra)
+        data = merge_dicts(data, extra)
     for text in overrides or []:
         keys, value = parse_override(text)
         node = data

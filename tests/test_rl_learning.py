@@ -7,10 +7,10 @@ Ray, raise COVR_LEARNING_STEPS to 12500 = 100 K env steps and use the preset's s
 
 Env vars: ``COVR_LEARNING_STEPS`` (agent steps, x8 env steps; default 2500), ``COVR_LEARNING_BATCH`` (64),
 ``COVR_LEARNING_HIDDEN`` (256), ``COVR_LEARNING_IMAGE`` (84), ``COVR_LEARNING_STARTS`` (random steps, 1000),
-``COVR_LEARNING_EVAL_EVERY`` (500), ``COVR_LEARNING_THREADS`` (1), ``COVR_LEARNING_DEVICE`` (cpu | cuda),
-``COVR_LEARNING_OUT`` (curve JSON path).
+``COVR_LEARNING_EVAL_EVERY`` (500), ``COVR_LEARNING_EVAL_EPISODES`` (2), ``COVR_LEARNING_THREADS`` (1),
+``COVR_LEARNING_DEVICE`` (cpu | cuda), ``COVR_LEARNING_OUT`` (curve JSON path).
 The curve (agent steps, env steps, deterministic eval return, exploration return, wall time) is written as
-JSON. Pass: the final deterministic return is above the uniform-random policy's (measured in the test on
+JSON after every evaluation (atomically: a run stopped by hand keeps its curve so far). Pass: the final deterministic return is above the uniform-random policy's (measured in the test on
 the same env) by at least 100 and at least 2x. On covr_envs' cartpole-swingup, uniform-random episodes
 returned 54 to 150 (1000 frames, action repeat 8).
 
@@ -68,6 +68,7 @@ def _random_return(env: Any, episodes: int, seed: int) -> float:
 def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
     from covr_envs.registry import make_env_from_config
     from covr_ray.config import load_config
+    from covr_ray.io import atomic_write_text
     from covr_ray.rl.algo import build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict
     from covr_ray.rl.networks import build_policy
 
@@ -80,6 +81,7 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
     starts = int(os.environ.get("COVR_LEARNING_STARTS", "1000"))
     device = os.environ.get("COVR_LEARNING_DEVICE", "cpu")
     eval_every = int(os.environ.get("COVR_LEARNING_EVAL_EVERY", "500"))
+    eval_episodes = int(os.environ.get("COVR_LEARNING_EVAL_EPISODES", "2"))
     out = Path(os.environ.get("COVR_LEARNING_OUT", REPO / ".cache" / "test" / "learning_rad_cartpole.json"))
     torch.set_num_threads(int(os.environ.get("COVR_LEARNING_THREADS", "1")))
     cfg = load_config("dmc-cartpole-swingup", overrides=[
@@ -88,7 +90,8 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
         f"ray.num_gpus_learner={1 if device == 'cuda' else 0}",
         f"sac.learning_starts={starts}", "sac.rollout_fragment_length=8", "seed=1"])
     eval_env = make_env_from_config(cfg.env, seed=10_000)
-    random_return = _random_return(eval_env, 2, seed=10_000)
+    random_return = _random_return(eval_env, max(eval_episodes, 2), seed=10_000)
+    print(json.dumps({"random_return": random_return}), flush=True)
 
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"covr_learning_{os.getpid()}"
     ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
@@ -103,7 +106,7 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
             agent_steps = int(metrics.get("rollout/agent_steps", agent_steps))
             if agent_steps >= next_eval or agent_steps >= steps:
                 policy = build_policy(network_spec_for(algo), policy_state_dict(algo))
-                final = _evaluate(policy, eval_env, 2, seed=20_000)
+                final = _evaluate(policy, eval_env, eval_episodes, seed=20_000)
                 curve.append({"agent_steps": agent_steps, "env_steps": agent_steps * cfg.env.action_repeat,
                               "eval_return": final,
                               "explore_return": metrics.get("rollout/episode_return_mean", float("nan")),
@@ -111,13 +114,13 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
                               "entropy": metrics.get("learner/entropy", float("nan")),
                               "wall_s": time.perf_counter() - t0})
                 print(json.dumps(curve[-1]), flush=True)
+                atomic_write_text(out, json.dumps({
+                    "random_return": random_return, "batch": batch, "hidden": hidden, "image": image,
+                    "threads": torch.get_num_threads(), "eval_episodes": eval_episodes, "curve": curve}, indent=1))
                 next_eval += eval_every
     finally:
         algo.stop()
         ray.shutdown()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"random_return": random_return, "batch": batch, "hidden": hidden, "image": image,
-                               "threads": torch.get_num_threads(), "curve": curve}, indent=1))
     assert final >= random_return + 100 and final >= 2 * random_return, (final, random_return)
 
 
