@@ -34,7 +34,7 @@ RL_ACTION = "rl_action"
 RETURN_TO_GO = "return_to_go"
 #: float32: immediate reward r_i (EDDF ablation `signal=reward`).
 REWARD = "reward"
-#: float32: Q(o_i, a_r_i) at collection time, NaN when not provided (EDDF ablation `signal=q_value`).
+#: float32: Q(o_i, a_r_i), NaN when not provided (EDDF ablation `signal=q_value`; see loop.df_q_scoring).
 Q_VALUE = "q_value"
 #: float32: policy entropy estimate when the episode was collected.
 ENTROPY = "entropy"

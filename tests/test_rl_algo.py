@@ -136,3 +136,32 @@ def test_restore_refuses_a_directory_that_is_no_checkpoint(tmp_path: Path) -> No
 
     with pytest.raises(CheckpointError):
         restore_algorithm(tmp_path)
+
+
+def test_df_rows_are_scored_by_the_learners_critic(trained: Any, tmp_path: Path) -> None:
+    """EDDF's q_value ablation in `covr train`: the orchestrator's scoring path with the real critic gives
+    exactly the critic's Q on the observations the policy saw (rebuilt from D_f's single frames)."""
+    from covr_ray import columns as C
+    from covr_ray.finetune.buffer import FilterBuffer
+    from covr_ray.finetune.shards import read_shard
+    from covr_ray.loop.df_q_scoring import score_df_shards
+    from covr_ray.rl.algo import q_values
+    from test_rl_testenv import DotEnv
+
+    algo, _ = trained
+    env = DotEnv({"size": 24})
+    obs, _ = env.reset(seed=3)
+    observations, actions = [], []
+    for t in range(12):
+        observations.append(obs)
+        actions.append(env.oracle_action() if t % 2 else np.float32([0.7, -0.7]))
+        obs, *_ = env.step(actions[-1])
+    observations, actions = np.stack(observations), np.stack(actions)
+    buf = FilterBuffer(tmp_path / "df", action_dim=2, gamma=0.9)
+    buf.add_episode("e", observations[:, -3:].transpose(0, 2, 3, 1), actions, np.zeros(12, np.float32), 0.1)
+    shard = buf.flush()
+    kept, metrics = score_df_shards([shard], 3, lambda o, a: q_values(algo, o, a, timeout_s=120.0), action_dim=2)
+    assert kept == [shard] and metrics["df/q_scored_rows"] == 12
+    expected = q_values(algo, observations, actions, timeout_s=120.0)
+    assert np.unique(expected.round(5)).size > 1  # the critic tells these rows apart
+    np.testing.assert_allclose(read_shard(shard).column(C.Q_VALUE).to_numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -118,10 +118,6 @@ class CovrRun:
         if not ray.is_initialized():
             ray.init(address=cfg.ray.address, **self.ray_init_kwargs)
         self._check_resources()
-        if cfg.prior.enabled and cfg.eddf.signal == "q_value":
-            raise ConfigError("eddf.signal", "q_value", "return or reward in `covr train`",
-                              hint="the D_f recorder does not store critic Q-values yet; the q_value ablation "
-                                   "works on shards that carry them (covr_ray.finetune.eddf)")
         spec = resolve_env_spec(cfg.env)
         self.env_spec = spec
         self.sink = MetricsSink(self.run_dir.root, cfg.logging, run_name=self.run_dir.root.name,
@@ -279,7 +275,16 @@ class CovrRun:
         shards = self.run_dir.df_shards()
         out_dir = self.run_dir.rounds / f"round-{c:03d}-step{self.env_steps}"
         metrics: dict[str, float] = {}
-        kept, data_metrics = build_kept_set(shards, out_dir, cfg.eddf, cfg.ralw, self.env_spec.action_dim,
+        round_shards = shards
+        if cfg.eddf.signal == "q_value":  # the ablation: score D_f with the critic first (df_q_scoring)
+            from covr_ray.loop.df_q_scoring import score_df_shards
+            from covr_ray.rl.algo import q_values
+
+            round_shards, q_metrics = score_df_shards(
+                shards, cfg.env.frame_stack, lambda obs, act: q_values(self.algo, obs, act, self.timeout_s),
+                self.env_spec.action_dim)
+            metrics.update(q_metrics)
+        kept, data_metrics = build_kept_set(round_shards, out_dir, cfg.eddf, cfg.ralw, self.env_spec.action_dim,
                                             entropy=self.entropy, seed=cfg.seed + c)
         metrics.update(data_metrics)
         for path in shards:  # D_f is cleared only now that the kept set is completely written

@@ -1,0 +1,137 @@
+"""EDDF's Q-value ablation in `covr train`: D_f rows get Q-values from the rebuilt observations.
+
+The critic here is a deterministic function of (obs, action), so the test can say exactly which observation
+each row was scored on; the real critic on this path is tested in test_rl_algo.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from covr_ray import columns as C
+from covr_ray.config import EDDFConfig, RALWConfig
+from covr_ray.errors import FinetuneDataError
+from covr_ray.finetune.buffer import FilterBuffer
+from covr_ray.finetune.round_data import build_kept_set
+from covr_ray.finetune.shards import read_shard, write_shard
+from covr_ray.loop.df_q_scoring import episode_observations, score_df_shards
+from covr_envs.wrappers import FrameStackCHW
+
+
+class _NoiseFrames(gym.Env):
+    """(8, 8, 3) random frames, one per step, 1-D actions."""
+
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.np_random.integers(0, 256, (8, 8, 3), dtype=np.uint8), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.np_random.integers(0, 256, (8, 8, 3), dtype=np.uint8), 1.0, False, False, {}
+
+
+def _episode(steps: int, seed: int, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(obs (T, 3k, 8, 8) as the env stacked them, frames (T, 8, 8, 3) as D_f stores them, actions (T, 1))."""
+    env = FrameStackCHW(_NoiseFrames(), k)
+    obs, _ = env.reset(seed=seed)
+    observations, frames = [obs], [env.render()]
+    actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 1)).astype(np.float32)
+    for a in actions[:-1]:
+        obs, *_ = env.step(a)
+        observations.append(obs)
+        frames.append(env.render())
+    return np.stack(observations), np.stack(frames), actions
+
+
+def _critic(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Depends on every slot of the stack and on the action."""
+    weights = np.arange(1, obs.shape[1] + 1, dtype=np.float64)[None, :]
+    return (obs.astype(np.float64).mean(axis=(2, 3)) * weights).sum(axis=1) + 100.0 * actions[:, 0]
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_rebuilt_observations_equal_the_env_frame_stack(k: int) -> None:
+    obs, frames, _ = _episode(7, seed=k, k=k)
+    assert np.array_equal(episode_observations(frames, k), obs)
+
+
+def test_rebuilt_observations_refuse_bad_frames() -> None:
+    with pytest.raises(FinetuneDataError, match="uint8"):
+        episode_observations(np.zeros((3, 8, 8, 3), np.float32), 3)
+    with pytest.raises(FinetuneDataError, match="frame_stack"):
+        episode_observations(np.zeros((3, 8, 8, 3), np.uint8), 0)
+
+
+def test_shards_are_scored_in_place_on_the_observations_the_policy_saw(tmp_path: Path) -> None:
+    buf = FilterBuffer(tmp_path / "df", action_dim=1, gamma=0.9, rows_per_shard=1 << 30)
+    truth: dict[str, np.ndarray] = {}
+    for e, steps in enumerate([5, 9]):  # two episodes in one shard
+        obs, frames, actions = _episode(steps, seed=10 + e)
+        buf.add_episode(f"ep{e}", frames, actions, np.ones(steps, np.float32), 0.5)
+        truth[f"ep{e}"] = _critic(obs, actions)
+    shard_two = buf.flush()
+    obs, frames, actions = _episode(4, seed=20)
+    given = np.array([7.0, 8.0, 9.0, 10.0], np.float32)  # already scored: kept as it is
+    buf.add_episode("ep2", frames, actions, np.ones(4, np.float32), 0.5, q_values=given)
+    shard_given = buf.flush()
+    calls: list[int] = []
+
+    def critic(o: np.ndarray, a: np.ndarray) -> np.ndarray:
+        calls.append(len(o))
+        return _critic(o, a)
+
+    kept, metrics = score_df_shards([shard_two, shard_given], 3, critic, action_dim=1)
+    assert kept == [shard_two, shard_given]
+    assert metrics == {"df/q_scored_rows": 14.0, "df/q_unscored_shards": 0.0}
+    assert sorted(calls) == [5, 9]  # one call per unscored episode, none for the scored shard
+    table = read_shard(shard_two, kind="df")  # rewritten as a valid shard, every other column as it was
+    ids, q = table.column(C.EPISODE_ID).to_pylist(), table.column(C.Q_VALUE).to_numpy()
+    for episode_id, expected in truth.items():
+        np.testing.assert_allclose(q[np.asarray(ids) == episode_id], expected, rtol=1e-6)
+    assert table.column(C.REWARD).to_pylist() == [1.0] * 14
+    np.testing.assert_array_equal(read_shard(shard_given).column(C.Q_VALUE).to_numpy(), given)
+
+    # EDDF on the Q column now keeps the best-scored rows
+    out, round_metrics = build_kept_set(kept, tmp_path / "round", EDDFConfig(signal="q_value"), RALWConfig(),
+                                        action_dim=1, entropy=0.0)
+    assert 0 < round_metrics["round/kept_rows"] < 18
+    kept_q = read_shard(next((tmp_path / "round").glob("*.parquet"))).column(C.Q_VALUE).to_numpy()
+    assert kept_q.min() >= np.median(np.concatenate([*truth.values(), given])) - 1e-3
+
+
+def test_unscorable_shards_are_left_out_untouched(tmp_path: Path) -> None:
+    buf = FilterBuffer(tmp_path / "df", action_dim=1, gamma=0.9, rows_per_shard=1 << 30)
+    _, frames, actions = _episode(6, seed=1)
+    buf.add_episode("whole", frames, actions, np.ones(6, np.float32), 0.5)
+    good = buf.flush()
+    buf.add_episode("cut", frames, actions, np.ones(6, np.float32), 0.5)
+    cut = buf.flush()
+    table = read_shard(cut)
+    idx = table.schema.get_field_index(C.STEP_INDEX)  # an episode that does not start at step 0
+    shifted = pa.array(table.column(C.STEP_INDEX).to_numpy() + 2, pa.int32())
+    write_shard(cut, table.set_column(idx, table.schema.field(idx), shifted))
+    cut_bytes = cut.read_bytes()
+    corrupt = tmp_path / "df" / "df-000099.parquet"
+    corrupt.write_bytes(good.read_bytes()[:100])
+
+    kept, metrics = score_df_shards([good, cut, corrupt], 3, _critic, action_dim=1)
+    assert kept == [good]
+    assert metrics["df/q_unscored_shards"] == 2.0 and metrics["df/q_scored_rows"] == 6.0
+    assert cut.read_bytes() == cut_bytes
+
+    def broken(o: np.ndarray, a: np.ndarray) -> np.ndarray:
+        return np.full(len(o), np.nan)
+
+    buf.add_episode("nan", frames, actions, np.ones(6, np.float32), 0.5)
+    nan_shard = buf.flush()
+    before = nan_shard.read_bytes()
+    assert score_df_shards([nan_shard], 3, broken, action_dim=1)[0] == []
+    assert nan_shard.read_bytes() == before
