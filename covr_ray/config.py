@@ -221,6 +221,10 @@ class SACConfig:
     sample."""
     alpha_beta: float = 0.5
     """Adam beta1 of the temperature optimizer (RAD/CURL: 0.5; actor and critic use 0.9)."""
+    critic_loss: Literal["mse", "huber"] = "mse"
+    """Regression loss of each Q head on the TD target: ``mse`` (SAC paper, RAD/CURL/DrQ) or ``huber``
+    (delta 1, RLlib's SAC default). Huber caps the gradient of a TD error at 1, which slows Q's growth
+    where rewards per agent step are large (DMC with action repeat 8: up to 8 per step)."""
     target_update_every: int = 2
     """Gradient updates between two Polyak updates of the target encoder and critic (RAD/CURL: 2)."""
     rollout_fragment_length: int = 8

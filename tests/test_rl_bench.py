@@ -18,16 +18,17 @@ from test_rl_testenv import torch_one_thread  # noqa: F401 (fixture)
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-@pytest.mark.parametrize("base,lam", [("rad", 0.0), ("sac", 3.0)])
-def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float) -> None:
-    cfg = tiny_cfg(base=base, lam=lam)
+@pytest.mark.parametrize("base,lam,critic_loss", [("rad", 0.0, "mse"), ("sac", 3.0, "mse"), ("rad", 0.0, "huber")])
+def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, critic_loss: str) -> None:
+    cfg = tiny_cfg(base=base, lam=lam, critic_loss=critic_loss)
     learner = make_learner(cfg, seed=3)
     module = learner.module[MID]
     s = cfg.sac
     plain = PlainPixelSAC.from_module(module, gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr,
                                       alpha_lr=s.alpha_lr, alpha_beta=s.alpha_beta, tau=s.tau,
                                       encoder_tau=s.encoder_tau, target_update_every=s.target_update_every,
-                                      prior_weight=lam, prior_action_source=s.prior_action_source)
+                                      prior_weight=lam, prior_action_source=s.prior_action_source,
+                                      critic_loss=s.critic_loss)
     buf = collect(60, seed=9)
     for step in range(3):  # 3 updates: includes one target update (every 2)
         rng_state = buf.core._rng.bit_generator.state

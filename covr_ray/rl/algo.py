@@ -166,7 +166,7 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
                   learner_config_dict={"alpha_beta": s.alpha_beta, "encoder_tau": s.encoder_tau,
                                        "target_update_every": s.target_update_every, "prior_weight": lam0,
                                        "prior_action_source": s.prior_action_source,
-                                       "sample_path": s.sample_path})
+                                       "sample_path": s.sample_path, "critic_loss": s.critic_loss})
         .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelSACModule, model_config=module_config(cfg)))
         .training(gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr, alpha_lr=s.alpha_lr,
                   initial_alpha=s.init_alpha, tau=s.tau, twin_q=True, n_step=1, target_entropy="auto",

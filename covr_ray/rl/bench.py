@@ -146,7 +146,8 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
     plain = PlainPixelSAC.from_module(module, gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr,
                                       alpha_lr=s.alpha_lr, alpha_beta=s.alpha_beta, tau=s.tau,
                                       encoder_tau=s.encoder_tau, target_update_every=s.target_update_every,
-                                      prior_weight=s.lam, prior_action_source=s.prior_action_source, device=dev)
+                                      prior_weight=s.lam, prior_action_source=s.prior_action_source,
+                                      critic_loss=s.critic_loss, device=dev)
     learner.set_prior_weight(s.lam)
 
     def plain_update() -> None:

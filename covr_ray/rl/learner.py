@@ -7,6 +7,8 @@ encoder:
   losses (RAD/DrQ; RLlib's own split ``qf`` / ``qf_twin`` optimizers would let the second one
   overwrite the encoder's gradient), ``policy`` = actor, ``alpha`` = the module's ``log_alpha``;
   Adam with beta1 0.9 for actor and critic and ``alpha_beta`` (RAD: 0.5) for the temperature;
+- critic loss: ``critic_loss`` = ``mse`` (default; SAC paper, RAD/CURL/DrQ) replaces RLlib's Huber loss
+  (delta 1) by the squared TD error on the same target; ``huber`` keeps RLlib's;
 - targets: Polyak-averaged every ``target_update_every`` updates with ``encoder_tau`` for encoder and
   critic trunk and ``tau`` for the Q MLPs (RAD/CURL);
 - metrics: besides RLlib's SAC metrics, ``entropy`` = ``-mean(log pi(a|o))`` over the batch, the
@@ -42,7 +44,8 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 import torch
-from ray.rllib.algorithms.sac.sac_learner import QF_LOSS_KEY, QF_TWIN_LOSS_KEY
+from ray.rllib.algorithms.sac.sac_learner import (QF_LOSS_KEY, QF_PREDS, QF_TARGET_NEXT, QF_TWIN_LOSS_KEY,
+                                                  QF_TWIN_PREDS)
 from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import POLICY_LOSS_KEY, Learner
@@ -51,13 +54,14 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
 from covr_ray.rl.regulariser import prior_regulariser
-from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, LOGP_CURR, PixelSACModule
+from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, LOGP_CURR, LOGP_NEXT, PixelSACModule
 
 #: learner_config_dict keys (written by covr_ray.rl.algo.build_algorithm_config) and defaults.
 LEARNER_DEFAULTS: Dict[str, Any] = {
     "alpha_beta": 0.5,
     "encoder_tau": 0.05,
     "target_update_every": 2,
+    "critic_loss": "mse",
     "prior_weight": 0.0,
     "prior_action_source": "mean",
 }
@@ -82,6 +86,8 @@ class PixelSACLearner(SACTorchLearner):
 
     def build(self) -> None:
         self._covr = {**LEARNER_DEFAULTS, **(self.config.learner_config_dict or {})}
+        if self._covr["critic_loss"] not in ("mse", "huber"):
+            raise LearnerError(f"critic_loss must be 'mse' or 'huber', got {self._covr['critic_loss']!r}")
         self._num_updates = 0
         super().build()
 
@@ -110,10 +116,25 @@ class PixelSACLearner(SACTorchLearner):
         twin = self._temp_losses.pop((module_id, QF_TWIN_LOSS_KEY), None)
         if twin is not None:
             self._temp_losses[(module_id, QF_LOSS_KEY)] = self._temp_losses[(module_id, QF_LOSS_KEY)] + twin
+        if self._covr["critic_loss"] == "mse":
+            mse = self._mse_critic_loss(module_id, config, batch, fwd_out)
+            total = total - self._temp_losses[(module_id, QF_LOSS_KEY)] + mse
+            self._temp_losses[(module_id, QF_LOSS_KEY)] = mse
         self.metrics.log_dict({ENTROPY_KEY: -fwd_out[LOGP_CURR].detach().mean(),
                                CRITIC_LOSS_KEY: self._temp_losses[(module_id, QF_LOSS_KEY)].detach()},
                               key=module_id, window=1)
         return total
+
+    def _mse_critic_loss(self, module_id: ModuleID, config: Any, batch: Dict[str, Any],
+                         fwd_out: Dict[str, TensorType]) -> TensorType:
+        """``mean(w (Q1 - y)^2) + mean(w (Q2 - y)^2)`` on RLlib's own TD target ``y`` (same terms, same
+        detach) and its per-sample weights ``w`` (ones without prioritised replay)."""
+        alpha = torch.exp(self.curr_log_alpha[module_id]).detach()
+        next_v = (1.0 - batch[Columns.TERMINATEDS].float()) * (fwd_out[QF_TARGET_NEXT] - alpha * fwd_out[LOGP_NEXT])
+        target = (batch[Columns.REWARDS] + (config.gamma ** batch["n_step"]) * next_v).detach()
+        weights = batch["weights"]
+        return (torch.mean(weights * (fwd_out[QF_PREDS] - target) ** 2)
+                + torch.mean(weights * (fwd_out[QF_TWIN_PREDS] - target) ** 2))
 
     def after_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
         # Learner's own hook (lr schedules and their metrics). DQNLearner's target update is replaced

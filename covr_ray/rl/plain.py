@@ -7,7 +7,8 @@ independent reference of the learner's update. It mirrors, op for op, what
 - one forward pass (random shift of ``obs`` and ``next_obs`` for ``rad``; critic on the taken actions;
   the policy's next action scored by the target critic; the reparameterised action scored by the
   critic with its parameters detached, on detached encoder features);
-- critic loss = Huber(Q1, y) + Huber(Q2, y), ``y = r + gamma (1 - done) (min Q'(s', a') - alpha log pi(a'|s'))``;
+- critic loss = L(Q1, y) + L(Q2, y), ``y = r + gamma (1 - done) (min Q'(s', a') - alpha log pi(a'|s'))``,
+  L = squared error (``critic_loss="mse"``, default) or Huber with delta 1 (``"huber"``);
 - actor loss = ``mean(alpha log pi - min Q) + lambda * prior term``; temperature loss
   ``-mean(log_alpha (log pi + target_entropy))``;
 - each loss is back-propagated into its own parameter group, then the three Adam optimizers step;
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covr_ray.errors import LearnerError
 from covr_ray.rl.augment import RandomShift
 from covr_ray.rl.regulariser import prior_regulariser
 from covr_ray.rl.networks import LOG_STD_MIN, Actor, Critic
@@ -49,7 +51,11 @@ class PlainPixelSAC:
     def __init__(self, encoder: PixelEncoder, actor: Actor, critic: Critic, log_alpha: float, *, gamma: float,
                  actor_lr: float, critic_lr: float, alpha_lr: float, alpha_beta: float, tau: float,
                  encoder_tau: float, target_update_every: int, augmentation_pad: int, prior_weight: float = 0.0,
-                 prior_action_source: str = "mean", device: str | torch.device = "cpu") -> None:
+                 prior_action_source: str = "mean", critic_loss: str = "mse",
+                 device: str | torch.device = "cpu") -> None:
+        if critic_loss not in ("mse", "huber"):
+            raise LearnerError(f"critic_loss must be 'mse' or 'huber', got {critic_loss!r}")
+        self.critic_loss = critic_loss
         self.device = torch.device(device)
         self.encoder = copy.deepcopy(encoder).to(self.device)
         self.actor = copy.deepcopy(actor).to(self.device)
@@ -92,8 +98,11 @@ class PlainPixelSAC:
             discount = torch.full_like(batch["rewards"], self.gamma)
             target = batch["rewards"] + discount * ((1.0 - batch["terminateds"].float()) * (
                 q_next - alpha.detach() * next_logp))
-        critic_loss = (torch.mean(F.huber_loss(q1, target, reduction="none", delta=1.0))
-                       + torch.mean(F.huber_loss(q2, target, reduction="none", delta=1.0)))
+        if self.critic_loss == "mse":
+            critic_loss = torch.mean((q1 - target) ** 2) + torch.mean((q2 - target) ** 2)
+        else:
+            critic_loss = (torch.mean(F.huber_loss(q1, target, reduction="none", delta=1.0))
+                           + torch.mean(F.huber_loss(q2, target, reduction="none", delta=1.0)))
 
         h_pi = h.detach()
         dist_inputs = self.actor(h_pi)

@@ -43,6 +43,7 @@ def build_trainer(cfg: CovrConfig, obs_shape: tuple[int, int, int], action_dim: 
     return PlainPixelSAC(encoder, build_actor(spec, encoder.out_dim), build_critic(spec, encoder.out_dim),
                          initial_log_alpha(s.init_alpha), gamma=s.gamma, actor_lr=s.actor_lr,
                          critic_lr=s.critic_lr, alpha_lr=s.alpha_lr, alpha_beta=s.alpha_beta, tau=s.tau,
+                         critic_loss=s.critic_loss,
                          encoder_tau=s.encoder_tau, target_update_every=s.target_update_every,
                          augmentation_pad=s.augmentation_pad if s.base == "rad" else 0, device=device), spec
 
