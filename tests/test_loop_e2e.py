@@ -111,3 +111,29 @@ def test_eval_and_export_work_on_the_run(finished_run):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((root / "export").rglob("*.onnx"))
+
+
+def test_q_value_ablation_scores_df_with_the_critic(ray_session, tiny_vlm_dir, tmp_path):
+    """`eddf.signal=q_value` (the paper's ablation): the first round scores every D_f row with the learner's
+    critic before EDDF filters on it, and the kept set carries those Q-values."""
+    import numpy as np
+
+    from covr_ray.finetune.shards import open_shard_set, read_shard
+    from covr_ray.loop.orchestrator import CovrRun
+
+    root = tmp_path / "run"
+    cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={root}", "schedule.total_env_steps=300",
+                                "schedule.checkpoint_every=1000", "schedule.eval_every=1000",
+                                "logging.tensorboard=false", "eddf.signal=q_value"])
+    run = CovrRun.new(cfg, progress=False).setup()
+    try:
+        run.run(stop_at_env_steps=110)  # the first round is at 100 env steps
+    finally:
+        run.close()
+    (first_round, *_) = run.history
+    assert first_round["df/q_scored_rows"] == first_round["round/df_rows"] >= 1
+    assert first_round["df/q_unscored_shards"] == 0 and first_round["eddf/nonfinite"] == 0
+    (kept_dir,) = sorted((root / "rounds").iterdir())
+    kept = open_shard_set(kept_dir)
+    q = np.concatenate([read_shard(p).column("q_value").to_numpy() for p in kept.shard_paths()])
+    assert len(q) == first_round["round/kept_rows"] and np.all(np.isfinite(q))
