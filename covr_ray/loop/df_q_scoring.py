@@ -60,13 +60,13 @@ def episode_observations(frames: np.ndarray, frame_stack: int) -> np.ndarray:
 
 def _score_table(table: pa.Table, frame_stack: int, q_fn: QFunction, action_dim: int, where: str) -> pa.Table:
     """``table`` with every non-finite ``q_value`` replaced by ``q_fn`` of its rebuilt observation."""
-    episode_ids = table.column(C.EPISODE_ID).to_pylist()
+    episode_ids = np.asarray(table.column(C.EPISODE_ID).to_pylist(), dtype=object)
     steps = table.column(C.STEP_INDEX).to_numpy(zero_copy_only=False)
     q = table.column(C.Q_VALUE).to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
     actions = np.asarray(table.column(C.RL_ACTION).to_pylist(), dtype=np.float32).reshape(len(q), action_dim)
     pngs = table.column(C.FRAME_PNG)
     for episode_id in dict.fromkeys(episode_ids):
-        rows = np.flatnonzero(np.asarray(episode_ids, dtype=object) == episode_id)
+        rows = np.flatnonzero(episode_ids == episode_id)
         rows = rows[np.argsort(steps[rows], kind="stable")]
         if np.all(np.isfinite(q[rows])):
             continue
