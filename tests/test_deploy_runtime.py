@@ -13,7 +13,9 @@ import torch
 
 from covr_deploy import DeployError, FrameStacker, ObservationError, Policy, measure_latency
 from covr_ray.cli import main
+from covr_ray.commands.bench_deploy import preset_policy
 from covr_ray.export import export_policy
+from numerics import assert_close_within, export_verification_atol, policy_error_bound
 from test_export_policy_io import IMAGE, small_policy
 
 META = {"env": "driving-hw", "image_size": IMAGE, "frame_stack": 3, "action_dim": 2, "env_steps": 42,
@@ -26,8 +28,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
     root = tmp_path_factory.mktemp("deploy")
     _, policy = small_policy(seed=5)
     out = {}
+    atol = export_verification_atol(policy)  # derived float32 bound, not a fixed 1e-4
     for fmt in ("onnx", "torchscript"):
-        export_policy(policy, META, root / fmt, fmt)
+        export_policy(policy, META, root / fmt, fmt, atol=atol)
         out[fmt] = (root / fmt, policy)
     return out
 
@@ -59,7 +62,9 @@ def test_runtime_in_a_fresh_process_imports_no_ray_rllib_or_covr_ray(artifacts, 
         assert "torch" not in roots  # ONNX artifacts run on numpy + onnxruntime alone
     with torch.no_grad():
         expected = policy(torch.from_numpy(obs)[None])[0].numpy()
-    assert np.abs(np.asarray(out["action"]) - expected).max() < 1e-4
+    # another runtime (and thread layout) sums in another order: twice the policy's derived float32 bound
+    atol = 2.0 * policy_error_bound(policy, torch.from_numpy(obs)[None]).probable[0].numpy()
+    assert_close_within(out["action"], expected, atol, f"{fmt} runtime in a fresh process")
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -69,7 +74,9 @@ def test_act_single_and_batch_and_input_errors(artifacts, fmt: str) -> None:
     batch = np.random.default_rng(1).integers(0, 256, (3, 9, IMAGE, IMAGE), dtype=np.uint8)
     out = runtime.act(batch)
     assert out.shape == (3, 2) and out.dtype == np.float32 and np.all(np.abs(out) <= 1.0)
-    assert np.allclose(runtime.act(batch[1]), out[1], atol=1e-5)
+    # batch of 1 vs batch of 3: the kernels may block the sums differently; twice the derived float32 bound
+    atol = 2.0 * policy_error_bound(artifacts[fmt][1], torch.from_numpy(batch[1:2])).probable[0].numpy()
+    assert_close_within(runtime.act(batch[1]), out[1], atol, "single vs batched action")
     with pytest.raises(ObservationError, match="dtype"):
         runtime.act(batch.astype(np.float32))
     with pytest.raises(ObservationError, match="shape"):
@@ -158,4 +165,5 @@ def test_bench_deploy_on_the_paper_size_network(capsys: pytest.CaptureFixture[st
     assert 0 < out["p50_ms"] <= out["p99_ms"]
     # RAD encoder + actor at 9x84x84, feature 50, hidden 1024, 1 action: 3.09 M float32 weights.
     assert out["parameters"] == 3_094_392 and 12.0 < out["size_mb"] < 13.0
-    assert out["verify_max_abs_diff"] < 1e-4
+    # ONNX Runtime vs torch on the paper-size network (trunk fan-in 39,200): its derived float32 bound
+    assert out["verify_max_abs_diff"] < export_verification_atol(preset_policy("dmc-cartpole-swingup", 0)[0])

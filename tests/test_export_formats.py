@@ -15,6 +15,7 @@ from covr_ray.cli import main
 from covr_ray.errors import ExportError
 from covr_ray.export import export_policy, export_run, verify_artifact
 from covr_ray.rl.networks import PixelPolicy
+from numerics import assert_close_within, export_verification_atol, policy_error_bound
 from test_export_policy_io import IMAGE, make_run_dir, small_policy
 
 
@@ -36,7 +37,11 @@ def _obs(n: int = 5, seed: int = 3) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_run_reproduces_the_torch_policy(tmp_path: Path, fmt: str) -> None:
     run_dir, cfg, policy = make_run_dir(tmp_path)
-    manifest, out_dir = export_run(run_dir, fmt)
+    # The artifact (ONNX Runtime's kernels, or TorchScript in another thread layout) sums in another order
+    # than eager torch: both lie within the policy's derived float32 bound of the exact actions.
+    verify_atol = export_verification_atol(policy)
+    assert verify_atol < 1e-2  # still far below the O(0.1) action errors of a wrong export
+    manifest, out_dir = export_run(run_dir, fmt, atol=verify_atol)
     assert out_dir == run_dir / "export"
     model = out_dir / MODEL_FILES[fmt]
     on_disk = json.loads((out_dir / "manifest.json").read_text())
@@ -45,15 +50,16 @@ def test_export_run_reproduces_the_torch_policy(tmp_path: Path, fmt: str) -> Non
     assert manifest["obs_shape"] == [9, IMAGE, IMAGE] and manifest["obs_dtype"] == "uint8"
     assert manifest["action_dim"] == 2 and manifest["env"] == "driving-hw" and manifest["env_steps"] == 123
     assert manifest["format"] == fmt and manifest["frame_stack"] == 3 and manifest["image_size"] == IMAGE
-    assert manifest["verification"]["max_abs_diff"] < 1e-4
+    assert manifest["verification"]["max_abs_diff"] < verify_atol == manifest["verification"]["atol"]
     runtime = Policy.load(out_dir)
     obs = _obs()
     with torch.no_grad():
         expected = policy(torch.from_numpy(obs)).numpy()
+    atol = 2.0 * policy_error_bound(policy, torch.from_numpy(obs)).probable.numpy()  # per action element
     batched = runtime.act(obs)
     assert batched.dtype == np.float32 and batched.shape == (5, 2)
-    assert np.abs(batched - expected).max() < 1e-4
-    assert np.abs(runtime.act(obs[0]) - expected[0]).max() < 1e-4
+    assert_close_within(batched, expected, atol, "batched actions")
+    assert_close_within(runtime.act(obs[0]), expected[0], atol[0], "single action")
     assert np.abs(expected).max() > 0.1  # the comparison is over non-trivial actions
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(["manifest.json", model.name])
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # staging removed
@@ -63,8 +69,8 @@ def test_verification_catches_a_model_that_differs(tmp_path: Path) -> None:
     run_dir, _, _ = make_run_dir(tmp_path)
     _, out_dir = export_run(run_dir, "onnx", tmp_path / "artifact")
     _, other = small_policy(seed=9)
-    with pytest.raises(ExportError, match="differs from the torch policy"):
-        verify_artifact(other, out_dir)
+    with pytest.raises(ExportError, match="differs from the torch policy"):  # even at the derived tolerance
+        verify_artifact(other, out_dir, atol=export_verification_atol(other))
 
 
 def test_failed_verification_leaves_the_previous_artifact(tmp_path: Path) -> None:
@@ -73,10 +79,11 @@ def test_failed_verification_leaves_the_previous_artifact(tmp_path: Path) -> Non
     meta = {"env": "driving-hw", "image_size": IMAGE, "frame_stack": 3, "action_dim": 2, "env_steps": 1,
             "preset": "driving-hw", "seed": 0}
     out_dir = tmp_path / "export"
-    first = export_policy(good, meta, out_dir, fmt)
+    atol = export_verification_atol(good)  # derived float32 bound; the branch flips actions far beyond it
+    first = export_policy(good, meta, out_dir, fmt, atol=atol)
     branchy = BranchyPolicy(good.encoder, good.actor)
     with pytest.raises(ExportError, match="differs"), pytest.warns(torch.jit.TracerWarning):
-        export_policy(branchy, {**meta, "env_steps": 2}, out_dir, fmt)
+        export_policy(branchy, {**meta, "env_steps": 2}, out_dir, fmt, atol=atol)
     assert json.loads((out_dir / "manifest.json").read_text())["sha256"] == first["sha256"]
     assert sha256_file(out_dir / MODEL_FILES[fmt]) == first["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
@@ -89,13 +96,14 @@ def test_unknown_format_is_a_typed_error(tmp_path: Path) -> None:
 
 
 def test_cli_export_json_and_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run_dir, _, _ = make_run_dir(tmp_path)
+    run_dir, _, policy = make_run_dir(tmp_path)
     out = tmp_path / "elsewhere"
-    assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(out), "--json"]) == 0
+    atol = str(export_verification_atol(policy))  # derived float32 bound instead of the CLI's fixed default
+    assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(out), "--json", "--atol", atol]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["artifact_dir"] == str(out) and printed["format"] == "torchscript"
     assert (out / MODEL_FILES["torchscript"]).is_file()
-    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    assert main(["export", str(run_dir), "--format", "onnx", "--atol", atol]) == 0
     assert "verified: max abs diff" in capsys.readouterr().out
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and Policy.load(run_dir / "export").format == "onnx"

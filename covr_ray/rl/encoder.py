@@ -43,7 +43,8 @@ def conv_output_size(size: int, num_layers: int) -> int:
 class PixelEncoder(nn.Module):
     """Conv stack from uint8 pixels to flat features.
 
-    Shapes: ``obs: (B, C, H, W)`` uint8 (or float in [0, 255]) -> ``(B, out_dim)`` float32.
+    Shapes: ``obs: (B, C, H, W)`` uint8 (or float in [0, 255]) -> ``(B, out_dim)`` in the convolutions'
+    dtype (float32 as built; float64 after ``.double()``, which the float64 reference tests use).
     """
 
     def __init__(self, obs_shape: Sequence[int], num_filters: int = 32, num_layers: int = 4) -> None:
@@ -66,5 +67,6 @@ class PixelEncoder(nn.Module):
         self.apply(init_weights)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.to(torch.float32) / 255.0
+        """``obs: (B, C, H, W)`` -> ``(B, out_dim)``; pixels are cast to the weights' dtype, then scaled to [0, 1]."""
+        x = obs.to(self.convs[0].weight.dtype) / 255.0
         return self.convs(x).flatten(1)

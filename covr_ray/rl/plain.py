@@ -62,7 +62,10 @@ class PlainPixelSAC:
         self.critic = copy.deepcopy(critic).to(self.device)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.tensor([log_alpha], dtype=torch.float32, device=self.device))
+        # The temperature takes the networks' dtype (float32 as built; float64 when the tests compare
+        # against the RLlib learner in float64).
+        dtype = next(self.encoder.parameters()).dtype
+        self.log_alpha = nn.Parameter(torch.tensor([log_alpha], dtype=dtype, device=self.device))
         self.augment = RandomShift(augmentation_pad) if augmentation_pad > 0 else None
         self.gamma, self.tau, self.encoder_tau = gamma, tau, encoder_tau
         self.target_update_every, self.prior_weight = target_update_every, prior_weight
