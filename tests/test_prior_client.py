@@ -114,8 +114,8 @@ def test_late_priors_name_the_earlier_steps_they_belong_to(valid_frames: int, ar
     infos += [_step(env) for _ in range(3 - arrive_after)]
     ids = [i[INFO_STEP_ID] for i in infos]
     late = [entry for i in infos for entry in i[INFO_PRIOR_LATE]]
-    assert [sid for sid, _ in late] == [ids[k] for k in late_steps]
-    assert all(a == pytest.approx([0.1, 0.2]) for _, a in late)
+    assert [sid for sid, _, _ in late] == [ids[k] for k in late_steps]
+    assert all(a == pytest.approx([0.1, 0.2]) and v == 3 for _, a, v in late)  # ScriptedClient answers as v3
     assert [k for k, i in enumerate(infos) if i[INFO_PRIOR_MASK] == 1.0] == direct_steps
     # the late prior is reported once, in the step right after it arrived
     assert all(i[INFO_PRIOR_LATE] == [] for i in infos[arrive_after + 1:])
@@ -129,7 +129,7 @@ def test_prior_never_crosses_into_the_next_episode() -> None:
     client.answer(0, [1.0, 1.0])  # answer of episode 0's query arrives during episode 1
     second = _step(env)
     late = second[INFO_PRIOR_LATE]
-    assert [sid for sid, _ in late] == [first[0][INFO_STEP_ID], first[1][INFO_STEP_ID]]
+    assert [sid for sid, _, _ in late] == [first[0][INFO_STEP_ID], first[1][INFO_STEP_ID]]
     assert second[INFO_STEP_ID] == first[1][INFO_STEP_ID] + 1  # consecutive id, but another episode
     assert second[INFO_PRIOR_MASK] == 0.0 and reset_info[INFO_PRIOR_LATE] == []
 

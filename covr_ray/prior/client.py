@@ -10,9 +10,10 @@ Contract (keys in :mod:`covr_ray.columns`), written into ``info`` by every ``ste
 - ``INFO_STEP_ID``: unique int64 id of this transition ``(o_t, a_t, r_t, o_t+1)``.
 - ``INFO_PRIOR_ACTION`` / ``INFO_PRIOR_MASK`` / ``INFO_PRIOR_VERSION``: the prior valid for this very
   transition if it is already known, else zeros, mask 0.0 and version -1. Never a stale or made-up value.
-- ``INFO_PRIOR_LATE``: ``[(step_id, action), ...]`` for priors that arrived since the previous call and
-  belong to EARLIER transitions (the replay buffer attaches them by id). With ``valid_frames = k`` a prior
-  covers its query step and the next k-1 steps of the same episode.
+- ``INFO_PRIOR_LATE``: ``[(step_id, action, version), ...]`` for priors that arrived since the previous
+  call and belong to EARLIER transitions (the replay buffer attaches them by id; ``version`` is the
+  adapter that answered, -1 = base model, so the replay can age them like on-time priors). With
+  ``valid_frames = k`` a prior covers its query step and the next k-1 steps of the same episode.
 
 ``reset`` writes the same keys with ``INFO_STEP_ID = -1`` (no transition) and may carry late priors of the
 previous episode.
@@ -219,7 +220,7 @@ class PriorWrapper(gym.Wrapper):
         self._episode_open = False
         self._episode_end: dict[int, int] = {}  # episode -> id of its last transition
         self._known: dict[int, tuple[np.ndarray, int]] = {}  # future step id -> (action, version)
-        self._late: list[tuple[int, list[float]]] = []
+        self._late: list[tuple[int, list[float], int]] = []  # (step id, action, adapter version)
         self.counts = {"steps": 0, "with_prior": 0, "late": 0}
 
     @classmethod
@@ -279,7 +280,7 @@ class PriorWrapper(gym.Wrapper):
                     break  # the episode ended before this step
                 if sid <= self._last_emitted:
                     if end is not None or arrival.episode == self._episode:
-                        self._late.append((sid, arrival.action.tolist()))
+                        self._late.append((sid, arrival.action.tolist(), arrival.version))
                         self.counts["late"] += 1
                 elif arrival.episode == self._episode and self._episode_open:
                     self._known[sid] = (arrival.action, arrival.version)

@@ -9,7 +9,8 @@ per transition (or whole observations per step) keeps every frame ``2k`` (or ``k
   free list; ``M = capacity + slack`` (episode starts need ``k - 1`` extra frames);
 - a **transition ring** of ``capacity`` rows holds, per transition, the pool slots of its ``k`` obs
   frames and ``k`` next-obs frames (int32), the action, reward, done flags, the step id, and the prior
-  columns ``prior_action (A,)`` / ``prior_mask``;
+  columns ``prior_action (A,)`` / ``prior_mask`` / ``prior_version`` (int32: the adapter version that
+  answered the prior, -1 = base model or no prior);
 - the newest frame of each step is the only one written, checked by comparing ``next_obs[:-c]`` with
   ``obs[c:]``; an env whose observations do not shift that way is still stored correctly (all ``k``
   frames written, counted in ``replay/stack_mismatches``), only less compactly;
@@ -17,6 +18,15 @@ per transition (or whole observations per step) keeps every frame ``2k`` (or ``k
   last frames, which stay pinned until the episode ends (at most ``max_open_episodes`` are kept);
 - a bounded index ``step_id -> row`` (one entry per live transition, removed on eviction) lets a
   prior that arrives late attach to its transition.
+
+Prior ageing: the buffer holds a whole run, so without ageing the untuned VLM's cold-start answers
+would regularise the actor to the end. :meth:`PixelReplay.set_prior_age_limit` (``serving_version``
+``s``, ``max_age``) makes :meth:`~PixelReplay.sample` return ``prior_mask = 0`` (and a zero
+``prior_action``) for a prior answered by version ``v`` when ``ord(s) - ord(v) > max_age``, with
+``ord(v) = max(v, 0)`` (the base model, -1, counts as version 0). The stored priors are never changed,
+so a later limit (or ``max_age=None``: never aged, the default until a limit is set) applies to them
+afresh. The limit is a setting of the buffer, not part of its saved state: the caller sets it again
+after a restore (the orchestrator does so at setup and after every hot swap).
 
 Memory: ``capacity * c * H * W`` bytes of frames plus ~50 bytes per transition: 100 K steps of
 84x84 RGB frames = 2.1 GB (RLlib's episode buffer keeps every 9x84x84 observation: 6.4 GB).
@@ -39,11 +49,46 @@ import numpy as np
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import CheckpointError, ReplayError
 from covr_ray.io import atomic_directory, atomic_write_text
+from covr_ray.log import get_logger
 
-FORMAT_VERSION = 1
+log = get_logger(__name__)
+
+#: 2 added the per-row ``prior_version`` array; format 1 (no versions) still loads, versions read as -1.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _META = "meta.json"
 _ARRAYS = ("obs_idx", "next_idx", "action", "reward", "terminated", "truncated", "step_id", "prior",
-           "prior_mask", "refs", "frame_slots", "frames")
+           "prior_mask", "prior_version", "refs", "frame_slots", "frames")
+#: arrays that format 1 did not have.
+_NEW_IN_V2 = ("prior_version",)
+#: the version stored for "no prior" and for the base model (no adapter).
+BASE_VERSION = -1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_version(version: Any, where: str) -> int:
+    """An adapter version is an integer >= -1 (-1 = base model); returns it as int."""
+    if not _is_int(version) or int(version) < BASE_VERSION:
+        raise ReplayError(f"{where}: adapter version {version!r} is not an integer >= {BASE_VERSION} "
+                          "(-1 = base model)")
+    return int(version)
+
+
+def check_prior_age_limit(serving_version: Any, max_age: Any) -> Tuple[int, Optional[int]]:
+    """Validated ``(serving_version, max_age)`` of a prior age limit: the version an integer >= -1,
+    ``max_age`` an integer >= 0 or None (never aged). Raises ReplayError naming the bad value."""
+    serving = check_version(serving_version, "serving version")
+    if max_age is not None and (not _is_int(max_age) or int(max_age) < 0):
+        raise ReplayError(f"prior max_age {max_age!r} is not an integer >= 0 or None (never aged)")
+    return serving, None if max_age is None else int(max_age)
+
+
+def version_ordinal(version: Any) -> Any:
+    """Age ordinal of adapter version(s): ``max(v, 0)`` (the base model -1 counts as version 0)."""
+    return np.maximum(version, 0)
 
 
 def check_prior(action: Any, action_dim: int, where: str) -> np.ndarray:
@@ -95,13 +140,16 @@ class PixelReplay:
         self._step_id = np.full(n, -1, np.int64)
         self._prior = np.zeros((n, action_dim), np.float32)
         self._prior_mask = np.zeros(n, np.float32)
+        self._prior_version = np.full(n, BASE_VERSION, np.int32)
+        self._serving_version = BASE_VERSION
+        self._max_age: Optional[int] = None  # None = priors never age
         self._start = 0
         self._size = 0
         self._id_to_row: Dict[int, int] = {}
         self._tails: "OrderedDict[Hashable, Tuple[int, ...]]" = OrderedDict()
         self._rng = np.random.default_rng(seed)
         self.counters = {"added": 0, "evicted": 0, "stack_mismatches": 0, "late_priors_attached": 0,
-                         "late_priors_missed": 0, "sampled": 0}
+                         "late_priors_missed": 0, "sampled": 0, "priors_added": 0, "stale_priors_masked": 0}
 
     # --- sizes -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -112,7 +160,7 @@ class PixelReplay:
 
     def nbytes(self) -> int:
         """Bytes of frames in use plus the transition columns (what a full buffer costs in RAM)."""
-        per_row = (2 * self.frame_stack * 4 + 2 * self.action_dim * 4 + 4 + 2 + 8 + 4)
+        per_row = (2 * self.frame_stack * 4 + 2 * self.action_dim * 4 + 4 + 2 + 8 + 4 + 4)
         return self.frames_in_use() * int(np.prod(self.frame_shape)) + self.capacity * per_row
 
     # --- frame pool ----------------------------------------------------------------------------------
@@ -157,7 +205,8 @@ class PixelReplay:
         self.counters["evicted"] += 1
 
     def _store(self, cur: Tuple[int, ...], nxt: Tuple[int, ...], action: np.ndarray, reward: float,
-               terminated: bool, truncated: bool, step_id: int, prior: np.ndarray, mask: float) -> None:
+               terminated: bool, truncated: bool, step_id: int, prior: np.ndarray, mask: float,
+               version: int) -> None:
         if self._size == self.capacity:
             self._evict_oldest()
         row = (self._start + self._size) % self.capacity
@@ -168,20 +217,26 @@ class PixelReplay:
         self._terminated[row], self._truncated[row] = terminated, truncated
         self._step_id[row] = step_id
         self._prior[row], self._prior_mask[row] = prior, mask
+        self._prior_version[row] = version if mask else BASE_VERSION
         if step_id >= 0:
             self._id_to_row[step_id] = row
         self._size += 1
         self.counters["added"] += 1
+        if mask:
+            self.counters["priors_added"] += 1
 
     def add_chunk(self, key: Hashable, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
                   terminated: bool, truncated: bool, step_ids: Optional[np.ndarray] = None,
-                  prior_actions: Optional[np.ndarray] = None, prior_masks: Optional[np.ndarray] = None) -> int:
+                  prior_actions: Optional[np.ndarray] = None, prior_masks: Optional[np.ndarray] = None,
+                  prior_versions: Optional[np.ndarray] = None) -> int:
         """Store the ``T`` transitions of one episode chunk; returns ``T``.
 
         Shapes: ``observations: (T+1, k*c, H, W)`` uint8, ``actions: (T, A)``, ``rewards: (T,)``,
-        ``step_ids: (T,)`` int64 (-1 = none), ``prior_actions: (T, A)`` in [-1, 1], ``prior_masks: (T,)``.
-        ``terminated`` / ``truncated`` describe the chunk's last transition. ``key`` identifies the
-        episode: a later chunk with the same key continues from this chunk's last observation.
+        ``step_ids: (T,)`` int64 (-1 = none), ``prior_actions: (T, A)`` in [-1, 1], ``prior_masks: (T,)``,
+        ``prior_versions: (T,)`` int, the adapter version of each prior (-1 = base model; None = all -1;
+        stored as -1 where the mask is 0). ``terminated`` / ``truncated`` describe the chunk's last
+        transition. ``key`` identifies the episode: a later chunk with the same key continues from this
+        chunk's last observation.
         """
         obs = np.asarray(observations)
         t_len = len(actions)
@@ -198,6 +253,13 @@ class PixelReplay:
             prior_masks = np.zeros(t_len, np.float32)
         prior_actions = np.asarray(prior_actions, np.float32).reshape(t_len, self.action_dim)
         prior_masks = np.asarray(prior_masks, np.float32).reshape(t_len)
+        if prior_versions is None:
+            prior_versions = np.full(t_len, BASE_VERSION, np.int64)
+        prior_versions = np.asarray(prior_versions)
+        if (prior_versions.shape != (t_len,) or not np.issubdtype(prior_versions.dtype, np.integer)
+                or (t_len and int(prior_versions.min()) < BASE_VERSION)):
+            raise ReplayError(f"prior_versions must be ({t_len},) integers >= {BASE_VERSION}, got "
+                              f"{prior_versions.dtype} {prior_versions.shape}: {prior_versions.tolist()!r}")
 
         cur = self._tails.pop(key, None)
         if cur is not None and not np.array_equal(self._frames[list(cur)].reshape(self.obs_shape), obs[0]):
@@ -216,7 +278,8 @@ class PixelReplay:
                 nxt = tuple(self._write_frame(f) for f in self._split(obs[t + 1]))
             last = t == t_len - 1
             self._store(cur, nxt, actions[t], float(rewards[t]), bool(terminated and last),
-                        bool(truncated and last), int(step_ids[t]), prior_actions[t], float(prior_masks[t]))
+                        bool(truncated and last), int(step_ids[t]), prior_actions[t], float(prior_masks[t]),
+                        int(prior_versions[t]))
             self._unpin(cur)
             cur = nxt
         if terminated or truncated:
@@ -227,19 +290,28 @@ class PixelReplay:
                 self._unpin(self._tails.popitem(last=False)[1])
         return t_len
 
-    def attach_priors(self, pairs: Iterable[Tuple[int, Any]]) -> int:
-        """Attach priors that arrived late: ``(step_id, a_v)`` pairs. Returns how many found their step;
-        the others (evicted or unknown ids) are counted in ``replay/late_priors_missed``."""
+    def attach_priors(self, entries: Iterable[Sequence[Any]]) -> int:
+        """Attach priors that arrived late: ``(step_id, a_v, version)`` triples (``a_v``: ``(A,)``;
+        ``version``: the adapter that answered, -1 = base model). A ``(step_id, a_v)`` pair, from older
+        code, stores version -1. Returns how many found their step; the others (evicted or unknown ids)
+        are counted in ``replay/late_priors_missed``."""
         attached = 0
-        for step_id, action in pairs:
+        for entry in entries:
+            if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
+                raise ReplayError(f"late prior {entry!r} is not a (step_id, action, version) triple "
+                                  "or a (step_id, action) pair")
+            step_id, action = entry[0], entry[1]
+            version = check_version(entry[2], f"late prior for step {step_id}") if len(entry) == 3 else BASE_VERSION
             row = self._id_to_row.get(int(step_id))
             if row is None:
                 self.counters["late_priors_missed"] += 1
                 continue
             self._prior[row] = check_prior(action, self.action_dim, f"late prior for step {step_id}")
             self._prior_mask[row] = 1.0
+            self._prior_version[row] = version
             attached += 1
         self.counters["late_priors_attached"] += attached
+        self.counters["priors_added"] += attached
         return attached
 
     def end_episode(self, key: Hashable) -> None:
@@ -248,13 +320,42 @@ class PixelReplay:
         if tail is not None:
             self._unpin(tail)
 
+    # --- prior ageing ----------------------------------------------------------------------------------
+    def set_prior_age_limit(self, serving_version: int, max_age: Optional[int]) -> None:
+        """Mask, at sampling time, priors more than ``max_age`` adapter versions older than
+        ``serving_version`` (the version the prior service answers with now; -1 = base model).
+
+        A prior of version ``v`` is masked when ``max(s, 0) - max(v, 0) > max_age``; ``max_age=None``
+        masks nothing. Stored priors are not changed (see the module docstring). Raises ReplayError for
+        a version below -1 or a negative ``max_age``.
+        """
+        self._serving_version, self._max_age = check_prior_age_limit(serving_version, max_age)
+
+    @property
+    def prior_age_limit(self) -> Tuple[int, Optional[int]]:
+        """``(serving_version, max_age)`` as last set (``(-1, None)``: no ageing)."""
+        return self._serving_version, self._max_age
+
+    def _usable_mask(self, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``(mask, aged)`` of ``rows (N,)``: the stored ``prior_mask (N,)`` float32 with aged priors set
+        to 0, and ``aged (N,)`` bool, True where a stored prior was masked by age."""
+        mask = self._prior_mask[rows]  # fancy indexing: a copy, the stored mask is not touched
+        if self._max_age is None:
+            return mask, np.zeros(len(mask), bool)
+        age = version_ordinal(self._serving_version) - version_ordinal(self._prior_version[rows].astype(np.int64))
+        aged = (age > self._max_age) & (mask > 0)
+        mask[aged] = 0.0
+        return mask, aged
+
     # --- sampling ------------------------------------------------------------------------------------
     def sample(self, batch_size: int) -> Dict[str, np.ndarray]:
         """Uniform sample with replacement.
 
         Returns ``obs``/``next_obs: (B, k*c, H, W)`` uint8, ``actions: (B, A)``, ``rewards: (B,)``,
         ``terminateds``/``truncateds: (B,)`` bool, ``step_ids: (B,)``, ``prior_action: (B, A)``,
-        ``prior_mask: (B,)`` float32.
+        ``prior_mask: (B,)`` float32, ``prior_version: (B,)`` int32 (as stored). ``prior_mask`` is 0 and
+        ``prior_action`` zero where no prior is stored or the stored one is too old for the limit of
+        :meth:`set_prior_age_limit` (counted in ``replay/stale_priors_masked``).
         """
         if batch_size < 1:
             raise ReplayError(f"batch size must be >= 1, got {batch_size}")
@@ -263,6 +364,11 @@ class PixelReplay:
         rows = (self._start + self._rng.integers(0, self._size, size=batch_size)) % self.capacity
         self.counters["sampled"] += batch_size
         b = batch_size
+        mask, aged = self._usable_mask(rows)
+        prior = self._prior[rows]
+        if aged.any():
+            prior[aged] = 0.0
+            self.counters["stale_priors_masked"] += int(aged.sum())
         return {
             "obs": self._frames[self._obs_idx[rows]].reshape((b,) + self.obs_shape),
             "next_obs": self._frames[self._next_idx[rows]].reshape((b,) + self.obs_shape),
@@ -271,17 +377,22 @@ class PixelReplay:
             "terminateds": self._terminated[rows],
             "truncateds": self._truncated[rows],
             "step_ids": self._step_id[rows],
-            PRIOR_ACTION: self._prior[rows],
-            PRIOR_MASK: self._prior_mask[rows],
+            PRIOR_ACTION: prior,
+            PRIOR_MASK: mask,
+            "prior_version": self._prior_version[rows],
         }
 
     def stats(self) -> Dict[str, float]:
-        """Namespaced metrics of the buffer (``replay/...``)."""
+        """Namespaced metrics of the buffer (``replay/...``): the counters, ``size``, ``frames``,
+        ``bytes``, ``prior_coverage`` (share of live rows with a stored prior, any age) and
+        ``usable_prior_coverage`` (share of live rows whose prior passes the current age limit)."""
         live = self._live_rows()
         out = {f"replay/{k}": float(v) for k, v in self.counters.items()}
+        usable = self._usable_mask(live)[0]
         out.update({"replay/size": float(self._size), "replay/frames": float(self.frames_in_use()),
                     "replay/bytes": float(self.nbytes()),
-                    "replay/prior_coverage": float(self._prior_mask[live].mean()) if self._size else 0.0})
+                    "replay/prior_coverage": float(self._prior_mask[live].mean()) if self._size else 0.0,
+                    "replay/usable_prior_coverage": float(usable.mean()) if self._size else 0.0})
         return out
 
     def _live_rows(self) -> np.ndarray:
@@ -307,23 +418,38 @@ class PixelReplay:
                        "action": self._action.copy(), "reward": self._reward.copy(),
                        "terminated": self._terminated.copy(), "truncated": self._truncated.copy(),
                        "step_id": self._step_id.copy(), "prior": self._prior.copy(),
-                       "prior_mask": self._prior_mask.copy(), "refs": self._refs.copy(),
+                       "prior_mask": self._prior_mask.copy(), "prior_version": self._prior_version.copy(),
+                       "refs": self._refs.copy(),
                        "frame_slots": used, "frames": self._frames[used]},
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`get_state` output. Raises CheckpointError when it does not fit this buffer."""
+        """Restore from :meth:`get_state` output (format 2, or format 1 whose priors then all read as
+        version -1, with one warning). The age limit of :meth:`set_prior_age_limit` is kept as it is.
+        Raises CheckpointError when the state does not fit this buffer."""
         meta = dict(state.get("meta", {}))
         mine = self.meta()
-        for key in ("version", "capacity", "obs_shape", "action_dim", "frame_stack", "pool_size"):
+        version = meta.get("version")
+        if version not in _READABLE_VERSIONS:
+            raise CheckpointError(f"replay state format version {version!r} is not one this code reads "
+                                  f"({', '.join(map(str, _READABLE_VERSIONS))})")
+        for key in ("capacity", "obs_shape", "action_dim", "frame_stack", "pool_size"):
             if meta.get(key) != mine[key]:
                 raise CheckpointError(f"replay state field {key!r} is {meta.get(key)!r}, this buffer has "
                                       f"{mine[key]!r}: build the buffer with the run's config before restoring")
-        arrays = state["arrays"]
+        arrays = dict(state["arrays"])
+        if version == 1:
+            log.warning("replay state is format 1 (saved before priors carried their adapter version): its "
+                        "priors are read as version -1 (base model) and age out once the serving version "
+                        "is more than prior.max_age_versions past 0")
+            arrays["prior_version"] = np.full(self.capacity, BASE_VERSION, np.int32)
+        missing = [name for name in _ARRAYS if name not in arrays]
+        if missing:
+            raise CheckpointError(f"replay state (format {version}) lacks the arrays {missing}")
         expected = {"obs_idx": self._obs_idx, "next_idx": self._next_idx, "action": self._action,
                     "reward": self._reward, "terminated": self._terminated, "truncated": self._truncated,
                     "step_id": self._step_id, "prior": self._prior, "prior_mask": self._prior_mask,
-                    "refs": self._refs}
+                    "prior_version": self._prior_version, "refs": self._refs}
         for name, target in expected.items():
             arr = np.asarray(arrays[name])
             if arr.shape != target.shape:
@@ -372,12 +498,15 @@ class PixelReplay:
         return path
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore the state saved by :meth:`save` into this buffer (same config required)."""
+        """Restore the state saved by :meth:`save` into this buffer (same config required; a format-1
+        directory loads with all prior versions -1, see :meth:`set_state`)."""
         path = Path(path)
         try:
             meta = json.loads((path / _META).read_text())
-            arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in _ARRAYS}
-        except (OSError, ValueError) as exc:
+            version = meta.get("meta", {}).get("version") if isinstance(meta, dict) else None
+            names = [n for n in _ARRAYS if not (version == 1 and n in _NEW_IN_V2)]
+            arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in names}
+        except (OSError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"replay directory {path} is missing or unreadable: {exc}") from exc
         self.set_state({**meta, "arrays": arrays})
 
