@@ -20,7 +20,9 @@ INFO_STEP_ID = "covr_step_id"
 INFO_PRIOR_ACTION = "prior_action"
 #: float: 1.0 when INFO_PRIOR_ACTION is valid for this step.
 INFO_PRIOR_MASK = "prior_mask"
-#: list[tuple[int, list[float]]]: priors that arrived since the last step for earlier steps (step id, a_v).
+#: list[tuple[int, list[float], int]]: priors that arrived since the last step for earlier steps, as
+#: (step id, a_v, adapter version; -1 = base model) triples. Readers also accept (step id, a_v) pairs
+#: from older code and then take version -1.
 INFO_PRIOR_LATE = "prior_late"
 #: int: adapter version of the VLM that produced the prior (-1 = base model, no adapter).
 INFO_PRIOR_VERSION = "prior_adapter_version"
@@ -43,3 +45,18 @@ EPISODE_ID = "episode_id"
 STEP_INDEX = "step_index"
 #: float32: RALW sample weight w_b written beside the kept samples.
 SAMPLE_WEIGHT = "sample_weight"
+#: bool: the step's action was a uniform-random warm-up action (``sac.learning_starts``); such rows are
+#: kept in D_f (their frames rebuild later observations' stacks) but never selected for fine-tuning.
+WARMUP = "warmup"
+#: float32: the critic's value V(o_T) of the observation after the episode's last step, already added to
+#: ``return_to_go`` as ``gamma^(T-i) V(o_T)``; 0.0 for a true termination; NaN for a time-limit truncation
+#: not bootstrapped yet (the round fills it, see loop.df_q_scoring).
+BOOTSTRAP_VALUE = "bootstrap_value"
+#: binary (nullable): PNG of the newest frame of o_T, on the last row of a truncated episode only (the
+#: observation the bootstrap value is computed on); null everywhere else.
+FINAL_FRAME_PNG = "final_frame_png"
+
+# --- episode extra model outputs (env runner side) -----------------------------------------------------
+#: float32 per step: 1.0 where the module acted uniformly at random (warm-up, ``sac.learning_starts``; see
+#: covr_ray.rl.rl_module.PixelSACModule._forward_exploration), 0.0 where the policy acted.
+EXTRA_WARMUP = "covr_warmup"

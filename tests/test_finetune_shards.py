@@ -99,7 +99,7 @@ def test_wrong_schema_version_and_columns_are_refused(tmp_path):
     with pytest.raises(ShardError, match="schema version '0'"):
         S.read_shard(tmp_path / "v0.parquet")
     pq.write_table(table.drop_columns([C.ENTROPY]), tmp_path / "cols.parquet")
-    with pytest.raises(ShardError, match="differ from schema v1"):
+    with pytest.raises(ShardError, match="differ from schema v2"):
         S.read_shard(tmp_path / "cols.parquet")
     pq.write_table(pa.table({"x": [1]}), tmp_path / "plain.parquet")
     with pytest.raises(ShardError, match="missing"):
@@ -127,7 +127,7 @@ def test_shard_set_atomic_manifest_and_readers(tmp_path):
     assert ss.rows == 9 and ss.files == ("part-00000.parquet", "part-00001.parquet")
     assert S.open_shard_set(out, verify_checksums=True).rows == 9
     manifest = json.loads((out / S.MANIFEST).read_text())
-    assert manifest["schema_version"] == "1" and manifest["kind"] == "kept"
+    assert manifest["schema_version"] == S.SCHEMA_VERSION and manifest["kind"] == "kept"
     # pandas and ray.data read the shards as they are
     df = pd.read_parquet(out)
     assert len(df) == 9 and set(S.FIELDS_V1.names) <= set(df.columns)
@@ -164,3 +164,20 @@ def test_ray_data_reads_a_shard_set(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert len(rows) == 5 and rows[0][C.EPISODE_ID] == "ep0"
     assert len(rows[0][C.RL_ACTION]) == 2
+
+
+def test_a_version_1_shard_reads_as_version_2(tmp_path):
+    """Shards written before schema v2 (no warm-up flag, no bootstrap columns) stay readable: no warm-up rows,
+    returns final (bootstrap value 0), no final frames; a column subset upgrades too."""
+    table = S.build_table(make_rows(5), kind="df", action_dim=2)
+    v1 = table.select(S.FIELDS_V1.names)
+    meta = dict(table.schema.metadata)
+    meta[S.META_VERSION] = b"1"
+    pq.write_table(v1.replace_schema_metadata(meta), tmp_path / "v1.parquet")
+    read = S.read_shard(tmp_path / "v1.parquet", kind="df")
+    assert read.schema.remove_metadata().equals(S.FIELDS) and read.schema.metadata[S.META_VERSION] == b"2"
+    assert not any(read.column(C.WARMUP).to_pylist()) and read.column(C.BOOTSTRAP_VALUE).to_pylist() == [0.0] * 5
+    assert read.column(C.FINAL_FRAME_PNG).null_count == 5
+    assert read.column(C.RETURN_TO_GO).equals(table.column(C.RETURN_TO_GO))
+    sub = S.read_shard(tmp_path / "v1.parquet", columns=[C.RETURN_TO_GO, C.WARMUP])
+    assert sub.column_names == [C.RETURN_TO_GO, C.WARMUP] and sub.num_rows == 5

@@ -2,8 +2,10 @@
 
 Steps arrive per episode (:meth:`FilterBuffer.add_step` then :meth:`FilterBuffer.end_episode`, or a whole
 episode with :meth:`FilterBuffer.add_episode`). When an episode ends its discounted return-to-go is computed
-backwards, ``g_i = r_i + gamma * g_{i+1}`` with ``g_T = bootstrap_value`` (0 for a terminal episode; a
-critic's value for a time-limit truncation if the caller has one), and its rows join the pending rows.
+backwards, ``g_i = r_i + gamma * g_{i+1}`` with ``g_T = bootstrap_value`` (0 for a terminal episode), and
+its rows join the pending rows. A time-limit truncation is not an end of the task: pass the newest frame
+of the observation after the last step as ``final_frame`` and the bootstrap is deferred to the round,
+which has the critic (``bootstrap_value`` NaN until then, see :mod:`covr_ray.loop.df_q_scoring`).
 Pending rows are written as one shard (``df-NNNNNN.parquet``, schema v1 kind ``df``) whenever
 ``rows_per_shard`` accumulate, so RAM holds at most ``rows_per_shard`` finished rows plus the open
 episodes (capped by ``max_open_steps``); frames are held PNG-encoded.
@@ -59,7 +61,7 @@ def discounted_return_to_go(rewards: np.ndarray, gamma: float, bootstrap_value: 
 
 
 class _OpenEpisode:
-    __slots__ = ("frames", "actions", "rewards", "entropy", "q_values")
+    __slots__ = ("frames", "actions", "rewards", "entropy", "q_values", "warmup")
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -67,6 +69,7 @@ class _OpenEpisode:
         self.rewards: list[float] = []
         self.entropy: list[float] = []
         self.q_values: list[float] = []
+        self.warmup: list[bool] = []
 
 
 class FilterBuffer:
@@ -109,7 +112,7 @@ class FilterBuffer:
     # --- collecting -----------------------------------------------------------------------------------
 
     def add_step(self, episode_id: str, frame: np.ndarray, action: np.ndarray, reward: float,
-                 entropy: float, q_value: Optional[float] = None) -> None:
+                 entropy: float, q_value: Optional[float] = None, warmup: bool = False) -> None:
         """Append one step to the open episode ``episode_id`` (opened on first use).
 
         Args:
@@ -118,6 +121,7 @@ class FilterBuffer:
             reward: immediate reward r_i.
             entropy: the policy's entropy estimate when this step was collected, nats.
             q_value: Q(o_i, a_r_i) from the critic, or None.
+            warmup: the action was a uniform-random warm-up action (never selected for fine-tuning).
         """
         if self._open_steps >= self.max_open_steps:
             raise FinetuneDataError(f"{self._open_steps} steps of {len(self._open)} open episodes exceed "
@@ -130,17 +134,28 @@ class FilterBuffer:
         ep.rewards.append(self._finite(reward, "reward", episode_id))
         ep.entropy.append(self._finite(entropy, "entropy", episode_id))
         ep.q_values.append(math.nan if q_value is None else self._finite(q_value, "q_value", episode_id))
+        ep.warmup.append(bool(warmup))
         self._open_steps += 1
 
-    def end_episode(self, episode_id: str, bootstrap_value: float = 0.0) -> int:
-        """Close ``episode_id``: compute its return-to-go and move its rows to D_f; return its length."""
+    def end_episode(self, episode_id: str, bootstrap_value: float = 0.0,
+                    final_frame: Optional[np.ndarray] = None) -> int:
+        """Close ``episode_id``: compute its return-to-go and move its rows to D_f; return its length.
+
+        Args:
+            bootstrap_value: value of the state after the last step, added as ``gamma^(T-i) * value``
+                (0 for a true termination).
+            final_frame: for a time-limit truncation, the newest frame of the observation after the last
+                step instead of a value: the bootstrap is left to the round (``bootstrap_value`` NaN).
+        """
         ep = self._open.pop(str(episode_id), None)
         if ep is None:
             raise FinetuneDataError(f"episode {episode_id!r} is not open; open ones: {sorted(self._open)[:8]}")
         self._open_steps -= len(ep.rewards)
-        g = discounted_return_to_go(np.asarray(ep.rewards), self.gamma, bootstrap_value)
+        value, final_png = self._bootstrap(bootstrap_value, final_frame, episode_id)
+        g = discounted_return_to_go(np.asarray(ep.rewards), self.gamma, 0.0 if math.isnan(value) else value)
         self._append_rows(str(episode_id), ep.frames, np.stack(ep.actions), np.asarray(ep.rewards), g,
-                          np.asarray(ep.entropy), np.asarray(ep.q_values))
+                          np.asarray(ep.entropy), np.asarray(ep.q_values), np.asarray(ep.warmup, bool), value,
+                          final_png)
         return len(g)
 
     def drop_episode(self, episode_id: str) -> None:
@@ -151,7 +166,8 @@ class FilterBuffer:
 
     def add_episode(self, episode_id: str, frames: Union[np.ndarray, Sequence[np.ndarray]],
                     actions: np.ndarray, rewards: np.ndarray, entropy: Union[float, np.ndarray],
-                    q_values: Optional[np.ndarray] = None, bootstrap_value: float = 0.0) -> int:
+                    q_values: Optional[np.ndarray] = None, bootstrap_value: float = 0.0,
+                    warmup: Optional[np.ndarray] = None, final_frame: Optional[np.ndarray] = None) -> int:
         """Store one finished episode at once; return its length T.
 
         Args:
@@ -161,6 +177,9 @@ class FilterBuffer:
             entropy: scalar or (T,) policy entropy at collection time.
             q_values: (T,) float or None.
             bootstrap_value: value of the state after the last step (0 if terminal).
+            warmup: (T,) bool, True for uniform-random warm-up steps; None = none.
+            final_frame: (H, W, 3) uint8 newest frame of o_T for a time-limit truncation (see
+                :meth:`end_episode`); None for a true termination.
         """
         r = np.asarray(rewards, dtype=np.float64).reshape(-1)
         t = len(r)
@@ -182,8 +201,13 @@ class FilterBuffer:
                                     f"expected {t}")
         if not np.all(np.isfinite(ent)) or (q_values is not None and not np.all(np.isfinite(q))):
             raise FinetuneDataError(f"episode {episode_id!r}: entropy and q_values must be finite")
-        g = discounted_return_to_go(r, self.gamma, bootstrap_value)
-        self._append_rows(str(episode_id), [encode_frame(f) for f in frames], acts, r, g, ent, q)
+        warm = np.zeros(t, bool) if warmup is None else np.asarray(warmup, dtype=bool).reshape(-1)
+        if len(warm) != t:
+            raise FinetuneDataError(f"episode {episode_id!r}: warmup length {len(warm)}; expected {t}")
+        value, final_png = self._bootstrap(bootstrap_value, final_frame, episode_id)
+        g = discounted_return_to_go(r, self.gamma, 0.0 if math.isnan(value) else value)
+        self._append_rows(str(episode_id), [encode_frame(f) for f in frames], acts, r, g, ent, q, warm, value,
+                          final_png)
         return t
 
     # --- storage --------------------------------------------------------------------------------------
@@ -235,12 +259,26 @@ class FilterBuffer:
     @staticmethod
     def _empty_columns() -> dict[str, list]:
         return {name: [] for name in (C.EPISODE_ID, C.STEP_INDEX, C.FRAME_PNG, C.RL_ACTION, C.RETURN_TO_GO,
-                                      C.REWARD, C.Q_VALUE, C.ENTROPY, C.SAMPLE_WEIGHT)}
+                                      C.REWARD, C.Q_VALUE, C.ENTROPY, C.SAMPLE_WEIGHT, C.WARMUP,
+                                      C.BOOTSTRAP_VALUE, C.FINAL_FRAME_PNG)}
+
+    def _bootstrap(self, value: float, final_frame: Optional[np.ndarray], episode_id: str
+                   ) -> tuple[float, Optional[bytes]]:
+        """``(bootstrap_value column, final frame PNG)``: a truncation with a final frame defers the value (NaN)."""
+        if final_frame is not None:
+            if value != 0.0:
+                raise FinetuneDataError(f"episode {episode_id!r}: give a bootstrap_value or a final_frame, not both")
+            return math.nan, encode_frame(final_frame)
+        return self._finite(value, "bootstrap_value", episode_id), None
 
     def _append_rows(self, episode_id: str, frames: list[bytes], actions: np.ndarray, rewards: np.ndarray,
-                     g: np.ndarray, entropy: np.ndarray, q: np.ndarray) -> None:
+                     g: np.ndarray, entropy: np.ndarray, q: np.ndarray, warmup: np.ndarray, bootstrap_value: float,
+                     final_png: Optional[bytes]) -> None:
         t = len(g)
         p = self._pending
+        p[C.WARMUP].extend(np.asarray(warmup, bool).tolist())
+        p[C.BOOTSTRAP_VALUE].extend([bootstrap_value] * t)
+        p[C.FINAL_FRAME_PNG].extend([None] * (t - 1) + [final_png])
         p[C.EPISODE_ID].extend([episode_id] * t)
         p[C.STEP_INDEX].extend(range(t))
         p[C.FRAME_PNG].extend(frames)

@@ -5,6 +5,12 @@ shard into the kept set, adding each kept row's RALW weight, so RAM holds one sh
 The kept set is written atomically (:class:`~covr_ray.finetune.shards.ShardSetWriter`); only after it is
 complete is D_f cleared. Shards that fail validation are skipped with a warning and counted in
 ``round/skipped_shards``.
+
+Candidates: rows of uniform-random warm-up actions (``warmup``) are never selected, so the VLM is not
+taught random actions, and neither are rows whose truncated episode has not been bootstrapped yet
+(``bootstrap_value`` NaN: their return-to-go lacks the tail the critic would add; the round bootstraps D_f
+before it builds the kept set, see :mod:`covr_ray.loop.df_q_scoring`). EDDF's statistics (z-score,
+median, IQR) are taken over the candidates only.
 """
 
 from __future__ import annotations
@@ -26,24 +32,26 @@ from covr_ray.log import get_logger
 
 log = get_logger(__name__)
 
-_SCORE_COLUMNS = [C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY]
+_SCORE_COLUMNS = [C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY, C.WARMUP, C.BOOTSTRAP_VALUE]
 
 
 def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFConfig, ralw: RALWConfig,
-                   action_dim: int, entropy: Optional[float] = None,
-                   seed: int = 0) -> tuple[ShardSet, dict[str, float]]:
+                   action_dim: int, entropy: Optional[float] = None, seed: int = 0,
+                   initial_entropy: Optional[float] = None) -> tuple[ShardSet, dict[str, float]]:
     """Filter and weight D_f's shards into a new kept shard set at ``out_dir`` (must not exist).
 
     Args:
         df_shards: D_f shard paths (kind ``df``).
         out_dir: directory of the kept set.
         action_dim: the env's action dimension (shards with another one are skipped).
-        entropy: the policy's entropy now (nats) for EDDF's threshold; None = mean of D_f's ``entropy``.
+        entropy: the policy's entropy now (nats) for EDDF's threshold; None = mean of D_f's ``entropy``
+            over the candidate rows.
         seed: seeds the ``random`` ablations.
+        initial_entropy: the run's initial policy entropy (``eddf.slope=run``'s high reference point).
 
     Returns:
-        ``(kept set, metrics)`` with ``eddf/*``, ``ralw/*``, ``round/df_rows``, ``round/kept_rows``,
-        ``round/skipped_shards``.
+        ``(kept set, metrics)`` with ``eddf/*``, ``ralw/*``, ``round/df_rows``, ``round/candidate_rows``,
+        ``round/warmup_rows``, ``round/unbootstrapped_rows``, ``round/kept_rows``, ``round/skipped_shards``.
     """
     rng = np.random.default_rng(seed)
     valid: list[tuple[Path, int]] = []
@@ -67,10 +75,16 @@ def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFConfig, r
             return np.zeros(0, np.float32)
         return np.concatenate([t.column(name).to_numpy(zero_copy_only=False) for t in scores])
 
-    ent_rows = col(C.ENTROPY)
+    warm = col(C.WARMUP).astype(bool)
+    pending = np.isnan(col(C.BOOTSTRAP_VALUE).astype(np.float64))
+    candidate = ~warm & ~pending
     if entropy is None:
-        entropy = float(ent_rows.mean()) if n else 0.0
-    keep, metrics = eddf_select(col(SIGNAL_COLUMN[eddf.signal]), entropy, eddf, action_dim, rng)
+        ent_rows = col(C.ENTROPY)[candidate]
+        entropy = float(ent_rows.mean()) if ent_rows.size else 0.0
+    keep = np.zeros(n, bool)
+    sub_keep, metrics = eddf_select(col(SIGNAL_COLUMN[eddf.signal])[candidate], entropy, eddf, action_dim, rng,
+                                    initial_entropy=initial_entropy)
+    keep[np.flatnonzero(candidate)[sub_keep]] = True
     weights, ralw_metrics = ralw_weights(col(C.RETURN_TO_GO)[keep].astype(np.float64), ralw, rng)
     metrics.update(ralw_metrics)
 
@@ -99,8 +113,9 @@ def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFConfig, r
     if w_offset != len(weights):
         raise FinetuneDataError(f"kept {w_offset} rows but computed {len(weights)} weights (a D_f shard changed "
                                 "while the round read it)")
-    metrics.update({"round/df_rows": float(n), "round/kept_rows": float(writer.result.rows),
-                    "round/skipped_shards": float(skipped)})
+    metrics.update({"round/df_rows": float(n), "round/candidate_rows": float(candidate.sum()),
+                    "round/warmup_rows": float(warm.sum()), "round/unbootstrapped_rows": float((pending & ~warm).sum()),
+                    "round/kept_rows": float(writer.result.rows), "round/skipped_shards": float(skipped)})
     return writer.result, metrics
 
 

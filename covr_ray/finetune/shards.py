@@ -1,25 +1,31 @@
-"""Shards of fine-tune samples: schema v1, an atomic writer, a validating reader.
+"""Shards of fine-tune samples: schema v2, an atomic writer, a validating reader.
 
 A shard is one Parquet file written through pyarrow (``ray.data.read_parquet`` and ``pandas.read_parquet``
 read it as it is; ray.data has no reader for Arrow IPC files, hence Parquet). One row per env step:
 
-=================  ======================  ==========================================================
-column             arrow type              meaning
-=================  ======================  ==========================================================
-``episode_id``     string                  episode the step belongs to
-``step_index``     int32                   index of the step within its episode
-``frame_png``      binary                  the single frame the VLM sees, PNG (mode ``L`` or ``RGB``)
-``rl_action``      list<float32>           the RL agent's action a_r in [-1, 1], ``action_dim`` long
-``return_to_go``   float32                 discounted return-to-go g_i
-``reward``         float32                 immediate reward r_i
-``q_value``        float32                 Q(o_i, a_r_i); NaN when not provided (see loop.df_q_scoring)
-``entropy``        float32                 policy entropy estimate at collection time, nats
-``sample_weight``  float32                 RALW weight w_b; NaN in raw D_f shards (not yet weighted)
-=================  ======================  ==========================================================
+===================  ======================  ========================================================
+column               arrow type              meaning
+===================  ======================  ========================================================
+``episode_id``       string                  episode the step belongs to
+``step_index``       int32                   index of the step within its episode
+``frame_png``        binary                  the single frame the VLM sees, PNG (mode ``L`` or ``RGB``)
+``rl_action``        list<float32>           the RL agent's action a_r in [-1, 1], ``action_dim`` long
+``return_to_go``     float32                 discounted return-to-go g_i (bootstrapped, see below)
+``reward``           float32                 immediate reward r_i
+``q_value``          float32                 Q(o_i, a_r_i); NaN when not provided (see loop.df_q_scoring)
+``entropy``          float32                 policy entropy estimate at collection time, nats
+``sample_weight``    float32                 RALW weight w_b; NaN in raw D_f shards (not yet weighted)
+``warmup``           bool                    a uniform-random warm-up step: never selected for fine-tuning
+``bootstrap_value``  float32                 V(o_T) included in ``return_to_go``; 0 = terminal; NaN =
+                                             truncated episode not bootstrapped yet
+``final_frame_png``  binary, nullable        newest frame of o_T on a truncated episode's last row
+===================  ======================  ========================================================
 
-The schema's metadata carries ``covr.schema_version`` (``"1"``), ``covr.kind`` (``df`` = raw D_f rows,
+The schema's metadata carries ``covr.schema_version`` (``"2"``), ``covr.kind`` (``df`` = raw D_f rows,
 ``kept`` = rows EDDF kept, weighted by RALW) and ``covr.action_dim``. Data pages carry CRC checksums and
-the reader verifies them, so a flipped byte is caught as well as a truncated file.
+the reader verifies them, so a flipped byte is caught as well as a truncated file. Version-1 shards (no
+``warmup`` / ``bootstrap_value`` / ``final_frame_png``) still read: they come back as v2 tables with no
+warm-up rows and returns taken as final (``bootstrap_value`` 0).
 
 A *shard set* is a directory of shards plus ``_manifest.json`` (file names, row counts, sha256), written
 with :func:`covr_ray.io.atomic_directory`: it exists completely or not at all.
@@ -46,7 +52,9 @@ from covr_ray.log import get_logger
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: older versions :func:`read_shard` upgrades on read.
+READABLE_OLD_VERSIONS = ("1",)
 META_VERSION = b"covr.schema_version"
 META_KIND = b"covr.kind"
 META_ACTION_DIM = b"covr.action_dim"
@@ -55,7 +63,7 @@ MANIFEST = "_manifest.json"  # "_" prefix: pyarrow/pandas/ray.data dataset reade
 
 ShardKind = Literal["df", "kept"]
 
-#: Schema v1 without metadata (fields and types in file order).
+#: Schema v1 without metadata (fields and types in file order); read and upgraded, never written.
 FIELDS_V1 = pa.schema([
     pa.field(C.EPISODE_ID, pa.string(), nullable=False),
     pa.field(C.STEP_INDEX, pa.int32(), nullable=False),
@@ -69,32 +77,43 @@ FIELDS_V1 = pa.schema([
     pa.field(C.SAMPLE_WEIGHT, pa.float32(), nullable=False),
 ])
 
+#: Schema v2 without metadata: v1 plus the warm-up flag and the truncation bootstrap.
+FIELDS = pa.schema(list(FIELDS_V1) + [
+    pa.field(C.WARMUP, pa.bool_(), nullable=False),
+    pa.field(C.BOOTSTRAP_VALUE, pa.float32(), nullable=False),
+    pa.field(C.FINAL_FRAME_PNG, pa.binary(), nullable=True),
+])
+
 #: Columns holding one float per row (score and weight columns).
-FLOAT_COLUMNS = (C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY, C.SAMPLE_WEIGHT)
+FLOAT_COLUMNS = (C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY, C.SAMPLE_WEIGHT, C.BOOTSTRAP_VALUE)
+#: Columns :func:`build_table` fills with a default when the caller leaves them out.
+OPTIONAL_COLUMNS = (C.WARMUP, C.BOOTSTRAP_VALUE, C.FINAL_FRAME_PNG)
 
 
-def schema_v1(kind: ShardKind, action_dim: int) -> pa.Schema:
-    """Schema v1 with its metadata for a shard of ``kind`` holding ``action_dim``-long actions."""
+def shard_schema(kind: ShardKind, action_dim: int) -> pa.Schema:
+    """Schema v2 with its metadata for a shard of ``kind`` holding ``action_dim``-long actions."""
     if kind not in ("df", "kept"):
         raise FinetuneDataError(f"shard kind {kind!r} is not one of 'df', 'kept'")
     if action_dim < 1:
         raise FinetuneDataError(f"action_dim {action_dim!r} must be an integer >= 1")
-    return FIELDS_V1.with_metadata({META_VERSION: SCHEMA_VERSION.encode(), META_KIND: kind.encode(),
-                                    META_ACTION_DIM: str(int(action_dim)).encode()})
+    return FIELDS.with_metadata({META_VERSION: SCHEMA_VERSION.encode(), META_KIND: kind.encode(),
+                                 META_ACTION_DIM: str(int(action_dim)).encode()})
 
 
 def build_table(rows: dict[str, Sequence], kind: ShardKind, action_dim: int) -> pa.Table:
-    """Arrow table of schema v1 from column lists.
+    """Arrow table of schema v2 from column lists.
 
     Args:
-        rows: every column of :data:`FIELDS_V1`; ``rl_action`` as (N, action_dim) float array or list of
-            lists, the float columns as (N,) arrays, ``frame_png`` as a list of PNG bytes.
+        rows: every column of :data:`FIELDS`; ``rl_action`` as (N, action_dim) float array or list of
+            lists, the float columns as (N,) arrays, ``frame_png`` as a list of PNG bytes. The columns in
+            :data:`OPTIONAL_COLUMNS` may be left out: ``warmup`` then is all False, ``bootstrap_value`` all
+            0 (returns are final), ``final_frame_png`` all null.
         kind: ``df`` or ``kept``.
         action_dim: length of every ``rl_action``.
     """
-    missing = [f.name for f in FIELDS_V1 if f.name not in rows]
+    missing = [f.name for f in FIELDS if f.name not in rows and f.name not in OPTIONAL_COLUMNS]
     if missing:
-        raise FinetuneDataError(f"rows lack columns {missing}; schema v1 needs {FIELDS_V1.names}")
+        raise FinetuneDataError(f"rows lack columns {missing}; schema v{SCHEMA_VERSION} needs {FIELDS.names}")
     n = len(rows[C.EPISODE_ID])
     actions = np.asarray(rows[C.RL_ACTION], dtype=np.float32).reshape(n, -1) if n else \
         np.zeros((0, action_dim), np.float32)
@@ -106,19 +125,35 @@ def build_table(rows: dict[str, Sequence], kind: ShardKind, action_dim: int) -> 
         C.FRAME_PNG: pa.array(list(rows[C.FRAME_PNG]), pa.binary()),
         C.RL_ACTION: pa.ListArray.from_arrays(
             pa.array(np.arange(0, (n + 1) * action_dim, action_dim, dtype=np.int32)),
-            pa.array(actions.reshape(-1)), type=FIELDS_V1.field(C.RL_ACTION).type),
+            pa.array(actions.reshape(-1)), type=FIELDS.field(C.RL_ACTION).type),
+        C.WARMUP: pa.array(np.asarray(rows.get(C.WARMUP, np.zeros(n, bool)), dtype=bool).reshape(-1)),
+        C.FINAL_FRAME_PNG: pa.array(list(rows.get(C.FINAL_FRAME_PNG, [None] * n)), pa.binary()),
     }
     for name in FLOAT_COLUMNS:
-        arrays[name] = pa.array(np.asarray(rows[name], dtype=np.float32).reshape(-1))
+        values = rows.get(name, np.zeros(n)) if name in OPTIONAL_COLUMNS else rows[name]
+        arrays[name] = pa.array(np.asarray(values, dtype=np.float32).reshape(-1))
     for name, arr in arrays.items():
         if len(arr) != n:
             raise FinetuneDataError(f"column {name!r} has {len(arr)} rows; {C.EPISODE_ID!r} has {n}")
-    schema = schema_v1(kind, action_dim)
-    return pa.Table.from_arrays([arrays[f.name] for f in FIELDS_V1], schema=schema)
+    schema = shard_schema(kind, action_dim)
+    return pa.Table.from_arrays([arrays[f.name] for f in FIELDS], schema=schema)
+
+
+def upgrade_v1(table: pa.Table) -> pa.Table:
+    """A schema-v1 table as v2: no warm-up rows, returns final (``bootstrap_value`` 0), no final frames.
+    Works on a column subset too (only the v2 columns are added)."""
+    n = table.num_rows
+    meta = dict(table.schema.metadata or {})
+    meta[META_VERSION] = SCHEMA_VERSION.encode()
+    extra = {C.WARMUP: pa.array(np.zeros(n, bool)), C.BOOTSTRAP_VALUE: pa.array(np.zeros(n, np.float32)),
+             C.FINAL_FRAME_PNG: pa.nulls(n, pa.binary())}
+    for name, arr in extra.items():
+        table = table.append_column(FIELDS.field(name), arr)
+    return table.replace_schema_metadata(meta)
 
 
 def write_shard(path: Path, table: pa.Table) -> dict:
-    """Write ``table`` (schema v1) to ``path`` atomically: the file is complete or absent.
+    """Write ``table`` (schema v2) to ``path`` atomically: the file is complete or absent.
 
     Returns ``{"file", "rows", "sha256", "bytes"}`` for a manifest.
     """
@@ -131,16 +166,19 @@ def write_shard(path: Path, table: pa.Table) -> dict:
             "bytes": len(data)}
 
 
-def check_schema(schema: pa.Schema, where: str) -> tuple[ShardKind, int]:
-    """Raise :class:`ShardError` unless ``schema`` is schema v1; return ``(kind, action_dim)``."""
+def check_schema(schema: pa.Schema, where: str, allow_old: bool = False) -> tuple[ShardKind, int]:
+    """Raise :class:`ShardError` unless ``schema`` is schema v2 (or, with ``allow_old``, an older version
+    :func:`read_shard` upgrades); return ``(kind, action_dim)``."""
     meta = schema.metadata or {}
     version = meta.get(META_VERSION, b"").decode(errors="replace")
-    if version != SCHEMA_VERSION:
+    readable = (SCHEMA_VERSION,) + (READABLE_OLD_VERSIONS if allow_old else ())
+    if version not in readable:
         raise ShardError(f"shard {where}: schema version {version or 'missing'!r}; this reader reads "
-                         f"version {SCHEMA_VERSION!r} (was it written by another COVR-Ray release?)")
-    if not schema.remove_metadata().equals(FIELDS_V1):
-        raise ShardError(f"shard {where}: columns {schema.remove_metadata()} differ from schema v1 "
-                         f"{FIELDS_V1}")
+                         f"version {' or '.join(map(repr, readable))} (was it written by another COVR-Ray release?)")
+    fields = FIELDS if version == SCHEMA_VERSION else FIELDS_V1
+    if not schema.remove_metadata().equals(fields):
+        raise ShardError(f"shard {where}: columns {schema.remove_metadata()} differ from schema v{version} "
+                         f"{fields}")
     kind = meta.get(META_KIND, b"").decode(errors="replace")
     if kind not in ("df", "kept"):
         raise ShardError(f"shard {where}: kind {kind!r}; allowed: 'df', 'kept'")
@@ -167,13 +205,19 @@ def read_shard(path: Path, columns: Optional[list[str]] = None,
     path = Path(path)
     try:
         pf = pq.ParquetFile(path, page_checksum_verification=True)
-        shard_kind, action_dim = check_schema(pf.schema_arrow, str(path))
-        table = pf.read(columns=columns)
+        shard_kind, action_dim = check_schema(pf.schema_arrow, str(path), allow_old=True)
+        old = pf.schema_arrow.metadata[META_VERSION].decode() != SCHEMA_VERSION
+        wanted = None if columns is None else [c for c in columns if not (old and c in OPTIONAL_COLUMNS)]
+        table = pf.read(columns=wanted)
     except ShardError:
         raise
     except (OSError, pa.ArrowException) as exc:
         raise ShardError(f"shard {path}: unreadable ({type(exc).__name__}: {exc}); it is truncated, "
                          "corrupted or not a Parquet file") from exc
+    if old:
+        table = upgrade_v1(table)
+        if columns is not None:
+            table = table.select(columns)
     if kind is not None and shard_kind != kind:
         raise ShardError(f"shard {path}: kind {shard_kind!r}; expected {kind!r}")
     if C.RL_ACTION in table.column_names and table.num_rows:
@@ -246,7 +290,7 @@ class ShardSetWriter:
         self.path = Path(path)
         self.kind = kind
         self.action_dim = int(action_dim)
-        schema_v1(kind, action_dim)  # validates kind and action_dim
+        shard_schema(kind, action_dim)  # validates kind and action_dim
         self._entries: list[dict] = []
         self._ctx = atomic_directory(self.path)
         self._tmp: Optional[Path] = None
@@ -257,7 +301,7 @@ class ShardSetWriter:
         return self
 
     def write(self, table: pa.Table) -> None:
-        """Add one shard (a schema-v1 table of this set's kind and action_dim); empty tables are skipped."""
+        """Add one shard (a schema-v2 table of this set's kind and action_dim); empty tables are skipped."""
         if self._tmp is None:
             raise ShardError(f"shard set {self.path}: write() outside its `with` block")
         kind, dim = check_schema(table.schema, f"<table for {self.path}>")
@@ -307,10 +351,11 @@ def open_shard_set(path: Path, verify_checksums: bool = False) -> ShardSet:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ShardError(f"shard set {path}: no readable {MANIFEST} ({exc}); the set is incomplete") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+    readable = (SCHEMA_VERSION,) + READABLE_OLD_VERSIONS
+    if not isinstance(manifest, dict) or manifest.get("schema_version") not in readable:
         raise ShardError(f"shard set {path}: manifest schema version "
                          f"{manifest.get('schema_version') if isinstance(manifest, dict) else manifest!r}; "
-                         f"this reader reads {SCHEMA_VERSION!r}")
+                         f"this reader reads {' or '.join(map(repr, readable))}")
     try:
         entries = list(manifest["shards"])
         files = tuple(str(e["file"]) for e in entries)

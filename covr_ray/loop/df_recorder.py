@@ -10,8 +10,14 @@ gets the earlier chunks too) and writes one row per step into that runner's
 - a_r_i is the action the policy took, in the normalised space [-1, 1];
 - the per-step entropy is the entropy of the policy's pre-squash Gaussian (sum of log std plus
   ``0.5 * log(2 pi e)`` per dimension), or ``A * log 2`` for the uniform warm-up actions;
-- the return-to-go g_i is computed by the buffer when the episode ends (discount = ``sac.gamma``); a
-  truncated episode (time limit, crash) is not bootstrapped: its tail returns are lower bounds.
+- warm-up steps (uniform-random actions before ``sac.learning_starts``, flagged per step by the module's
+  exploration forward, :data:`~covr_ray.columns.EXTRA_WARMUP`) are written with ``warmup`` = True: they stay in
+  the episode (later rows' frame stacks need their frames) but a round never selects them, so the VLM is
+  not taught random actions;
+- the return-to-go g_i is computed by the buffer when the episode ends (discount = ``sac.gamma``). A true
+  termination ends the return there. A time-limit truncation (every DMControl episode ends so) is not the
+  end of the task: the recorder stores the newest frame of the final observation o_T and the round adds
+  ``gamma^(T-i) V(o_T)`` with the learner's critic (the env runners' modules have no critic).
 
 Each finished episode is flushed as its own shard (written atomically), so the orchestrator can build a
 round from complete files at any time; no env runner state has to be gathered.
@@ -27,6 +33,7 @@ import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
 
+from covr_ray.columns import EXTRA_WARMUP
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)
@@ -42,13 +49,22 @@ def gaussian_entropy(dist_inputs: np.ndarray) -> np.ndarray:
     return log_std.sum(axis=1) + log_std.shape[1] * _HALF_LOG_2PIE
 
 
-def episode_rows(chunks: list[Any], action_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _extra(chunk: Any, key: str, n: int) -> Optional[np.ndarray]:
+    try:
+        return np.asarray(chunk.get_extra_model_outputs(key, slice(0, n)))
+    except KeyError:  # not produced by this runner's connectors (e.g. an algorithm built without them)
+        return None
+
+
+def episode_rows(chunks: list[Any], action_dim: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps of an episode given as its chunks in order.
 
     Returns:
-        frames: (T, S, S, 3) uint8; actions: (T, A) float32; rewards: (T,) float32; entropy: (T,) float64.
+        frames: (T, S, S, 3) uint8; actions: (T, A) float32; rewards: (T,) float32; entropy: (T,) float64;
+        warmup: (T,) bool (uniform-random warm-up actions).
     """
-    frames, actions, rewards, entropy = [], [], [], []
+    frames, actions, rewards, entropy, warmup = [], [], [], [], []
     for chunk in chunks:
         n = len(chunk)
         if n == 0:
@@ -58,20 +74,26 @@ def episode_rows(chunks: list[Any], action_dim: int) -> tuple[np.ndarray, np.nda
         acts = np.asarray(chunk.get_actions(slice(0, n)), dtype=np.float32).reshape(n, action_dim)
         actions.append(acts)
         rewards.append(np.asarray(chunk.get_rewards(slice(0, n)), dtype=np.float32).reshape(n))
+        warm = _extra(chunk, EXTRA_WARMUP, n)
+        warm = np.zeros(n, bool) if warm is None else warm.reshape(n) > 0.5
         ent = np.full(n, action_dim * math.log(2.0))
-        try:
-            dist = np.asarray(chunk.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS, slice(0, n)),
-                              dtype=np.float64)
-        except KeyError:
-            dist = None
+        dist = _extra(chunk, Columns.ACTION_DIST_INPUTS, n)
         if dist is not None and dist.ndim == 2 and dist.shape == (n, 2 * action_dim):
-            ent = gaussian_entropy(dist)
+            ent = np.where(warm, ent, gaussian_entropy(dist.astype(np.float64)))
         entropy.append(ent)
+        warmup.append(warm)
     if not frames:
         empty = np.zeros((0,), np.float32)
-        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, action_dim), np.float32), empty, empty
+        return (np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, action_dim), np.float32), empty, empty,
+                np.zeros(0, bool))
     return (np.concatenate(frames), np.concatenate(actions), np.concatenate(rewards),
-            np.concatenate(entropy))
+            np.concatenate(entropy), np.concatenate(warmup))
+
+
+def final_frame(episode: Any) -> np.ndarray:
+    """Newest RGB frame ``(S, S, 3)`` uint8 of the episode's last observation (o_T, after its last step)."""
+    obs = np.asarray(episode.get_observations(-1))
+    return np.ascontiguousarray(obs[-3:].transpose(1, 2, 0))
 
 
 class DfRecorderCallback(RLlibCallback):
@@ -103,12 +125,15 @@ class DfRecorderCallback(RLlibCallback):
         if buffer is None:
             return
         chunks = list(prev_episode_chunks or []) + [episode]
-        frames, actions, rewards, entropy = episode_rows(chunks, buffer.action_dim)
+        frames, actions, rewards, entropy, warmup = episode_rows(chunks, buffer.action_dim)
         if len(rewards) == 0:
             return
-        buffer.add_episode(episode.id_, frames, actions, rewards, entropy)
+        truncated = bool(episode.is_truncated) and not bool(episode.is_terminated)
+        buffer.add_episode(episode.id_, frames, actions, rewards, entropy, warmup=warmup,
+                           final_frame=final_frame(episode) if truncated else None)
         path = buffer.flush()
         if metrics_logger is not None:
             metrics_logger.log_value("covr_df/episodes_written", 1, reduce="sum")
             metrics_logger.log_value("covr_df/rows_written", len(rewards), reduce="sum")
+            metrics_logger.log_value("covr_df/warmup_rows_written", int(warmup.sum()), reduce="sum")
         log.debug("D_f: episode %s (%d steps) -> %s", episode.id_, len(rewards), path)
