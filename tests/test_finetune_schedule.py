@@ -19,21 +19,57 @@ def test_first_points_match_recurrence():
     assert round_points(10000, 5, max_interval=30000) == [10000, 20000, 40000, 70000, 100000]
 
 
-@pytest.mark.parametrize("preset,points", [
-    ("smoke", [100, 200, 400]), ("driving-hw", [5000, 10000, 20000, 50000]),
-    ("dmc-cartpole-swingup", [2500, 5000, 10000, 25000, 85000]),
-    ("dmc-walker-run", [10000, 20000, 40000, 100000, 340000])])
-def test_preset_points_as_documented(preset, points):
-    cfg = load_config(preset).schedule
-    sched = FinetuneSchedule(cfg)
+@pytest.mark.parametrize("preset,warmup,points", [
+    ("smoke", 50, [150, 250]), ("demo", 100, [350, 600, 1100]),
+    ("driving-hw", 1000, [6000, 11000, 21000, 51000]),
+    ("dmc-cartpole-swingup", 8000, [10500, 13000, 18000, 33000, 93000]),
+    ("dmc-walker-walk", 2000, [4500, 7000, 12000, 27000, 87000]),
+    ("dmc-walker-run", 2000, [12000, 22000, 42000, 102000, 342000])])
+def test_preset_points_as_documented(preset, warmup, points):
+    """The round clock starts after the uniform-random warm-up (sac.learning_starts agent steps x action
+    repeat): on cartpole (repeat 8, 1000 warm-up agent steps = 8000 env steps) the old clock put the first
+    two rounds (2500, 5000) inside the warm-up, teaching the VLM random actions."""
+    from covr_ray.rl.algo import warmup_agent_steps
+
+    full = load_config(preset)
+    cfg = full.schedule
+    start = warmup_agent_steps(full) * full.env.action_repeat
+    assert start == warmup and start >= full.sac.learning_starts * full.env.action_repeat
+    sched = FinetuneSchedule(cfg, start_at=start)
     seen, guidance = [], []
-    for step in range(0, cfg.total_env_steps + 1, 100):
+    for step in range(0, cfg.total_env_steps + 1, 50):
         if sched.due(step):
             seen.append(step)
             sched.complete_round(step)
             guidance.append(sched.guidance_on)
-    assert seen == points
+    assert seen == points and min(seen) > start
     assert guidance == [i + 1 >= cfg.cold_start_rounds for i in range(len(points))]
+
+
+def test_failed_round_does_not_count_and_is_retried_one_interval_later():
+    cfg = ScheduleConfig(first_interval=10, cold_start_rounds=1)
+    s = FinetuneSchedule(cfg, start_at=5)
+    assert s.next_round_at == 15
+    with pytest.raises(FinetuneDataError, match="before it was due"):
+        s.fail_round(14)
+    m = s.fail_round(16)
+    assert (s.round, s.failed, s.next_round_at, s.interval, s.guidance_on) == (0, 1, 25, 10, False)
+    assert m["schedule/failed_rounds"] == 1 and m["schedule/round"] == 0
+    s.fail_round(40)  # noticed very late: the retry is never due at once, and stays anchored
+    assert s.next_round_at == 45 and not s.due(40)
+    s.complete_round(45)
+    assert (s.round, s.guidance_on, s.next_round_at) == (1, True, 55)
+    restored = FinetuneSchedule.from_dict(cfg, json.loads(json.dumps(s.to_dict())))
+    assert (restored.round, restored.failed, restored.next_round_at, restored.start_at) == (1, 2, 55, 5)
+
+
+def test_version_1_state_restores_without_offset_or_failures():
+    cfg = ScheduleConfig(first_interval=10)
+    old = {"version": 1, "round": 2, "next_round_at": 40, "interval": 20, "first_interval": 10}
+    s = FinetuneSchedule.from_dict(cfg, old)
+    assert (s.round, s.failed, s.start_at, s.next_round_at) == (2, 0, 0, 40)
+    with pytest.raises(FinetuneDataError, match="start_at"):
+        FinetuneSchedule(cfg, start_at=-1)
 
 
 def test_guidance_after_cold_start_and_state_round_trip():

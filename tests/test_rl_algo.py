@@ -164,4 +164,118 @@ def test_df_rows_are_scored_by_the_learners_critic(trained: Any, tmp_path: Path)
     assert kept == [shard] and metrics["df/q_scored_rows"] == 12
     expected = q_values(algo, observations, actions, timeout_s=120.0)
     assert np.unique(expected.round(5)).size > 1  # the critic tells these rows apart
+    # one computation, not two orders: the learner scores the same bytes (rebuilt stacks equal the env's)
+    # as one batch of 12 through the same kernels in the same process, and the shard keeps its float32
+    # result as is, so no rounding tolerance is needed (a wrong row or frame moves Q by far more)
     np.testing.assert_allclose(read_shard(shard).column(C.Q_VALUE).to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_state_values_are_the_critics_q_of_the_deterministic_action(trained: Any) -> None:
+    """The value that bootstraps truncated D_f returns: min(Q1, Q2)(o, tanh(mean(o))) of the learner's networks."""
+    from covr_ray.rl.algo import MODULE_ID, q_values, state_values
+    from covr_ray.rl.networks import squashed_mean
+    from test_rl_testenv import DotEnv
+
+    algo, _ = trained
+    env = DotEnv({"size": 24})
+    obs = np.stack([env.reset(seed=s)[0] for s in range(6)])
+    module = _learner(algo).module[MODULE_ID]
+    with torch.no_grad():
+        actions = squashed_mean(module.actor(module.encoder(torch.as_tensor(obs)))).numpy()
+    values = state_values(algo, obs, timeout_s=120.0)
+    assert values.shape == (6,) and np.unique(values.round(5)).size > 1
+    # The same modules on the same 6-row batch, in the same process and thread count, through two entry
+    # points: the same kernels in the same order (the actions round-trip float32 -> numpy -> float32 exactly),
+    # so the results are equal; the check allows float32 round-off of the output only.
+    expected = q_values(algo, obs, actions, timeout_s=120.0)
+    np.testing.assert_allclose(values, expected, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    with pytest.raises(LearnerError, match="state_values"):
+        state_values(algo, obs[:, :3], timeout_s=120.0)
+
+
+def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episodes(
+        ray_session: None, tmp_path: Path) -> None:
+    """Through the real env runner: the warm-up connector's per-step flag reaches D_f (rows of uniform-random
+    actions are marked), and a time-limit-truncated episode's last row carries the newest frame of o_T."""
+    from covr_ray import columns as C
+    from covr_ray.finetune.shards import decode_frame, read_shard
+    from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
+    from covr_ray.rl.algo import build_algorithm_config, replay_buffer
+
+    cfg = load_config("smoke", overrides=[
+        "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16",
+        f"sac.learning_starts={LEARNING_STARTS}", "sac.rollout_fragment_length=4", "sac.buffer_capacity=500",
+        "ray.num_env_runners=0", "env.image_size=24"])
+    env_config = {"size": 24, "max_steps": 20,
+                  ENV_CONFIG_KEY: {"dir": str(tmp_path / "df"), "gamma": 0.9, "action_dim": 2}}
+    config = build_algorithm_config(cfg, env="covr_test_prior_dot", env_config=env_config)
+    config.callbacks(DfRecorderCallback)
+    algo = config.build_algo()
+    try:
+        for _ in range(6):  # 24 agent steps: one whole 20-step episode (truncated by its time limit)
+            algo.train()
+        core = replay_buffer(algo).core
+        first_episode_end = int(np.flatnonzero(core._truncated[:core._size])[0])
+        o_t = core._frames[core._next_idx[first_episode_end]].reshape(core.obs_shape)
+    finally:
+        algo.stop()
+    (shard,) = sorted((tmp_path / "df").rglob("df-*.parquet"))
+    table = read_shard(shard, kind="df")
+    assert table.column(C.STEP_INDEX).to_pylist() == list(range(20)) and first_episode_end == 19
+    assert table.column(C.WARMUP).to_pylist() == [t < LEARNING_STARTS for t in range(20)]
+    assert np.isnan(table.column(C.BOOTSTRAP_VALUE).to_numpy()).all()  # truncated: the round bootstraps it
+    finals = table.column(C.FINAL_FRAME_PNG).to_pylist()
+    assert all(f is None for f in finals[:-1]) and finals[-1] is not None
+    assert np.array_equal(decode_frame(finals[-1]), o_t[-3:].transpose(1, 2, 0))
+
+
+def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_session: None, tmp_path: Path) -> None:
+    """The bug this guards against: the warm-up count lived in a module-to-env connector whose state RLlib's
+    per-iteration merge replaced by an empty one, so on a remote env runner (every `covr train` run) the
+    warm-up never ended and the agent acted uniformly at random for the whole run. Through the orchestrator's
+    env path (a remote env runner, the D_f recorder): exactly the first `learning_starts` agent steps are
+    warm-up, none after, and none after a checkpoint restore into a freshly built algorithm (a resumed run)."""
+    from covr_envs.rllib import env_config_dict
+    from covr_ray import columns as C
+    from covr_ray.finetune.shards import read_shard
+    from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
+    from covr_ray.loop.env_factory import register_run_env
+    from covr_ray.rl.algo import build_algorithm_config, restore_checkpoint, save_checkpoint
+
+    cfg = load_config("smoke", overrides=[
+        "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16", "sac.learning_starts=24",
+        "sac.rollout_fragment_length=8", "sac.buffer_capacity=500", "ray.num_env_runners=1", "env.image_size=24",
+        "env.max_episode_steps=8", "prior.enabled=false"])
+    df_dir = tmp_path / "df"
+    env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": "warmup-test",
+                  ENV_CONFIG_KEY: {"dir": str(df_dir), "gamma": 0.9, "action_dim": 2}}
+
+    def build() -> Any:
+        config = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config)
+        config.callbacks(DfRecorderCallback)
+        return config.build_algo()
+
+    def warmup_flags() -> list[bool]:
+        shards = sorted(df_dir.rglob("df-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+        return [w for p in shards for w in read_shard(p).column(C.WARMUP).to_pylist()]
+
+    algo = build()
+    try:
+        for _ in range(6):  # 48 agent steps = 6 whole episodes of 8
+            algo.train()
+        checkpoint = save_checkpoint(algo, tmp_path / "ckpt")
+    finally:
+        algo.stop()
+    flags = warmup_flags()  # whole episodes only: a crash ends one early, the last one may still be running
+    assert len(flags) >= 40 and flags == [t < 24 for t in range(len(flags))], flags
+    for path in df_dir.rglob("df-*.parquet"):
+        path.unlink()
+    again = build()
+    try:
+        restore_checkpoint(again, checkpoint)
+        for _ in range(2):
+            again.train()
+    finally:
+        again.stop()
+    flags = warmup_flags()
+    assert len(flags) >= 8 and not any(flags)

@@ -2,24 +2,33 @@
 
 Paper: the interval grows as ``psi_{c+1} = psi_c + psi_c * c``. Indexing used here: ``c = 0, 1, 2, ...``
 is the index of a round, 0 for the first; ``psi_0 = first_interval`` is the env steps before round 0, and
-``psi_{c+1}`` is the gap between round ``c`` and round ``c + 1``. Round ``c`` therefore happens at env step
-``T_c = psi_0 + ... + psi_c``. Since ``psi_{c+1} = psi_c (1 + c)``, ``psi_c = c! * psi_0`` (intervals
-``psi_0, psi_0, 2 psi_0, 6 psi_0, 24 psi_0, ...``), each optionally capped at ``max_interval``.
+``psi_{c+1}`` is the gap between round ``c`` and round ``c + 1``. Since ``psi_{c+1} = psi_c (1 + c)``,
+``psi_c = c! * psi_0`` (intervals ``psi_0, psi_0, 2 psi_0, 6 psi_0, 24 psi_0, ...``), each optionally
+capped at ``max_interval``.
 
-First round points (env steps, action repeat counted) of the shipped presets' ``first_interval``:
+The clock starts after the warm-up: the first ``sac.learning_starts`` agent steps take uniform-random
+actions, which must not teach the VLM, so round ``c`` happens at env step ``W + psi_0 + ... + psi_c`` with
+``W`` the warm-up's env steps (``sac.learning_starts`` agent steps times ``env.action_repeat``).
+Round points (env steps, action repeat counted) of the shipped presets:
 
-=====================================  ===============  ============================================
-presets                                first_interval   rounds at
-=====================================  ===============  ============================================
-smoke                                  100              100, 200, 400, 1000, 3400
-driving-hw/gp, carla-hw/gp             5000             5000, 10000, 20000, 50000, 170000
-dmc-* (100K tasks)                     2500             2500, 5000, 10000, 25000, 85000, 385000
-dmc-hopper-hop, walker-run, pendulum   10000            10000, 20000, 40000, 100000, 340000
-=====================================  ===============  ============================================
+=====================================  ======  =====  ==============================================
+presets                                psi_0   W      rounds at
+=====================================  ======  =====  ==============================================
+smoke                                  100     50     150, 250, 450
+demo                                   250     100    350, 600, 1100
+driving-hw/gp, carla-hw/gp             5000    1000   6000, 11000, 21000, 51000
+dmc cartpole-swingup (repeat 8)        2500    8000   10500, 13000, 18000, 33000, 93000
+dmc finger-spin, walker-walk (2)       2500    2000   4500, 7000, 12000, 27000, 87000
+dmc reacher, cheetah, ball_in_cup (4)  2500    4000   6500, 9000, 14000, 29000, 89000
+dmc hopper-hop, pendulum (4)           10000   4000   14000, 24000, 44000, 104000, 344000
+dmc walker-run (2)                     10000   2000   12000, 22000, 42000, 102000, 342000
+=====================================  ======  =====  ==============================================
 
-So a 100K DMControl run has 5 rounds, a 100K driving run 4, a 500K hard task 4, the 400-step smoke run 3.
-Guidance (the VLM regulariser on the actor loss) is on once ``cold_start_rounds`` rounds have completed:
-DMControl (4) from 25000 env steps, driving (2) from 10000.
+So a 100K DMControl run has 5 rounds, a 100K driving run 4, a 500K hard task 5, the 400-step smoke run 2.
+Guidance (the VLM regulariser on the actor loss) is on once ``cold_start_rounds`` rounds have *completed*
+(a new adapter trained and published): DMControl (4) from the fourth round, driving (2) from the second.
+A failed round (the LoRA trainer erred or timed out, or trained nothing) does not count: it is retried one
+interval later (:meth:`FinetuneSchedule.fail_round`) with D_f kept.
 The state (:meth:`FinetuneSchedule.to_dict` / :meth:`FinetuneSchedule.from_dict`) goes into checkpoints.
 """
 
@@ -53,18 +62,27 @@ def round_points(first_interval: int, n: int, max_interval: Optional[int] = None
 class FinetuneSchedule:
     """Round bookkeeping of one run.
 
+    Args:
+        cfg: the schedule section.
+        start_at: env step at which the round clock starts (the end of the warm-up).
+
     Attributes:
         round: rounds completed so far (also the index ``c`` of the next round).
+        failed: rounds that failed (retried later; they do not count toward the cold start).
         next_round_at: env step at which the next round is due.
         interval: ``psi_c``, the gap that led to ``next_round_at``.
     """
 
-    def __init__(self, cfg: ScheduleConfig) -> None:
+    def __init__(self, cfg: ScheduleConfig, start_at: int = 0) -> None:
+        if isinstance(start_at, bool) or not isinstance(start_at, int) or start_at < 0:
+            raise FinetuneDataError(f"schedule start_at {start_at!r}; expected an integer >= 0 (env steps)")
         self.cfg = cfg
+        self.start_at = start_at
         self.round = 0
+        self.failed = 0
         self.interval = cfg.first_interval if cfg.max_interval is None else min(cfg.first_interval,
                                                                                   cfg.max_interval)
-        self.next_round_at = self.interval
+        self.next_round_at = start_at + self.interval
 
     @property
     def guidance_on(self) -> bool:
@@ -87,35 +105,51 @@ class FinetuneSchedule:
         self.round += 1
         return self.metrics()
 
+    def fail_round(self, env_steps: int) -> dict[str, float]:
+        """Record that round ``c = self.round`` failed: it does not count (``round`` and the interval stay),
+        and it is retried ``psi_c`` env steps after its scheduled point. Returns ``schedule/*`` metrics."""
+        if not self.due(env_steps):
+            raise FinetuneDataError(f"round {self.round} failed at env step {env_steps}, before it was due "
+                                    f"at {self.next_round_at}")
+        self.failed += 1
+        while self.next_round_at <= env_steps:  # anchored, and never due again at once
+            self.next_round_at += self.interval
+        return self.metrics()
+
     def metrics(self) -> dict[str, float]:
-        """``schedule/round``, ``schedule/next_round_at``, ``schedule/interval``, ``schedule/guidance_on``."""
-        return {"schedule/round": float(self.round), "schedule/next_round_at": float(self.next_round_at),
-                "schedule/interval": float(self.interval), "schedule/guidance_on": float(self.guidance_on)}
+        """``schedule/round``, ``schedule/failed_rounds``, ``schedule/next_round_at``, ``schedule/interval``,
+        ``schedule/guidance_on``."""
+        return {"schedule/round": float(self.round), "schedule/failed_rounds": float(self.failed),
+                "schedule/next_round_at": float(self.next_round_at), "schedule/interval": float(self.interval),
+                "schedule/guidance_on": float(self.guidance_on)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state for a checkpoint."""
-        return {"version": 1, "round": self.round, "next_round_at": self.next_round_at,
-                "interval": self.interval, "first_interval": self.cfg.first_interval}
+        return {"version": 2, "round": self.round, "failed": self.failed, "next_round_at": self.next_round_at,
+                "interval": self.interval, "first_interval": self.cfg.first_interval, "start_at": self.start_at}
 
     @classmethod
     def from_dict(cls, cfg: ScheduleConfig, data: dict[str, Any]) -> "FinetuneSchedule":
-        """Restore from :meth:`to_dict` output.
+        """Restore from :meth:`to_dict` output (version 1 states, from before the warm-up offset and failed
+        rounds, restore with ``start_at`` 0 and no failures).
 
         Raises:
             CheckpointError: malformed state, or a state saved under another ``first_interval``.
         """
-        if not isinstance(data, dict) or data.get("version") != 1:
-            raise CheckpointError(f"schedule state {data!r}: expected a mapping with version 1")
+        if not isinstance(data, dict) or data.get("version") not in (1, 2):
+            raise CheckpointError(f"schedule state {data!r}: expected a mapping with version 1 or 2")
         try:
             rnd, at, interval, first = (data[k] for k in ("round", "next_round_at", "interval", "first_interval"))
         except KeyError as exc:
             raise CheckpointError(f"schedule state {data!r} lacks {exc.args[0]!r}") from exc
-        for key, v, low in (("round", rnd, 0), ("next_round_at", at, 1), ("interval", interval, 1)):
+        failed, start = data.get("failed", 0), data.get("start_at", 0)
+        for key, v, low in (("round", rnd, 0), ("next_round_at", at, 1), ("interval", interval, 1),
+                            ("failed", failed, 0), ("start_at", start, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise CheckpointError(f"schedule state {key}={v!r}; expected an integer >= {low}")
         if first != cfg.first_interval:
             raise CheckpointError(f"schedule state was saved with first_interval={first!r}; this run's config "
                                   f"has schedule.first_interval={cfg.first_interval}")
-        sched = cls(cfg)
-        sched.round, sched.next_round_at, sched.interval = rnd, at, interval
+        sched = cls(cfg, start_at=start)
+        sched.round, sched.failed, sched.next_round_at, sched.interval = rnd, failed, at, interval
         return sched

@@ -5,8 +5,9 @@ into RLlib's ``SACConfig`` with our parts:
 
 - module :class:`~covr_ray.rl.rl_module.PixelSACModule` (shared conv encoder; augmentation when
   ``sac.base == "rad"``), learner :class:`~covr_ray.rl.learner.CovrSACLearner`;
-- learner connector :class:`~covr_ray.rl.connectors.PriorColumns` (prior columns from step infos),
-  module-to-env connector :class:`~covr_ray.rl.connectors.UniformWarmupActions` (random first steps);
+- learner connector :class:`~covr_ray.rl.connectors.PriorColumns` (prior columns from step infos);
+  the module acts uniformly at random for the first ``sac.learning_starts`` agent steps (its
+  ``forward_exploration``);
 - replay :class:`~covr_ray.rl.episode_replay.CovrEpisodeReplayBuffer`, created by :class:`CovrSAC`
   (``SACConfig.validate`` accepts only built-in buffer names, so the config names one and the
   algorithm builds ours); :class:`CovrSAC` also saves and restores the replay with each checkpoint,
@@ -29,7 +30,6 @@ policy), :func:`q_values` (EDDF's Q ablation), :func:`learner_metrics` (namespac
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from pathlib import Path
@@ -41,7 +41,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from covr_ray.config import CovrConfig
 from covr_ray.errors import CheckpointError, ConfigError, LearnerError
-from covr_ray.rl.connectors import PriorColumns, UniformWarmupActions
+from covr_ray.rl.connectors import PriorColumns
 from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
 from covr_ray.rl.networks import NetworkSpec
@@ -98,14 +98,6 @@ def prior_columns_connector(input_observation_space: Any = None, input_action_sp
     return PriorColumns()
 
 
-def warmup_connector(env: Any = None, spaces: Any = None, *, warmup_steps: int = 0) -> UniformWarmupActions:
-    """Module-to-env connector factory."""
-    action_space = None
-    if env is not None:
-        action_space = getattr(env, "single_action_space", None) or getattr(env, "action_space", None)
-    return UniformWarmupActions(input_action_space=action_space, warmup_steps=warmup_steps)
-
-
 def training_intensity(updates_per_step: float, batch_size: int, num_env_runners: int) -> float:
     """RLlib's ``training_intensity`` giving ``updates_per_step`` updates per sampled agent step.
 
@@ -120,7 +112,7 @@ def module_config(cfg: CovrConfig) -> Dict[str, Any]:
     s = cfg.sac
     return {"feature_dim": s.feature_dim, "hidden_dim": s.hidden_dim, "num_filters": s.num_filters,
             "num_conv_layers": 4, "augmentation_pad": s.augmentation_pad if s.base == "rad" else 0,
-            "init_alpha": s.init_alpha}
+            "init_alpha": s.init_alpha, "warmup_steps": s.learning_starts}
 
 
 def learner_uses_gpu(cfg: CovrConfig) -> bool:
@@ -130,6 +122,13 @@ def learner_uses_gpu(cfg: CovrConfig) -> bool:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", cfg.device, "cpu or auto on a machine without CUDA")
     return cfg.ray.num_gpus_learner > 0 and (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()))
+
+
+def warmup_agent_steps(cfg: CovrConfig) -> int:
+    """Agent steps of the uniform-random warm-up (``sac.learning_starts``, counted over all env runners as
+    RLlib counts them). Times ``env.action_repeat`` it is the env step at which the fine-tune round clock
+    starts."""
+    return cfg.sac.learning_starts
 
 
 def initial_prior_weight(cfg: CovrConfig) -> float:
@@ -152,15 +151,12 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
     """
     s, r = cfg.sac, cfg.ray
     lam0 = initial_prior_weight(cfg) if prior_weight is None else check_prior_weight(prior_weight)
-    parallel_envs = max(r.num_env_runners, 1) * r.num_envs_per_env_runner
-    warmup_steps = math.ceil(s.learning_starts / parallel_envs)
     use_gpu = learner_uses_gpu(cfg)
     config = (
         CovrSACConfig()
         .framework("torch")
         .environment(normalize_actions=True, clip_actions=False)
-        .env_runners(rollout_fragment_length=s.rollout_fragment_length, batch_mode="truncate_episodes",
-                     module_to_env_connector=functools.partial(warmup_connector, warmup_steps=warmup_steps))
+        .env_runners(rollout_fragment_length=s.rollout_fragment_length, batch_mode="truncate_episodes")
         .learners(num_learners=0, num_gpus_per_learner=r.num_gpus_learner if use_gpu else 0,
                   learner_class=CovrSACLearner, learner_connector=prior_columns_connector,
                   learner_config_dict={"alpha_beta": s.alpha_beta, "encoder_tau": s.encoder_tau,
@@ -211,6 +207,14 @@ def set_prior_weight(algo: Any, value: float, timeout_s: float = 600.0) -> float
     return value
 
 
+def set_prior_age_limit(algo: Any, serving_version: int, max_age: Optional[int]) -> None:
+    """Age the replay's priors for the adapter now serving (``serving_version``, -1 = base model): a prior
+    answered by version v is sampled with mask 0 when ``max(s, 0) - max(v, 0) > max_age``; None = never
+    aged (``prior.max_age_versions``). The replay lives in the driver; a limit set before its first
+    data is kept and applied when it is created. Raises ReplayError for a bad version or age."""
+    replay_buffer(algo).set_prior_age_limit(serving_version, max_age)
+
+
 def get_prior_weight(algo: Any, timeout_s: float = 600.0) -> float:
     return float(_foreach_learner(algo, lambda learner: learner.get_prior_weight(), timeout_s)[0])
 
@@ -234,6 +238,12 @@ def network_spec_for(algo: Any) -> NetworkSpec:
 def q_values(algo: Any, obs: np.ndarray, actions: np.ndarray, timeout_s: float = 600.0) -> np.ndarray:
     """``min(Q1, Q2)`` for ``obs: (N, C, H, W)`` uint8 and ``actions: (N, A)`` -> ``(N,)`` (EDDF ablation)."""
     return _foreach_learner(algo, lambda learner: learner.q_values(obs, actions, MODULE_ID), timeout_s)[0]
+
+
+def state_values(algo: Any, obs: np.ndarray, timeout_s: float = 600.0) -> np.ndarray:
+    """``V(o) = min(Q1, Q2)(o, tanh(mean(o)))`` for ``obs: (N, C, H, W)`` uint8 -> ``(N,)`` (bootstraps the
+    return-to-go of time-limit-truncated D_f episodes)."""
+    return _foreach_learner(algo, lambda learner: learner.state_values(obs, MODULE_ID), timeout_s)[0]
 
 
 def _peek(value: Any) -> Optional[float]:
@@ -264,6 +274,9 @@ METRIC_PATHS = {
     ("env_runners", "num_env_steps_sampled_lifetime"): "rollout/agent_steps",
     ("replay_buffer", "size"): "replay/size",
     ("replay_buffer", "prior_coverage"): "replay/prior_coverage",
+    ("replay_buffer", "usable_prior_coverage"): "replay/usable_prior_coverage",
+    ("replay_buffer", "priors_added"): "replay/priors_added",
+    ("replay_buffer", "stale_priors_masked"): "replay/stale_priors_masked",
     ("replay_buffer", "late_priors_attached"): "replay/late_priors_attached",
     ("replay_buffer", "late_priors_missed"): "replay/late_priors_missed",
     ("replay_buffer", "bytes"): "replay/bytes",
@@ -314,6 +327,19 @@ def restore_algorithm(path: Union[str, os.PathLike]) -> CovrSAC:
     return CovrSAC.from_checkpoint(str(path))
 
 
-__all__ = ["CovrSAC", "CovrSACConfig", "build_algorithm_config", "set_prior_weight", "get_prior_weight",
-           "policy_state_dict", "network_spec_for", "q_values", "learner_metrics", "replay_buffer",
-           "save_checkpoint", "restore_algorithm", "initial_prior_weight", "training_intensity"]
+def restore_checkpoint(algo: CovrSAC, path: Union[str, os.PathLike]) -> CovrSAC:
+    """Restore :func:`save_checkpoint` output into ``algo``, an algorithm built from the run's own config
+    (weights, optimizers, lambda, connector states, counters, replay). Unlike :func:`restore_algorithm`,
+    the env runners keep ``algo``'s env_config (this run's prior service, D_f directory), not the one
+    pickled in the checkpoint by an earlier driver."""
+    path = Path(path)
+    if not (path / "rllib_checkpoint.json").is_file():
+        raise CheckpointError(f"{path} is not an algorithm checkpoint (no rllib_checkpoint.json)")
+    algo.restore_from_path(str(path))
+    return algo
+
+
+__all__ = ["CovrSAC", "CovrSACConfig", "build_algorithm_config", "set_prior_weight", "set_prior_age_limit",
+           "get_prior_weight", "policy_state_dict", "network_spec_for", "q_values", "state_values",
+           "warmup_agent_steps", "learner_metrics", "replay_buffer", "save_checkpoint", "restore_algorithm",
+           "restore_checkpoint", "initial_prior_weight", "training_intensity"]

@@ -6,23 +6,17 @@
   the priors never reach the loss. The step info of transition ``t`` is the episode's info ``t + 1``
   (returned by ``step(a_t)`` together with ``o_t+1``); samples without a prior get mask 0 and a zero
   action. Inside the learner the connector's input spaces are None: the action dimension comes from
-  the episode's action space (or the module's).
-- :class:`UniformWarmupActions` (module-to-env connector): uniform random actions in [-1, 1] for the
-  first ``warmup_steps`` exploration steps of each env runner, as RAD/CURL collect their first
-  ``learning_starts`` steps. Its step count is connector state (checkpointed with the env runner).
+  the episode's action space (or the module's). Prior ageing happens before this piece: the replay
+  writes mask 0 into the sampled step info of a prior too old for the serving adapter.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional
 
 import gymnasium as gym
-import numpy as np
-import torch
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import DEFAULT_MODULE_ID
-from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
@@ -50,50 +44,7 @@ class PriorColumns(ConnectorV2):
         for sa_episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             n = len(sa_episode)
             infos = list(sa_episode.get_infos(slice(1, n + 1)))
-            _, actions, masks, _ = parse_step_infos(infos, _action_dim(sa_episode, rl_module))
+            _, actions, masks, _, _ = parse_step_infos(infos, _action_dim(sa_episode, rl_module))
             self.add_n_batch_items(batch, PRIOR_ACTION, actions, num_items=n, single_agent_episode=sa_episode)
             self.add_n_batch_items(batch, PRIOR_MASK, masks, num_items=n, single_agent_episode=sa_episode)
         return batch
-
-
-class UniformWarmupActions(ConnectorV2):
-    """Module-to-env connector: uniform actions in [-1, 1] for the first ``warmup_steps`` explore steps.
-
-    Replaces the sampled ``actions`` (and their ``action_logp``, set to the uniform density's
-    ``-A log 2``) of every env in the batch while the runner's own step count is below
-    ``warmup_steps``; evaluation (``explore=False``) is never touched. Random numbers come from torch's
-    global RNG, which RLlib seeds per env runner.
-    """
-
-    def __init__(self, input_observation_space: Optional[gym.Space] = None,
-                 input_action_space: Optional[gym.Space] = None, *, warmup_steps: int = 0, **kwargs: Any) -> None:
-        super().__init__(input_observation_space, input_action_space, **kwargs)
-        if warmup_steps < 0:
-            raise LearnerError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
-        self.steps = 0
-
-    def __call__(self, *, rl_module: RLModule, batch: Dict[str, Any], episodes: List[Any],
-                 explore: Optional[bool] = None, shared_data: Optional[dict] = None, **kwargs: Any) -> Any:
-        if not explore or self.steps >= self.warmup_steps or Columns.ACTIONS not in batch:
-            return batch
-
-        def uniform(action: Any, *_: Any) -> np.ndarray:
-            shape = np.shape(action)
-            return (torch.rand(shape) * 2.0 - 1.0).numpy().astype(np.float32)
-
-        self.foreach_batch_item_change_in_place(batch, Columns.ACTIONS, uniform)
-        if Columns.ACTION_LOGP in batch:
-            def logp(value: Any, *_: Any) -> Any:
-                dim = int(np.prod(self.input_action_space.shape)) if self.input_action_space is not None else 1
-                return np.full(np.shape(value), -dim * math.log(2.0), np.float32)
-
-            self.foreach_batch_item_change_in_place(batch, Columns.ACTION_LOGP, logp)
-        self.steps += len(episodes)
-        return batch
-
-    def get_state(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        return {"steps": self.steps}
-
-    def set_state(self, state: Dict[str, Any]) -> None:
-        self.steps = int(state.get("steps", 0))

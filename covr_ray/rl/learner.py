@@ -54,6 +54,7 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
 from covr_ray.rl.regulariser import prior_regulariser
+from covr_ray.rl.networks import squashed_mean
 from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, LOGP_CURR, LOGP_NEXT, PixelSACModule
 
 #: learner_config_dict keys (written by covr_ray.rl.algo.build_algorithm_config) and defaults.
@@ -173,6 +174,27 @@ class PixelSACLearner(SACTorchLearner):
             batch = {Columns.OBS: torch.as_tensor(obs[i:i + chunk], device=self._device),
                      Columns.ACTIONS: torch.as_tensor(actions[i:i + chunk], device=self._device)}
             out.append(module.compute_q_values(batch).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+    @torch.no_grad()
+    def state_values(self, obs: np.ndarray, module_id: ModuleID = "default_policy",
+                     chunk: int = 256) -> np.ndarray:
+        """``V(o) = min(Q1, Q2)(o, tanh(mean(o)))``: the critic's value of the deterministic policy's action
+        (used to bootstrap the return-to-go of time-limit-truncated D_f episodes).
+
+        Shapes: ``obs: (N, C, H, W)`` uint8 -> ``(N,)`` float32.
+        """
+        module = self.module[module_id].unwrapped()
+        obs = np.asarray(obs)
+        if obs.shape[1:] != tuple(module.spec.obs_shape):
+            raise LearnerError(f"state_values needs obs (N, {module.spec.obs_shape}); got {obs.shape}")
+        out = []
+        for i in range(0, len(obs), chunk):
+            o = torch.as_tensor(obs[i:i + chunk], device=self._device)
+            h = module.encoder(o)
+            action = squashed_mean(module.actor(h))
+            out.append(torch.min(*module.critic(h, action)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 

@@ -11,6 +11,14 @@ the plain torch modules of :mod:`covr_ray.rl.encoder` and :mod:`covr_ray.rl.netw
   carry it (RLlib's own SAC keeps it in the learner, outside the saved module state).
 - ``augment`` = random shift for the ``rad`` base, applied in ``forward_train`` only, independently to
   ``obs`` and ``next_obs`` (RAD/DrQ); the ``sac`` base has none.
+- warm-up: ``forward_exploration`` acts uniformly at random in [-1, 1] while RLlib's global count of
+  sampled agent steps ``t`` (which the env runner passes, synced from the algorithm every iteration and
+  restored with checkpoints) is below ``warmup_steps`` (``sac.learning_starts``), as RAD/CURL collect
+  their first steps, and flags each step (:data:`covr_ray.columns.EXTRA_WARMUP`, kept in the episode's
+  extra model outputs, so the D_f recorder keeps warm-up actions out of the VLM's data). It lives here
+  because ``t`` reaches only the module: a connector counting its own steps lost the count in RLlib's
+  connector-state merge (RLlib 2.60 merges pipeline states by position, so the warm-up never ended on
+  remote env runners) and restarted with a replaced env runner or a resumed run.
 
 ``forward_train`` returns exactly the keys RLlib's SAC loss reads (``qf_preds``, ``qf_twin_preds``,
 ``q_target_next``, ``logp_next_resampled``, ``logp_resampled``, ``q_curr``), plus the policy's squashed
@@ -21,6 +29,7 @@ Env runners build the module with ``inference_only=True``: encoder + actor only.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Tuple
 
 import gymnasium as gym
@@ -34,6 +43,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.core.learner.utils import make_target_network
 from torch import nn
 
+from covr_ray.columns import EXTRA_WARMUP
 from covr_ray.errors import EnvError
 from covr_ray.rl.augment import RandomShift
 from covr_ray.rl.networks import NetworkSpec, build_actor, build_critic, build_encoder, initial_log_alpha, squashed_mean
@@ -55,6 +65,7 @@ MODEL_DEFAULTS: Dict[str, Any] = {
     "num_conv_layers": 4,
     "augmentation_pad": 0,
     "init_alpha": 0.1,
+    "warmup_steps": 0,
 }
 
 
@@ -92,6 +103,7 @@ class PixelSACModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI)
         self.encoder = build_encoder(self.spec)
         self.actor = build_actor(self.spec, self.encoder.out_dim)
         self.action_dist_cls = SquashedGaussian
+        self.warmup_steps = int(cfg["warmup_steps"])
         if not self.inference_only:
             self.critic = build_critic(self.spec, self.encoder.out_dim)
             self.log_alpha = nn.Parameter(torch.tensor([initial_log_alpha(float(cfg["init_alpha"]))],
@@ -103,6 +115,20 @@ class PixelSACModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI)
     def _forward(self, batch: Dict[str, Any], **kwargs: Any) -> Dict[str, Any]:
         """``obs: (B, C, H, W)`` uint8 -> ``action_dist_inputs: (B, 2A)``."""
         return {Columns.ACTION_DIST_INPUTS: self.actor(self.encoder(batch[Columns.OBS]))}
+
+    def _forward_exploration(self, batch: Dict[str, Any], t: Any = None, **kwargs: Any) -> Dict[str, Any]:
+        """Acting while training. ``t``: RLlib's global sampled agent steps; below ``warmup_steps`` the
+        actions are uniform in [-1, 1] (``actions`` and their ``action_logp`` = ``-A log 2`` set here, so
+        RLlib does not sample the policy). Every step gets ``EXTRA_WARMUP`` (B,) 1.0 / 0.0."""
+        out = self._forward(batch, **kwargs)
+        dist_inputs = out[Columns.ACTION_DIST_INPUTS]
+        n, a = dist_inputs.shape[0], self.spec.action_dim
+        warm = t is not None and int(t) < self.warmup_steps
+        out[EXTRA_WARMUP] = torch.full((n,), float(warm), dtype=torch.float32, device=dist_inputs.device)
+        if warm:
+            out[Columns.ACTIONS] = torch.rand(n, a, device=dist_inputs.device) * 2.0 - 1.0
+            out[Columns.ACTION_LOGP] = torch.full((n,), -a * math.log(2.0), device=dist_inputs.device)
+        return out
 
     # --- training ----------------------------------------------------------------------------------
     def _forward_train(self, batch: Dict[str, Any], **kwargs: Any) -> Dict[str, Any]:
