@@ -22,7 +22,7 @@ def cfg(**kw) -> EDDFConfig:
 
 def test_threshold_hand_computed_raw_scores():
     # G = 1..5 without z-score: median 3, q25 2, q75 4 -> IQR 2. Center 0, T 1 at entropy 0: s = 0.5.
-    c = cfg(zscore=False, entropy_center=0.0, entropy_temperature=1.0)
+    c = cfg(zscore=False, slope="logistic", entropy_center=0.0, entropy_temperature=1.0)
     keep, m = eddf_select(np.array([5.0, 1.0, 4.0, 2.0, 3.0]), 0.0, c, action_dim=2)
     assert m["eddf/s"] == pytest.approx(0.5)
     assert m["eddf/median"] == pytest.approx(3.0) and m["eddf/iqr"] == pytest.approx(2.0)
@@ -49,7 +49,7 @@ def test_threshold_hand_computed_zscore():
 
 
 def test_entropy_slope_is_logistic_in_entropy_deficit():
-    c = cfg(s_min=0.2, s_max=1.4, entropy_temperature=0.5)  # center = -action_dim = -3
+    c = cfg(slope="logistic", s_min=0.2, s_max=1.4, entropy_temperature=0.5)  # center = -action_dim = -3
     assert entropy_slope(-3.0, c, 3) == pytest.approx(0.8)
     assert entropy_slope(-3.0 + 0.5 * math.log(3), c, 3) == pytest.approx(0.2 + 1.2 * 0.25)
     assert entropy_slope(1e6, c, 3) == pytest.approx(0.2)
@@ -59,16 +59,53 @@ def test_entropy_slope_is_logistic_in_entropy_deficit():
 
 
 def test_lower_entropy_is_stricter():
-    """Monotone direction: as SAC's entropy falls (often below zero), s rises and fewer samples are kept."""
+    """Monotone direction (logistic slope): as SAC's entropy falls, s rises and fewer samples are kept."""
     rng = np.random.default_rng(0)
     g = rng.normal(size=2000)
-    c = cfg()
+    c = cfg(slope="logistic")
     entropies = [4.0, 1.0, 0.0, -1.0, -2.0, -3.0, -5.0, -8.0]
     s = [entropy_slope(e, c, action_dim=2) for e in entropies]
     fracs = [eddf_select(g, e, c, action_dim=2)[1]["eddf/keep_frac"] for e in entropies]
     assert all(a < b for a, b in zip(s, s[1:]))
     assert all(a >= b for a, b in zip(fracs, fracs[1:]))
     assert fracs[0] > 0.45 and fracs[-1] < 0.15  # ~half kept while exploring, ~a tenth when collapsed
+
+
+def test_run_slope_spans_its_range_between_the_runs_reference_points():
+    """slope=run: s_min at the run's initial entropy, s_max at SAC's target entropy (-action_dim), linear
+    between, clipped outside. Over the entropies of a measured smoke run (+1.1 -> -1.2 nats, action_dim 2) s
+    moves over most of its range."""
+    c = cfg(s_min=0.0, s_max=1.0)
+    h0 = 1.1
+    assert entropy_slope(h0, c, 2, initial_entropy=h0) == 0.0
+    assert entropy_slope(-2.0, c, 2, initial_entropy=h0) == pytest.approx(1.0)
+    assert entropy_slope(-0.45, c, 2, initial_entropy=h0) == pytest.approx(0.5)
+    assert entropy_slope(5.0, c, 2, initial_entropy=h0) == 0.0 and entropy_slope(-9.0, c, 2, initial_entropy=h0) == 1.0
+    assert entropy_slope(-1.2, c, 2, initial_entropy=h0) == pytest.approx(2.3 / 3.1)
+    # no earlier measurement: the run is at its start
+    assert entropy_slope(-1.0, c, 2) == 0.0
+    # a run that started at or below the target: strict at/below it, loose above it
+    assert entropy_slope(-2.5, c, 2, initial_entropy=-2.2) == 1.0 and entropy_slope(-1.0, c, 2, initial_entropy=-2.2) == 0.0
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=2000)
+    fracs = [eddf_select(g, h, c, 2, initial_entropy=h0)[1]["eddf/keep_frac"] for h in (1.1, 0.0, -1.0, -2.0)]
+    assert all(a > b for a, b in zip(fracs, fracs[1:]))
+    assert fracs[0] > 0.45 and fracs[-1] < 0.3
+    with pytest.raises(FinetuneDataError, match="initial"):
+        entropy_slope(0.0, c, 2, initial_entropy=float("inf"))
+
+
+def test_paper_slope_is_the_literal_sigmoid_and_loosens_as_entropy_falls():
+    """slope=paper reproduces Sigmoid(entropy) as written: it falls with the entropy, i.e. keeps MORE samples as
+    the policy sharpens, which is why it is not the default."""
+    c = cfg(slope="paper", s_min=0.3, s_max=0.7)  # s_min/s_max play no part
+    assert entropy_slope(0.0, c, 2) == pytest.approx(0.5)
+    assert entropy_slope(1.1, c, 2) == pytest.approx(1.0 / (1.0 + math.exp(-1.1)))
+    assert entropy_slope(-1.2, c, 2) == pytest.approx(1.0 / (1.0 + math.exp(1.2)))
+    g = np.random.default_rng(2).normal(size=2000)
+    early = eddf_select(g, 1.1, c, 2)[1]["eddf/keep_frac"]
+    late = eddf_select(g, -1.2, c, 2)[1]["eddf/keep_frac"]
+    assert late > early
 
 
 def test_topk_ablation_keeps_best_share():
@@ -89,11 +126,23 @@ def test_random_ablation_ignores_scores_and_is_seeded():
     assert 350 < g[k1].mean() < 650  # not the top half (whose mean is 749.5)
 
 
+@settings(max_examples=100, deadline=None)
+@given(scores=st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=50),
+       entropy=st.floats(-5, 5), mode=st.sampled_from(["eddf", "topk"]), share=st.sampled_from([0.8, 0.9, 0.95]))
+def test_zscore_off_keeps_exactly_the_same_samples(scores, entropy, mode, share):
+    """median + s * IQR, top-k and the cap at the max are affine-equivariant: `eddf.zscore=false` cannot be the
+    paper's "no z-score" ablation (the docs and README say so). Ties within float round-off aside."""
+    g = np.round(np.array(scores, dtype=float), 3)
+    kz, _ = eddf_select(g, entropy, cfg(mode=mode, topk_keep=share, zscore=True), 2, initial_entropy=1.0)
+    kr, _ = eddf_select(g, entropy, cfg(mode=mode, topk_keep=share, zscore=False), 2, initial_entropy=1.0)
+    assert (kz == kr).all()
+
+
 def test_no_zscore_thresholds_raw_scores():
     # z-scoring is affine, so for s fixed the kept set is the same; tau is reported in raw units.
     g = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
-    kz, mz = eddf_select(g, 0.0, cfg(zscore=True, entropy_center=0.0), 1)
-    kr, mr = eddf_select(g, 0.0, cfg(zscore=False, entropy_center=0.0), 1)
+    kz, mz = eddf_select(g, 0.0, cfg(zscore=True, slope="logistic", entropy_center=0.0), 1)
+    kr, mr = eddf_select(g, 0.0, cfg(zscore=False, slope="logistic", entropy_center=0.0), 1)
     assert (kz == kr).all()
     assert mr["eddf/tau"] == pytest.approx(3.0 + 0.5 * 2.0)
     assert mz["eddf/tau"] == pytest.approx((4.0 - g.mean()) / g.std())
