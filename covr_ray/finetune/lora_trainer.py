@@ -7,7 +7,8 @@ as the paper's iterative fine-tuning does. Each round (:meth:`LoRATrainer.train_
 
 1. reads a kept shard set (EDDF-filtered, RALW-weighted rows; unreadable shards are skipped with a warning);
 2. trains on ``prompt (frame + task text) -> codec text of a_r + eos`` for ``epochs`` passes (at most
-   ``max_steps`` optimizer steps) with AdamW (no weight decay, gradients clipped at 1.0). The loss is the
+   ``max_steps`` optimizer steps, and no new step once ``max_round_s`` seconds have passed since the round
+   started, reading the kept set included: ``lora/budget_stopped`` = 1) with AdamW (no weight decay, gradients clipped at 1.0). The loss is the
    paper's RALW loss ``(1 / N_v) * sum_b w_b * sum_t CE_ls(y_bt)``: per-token cross-entropy with label
    smoothing on answer tokens only, each sample's sum scaled by its weight, divided by the batch's answer
    token count ``N_v`` (zero-weight samples count in ``N_v`` but add no gradient). A batch whose weights are
@@ -211,6 +212,7 @@ class LoRATrainer:
         """
         import torch
 
+        round_start = time.perf_counter()
         shard_set = kept_set if isinstance(kept_set, ShardSet) else open_shard_set(Path(kept_set))
         examples, metrics = load_examples(shard_set, self.codec, self.processor.tokenizer)
         n, bs = len(examples), self.lora.batch_size
@@ -227,11 +229,17 @@ class LoRATrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lora.learning_rate, weight_decay=0.0)
         losses, accs, skipped, samples, tokens = [], [], 0, 0, 0
+        budget_stopped = False
         self.model.train()
         t0 = time.perf_counter()
         bar = _progress(len(batches), f"lora v{max(self.version, 0) + 1}", self.progress)
         try:
             for idx in batches:
+                if time.perf_counter() - round_start >= self.lora.max_round_s:
+                    budget_stopped = True
+                    log.warning("LoRA round: lora.max_round_s=%g s spent after %d of %d steps; saving what "
+                                "was learned", self.lora.max_round_s, len(losses), len(batches))
+                    break
                 w = examples.weights[idx]
                 if not np.any(w > 0):
                     skipped += 1
@@ -248,11 +256,14 @@ class LoRATrainer:
             bar.close()
             self.model.eval()
         elapsed = time.perf_counter() - t0
-        if not losses:  # every batch had zero weight: nothing moved, no new version
-            log.warning("LoRA round: all %d kept rows of %s have weight 0; adapter stays at version %d", n,
-                        shard_set.path, self.version)
+        if not losses:  # every batch had zero weight, or the budget was gone: nothing moved, no new version
+            reason = (f"lora.max_round_s={self.lora.max_round_s:g} s was spent before the first step" if budget_stopped
+                      else f"all {n} kept rows have weight 0")
+            log.warning("LoRA round on %s: %s; adapter stays at version %d", shard_set.path, reason, self.version)
             metrics.update(self._static_metrics())
-            metrics.update({"lora/steps": 0.0, "lora/skipped_zero_weight_batches": float(skipped)})
+            metrics.update({"lora/steps": 0.0, "lora/skipped_zero_weight_batches": float(skipped),
+                            "lora/budget_stopped": float(budget_stopped),
+                            "lora/round_s": time.perf_counter() - round_start})
             return RoundResult(self._current_path(), self.version, False, metrics)
         path, new_version = self._save(version, shard_set, metrics)
         metrics.update(self._static_metrics())
@@ -262,6 +273,8 @@ class LoRATrainer:
             "lora/loss": float(np.mean(losses)) if losses else 0.0,
             "lora/loss_first": losses[0] if losses else 0.0, "lora/loss_last": losses[-1] if losses else 0.0,
             "lora/token_acc_last": accs[-1] if accs else 0.0, "lora/time_s": elapsed,
+            "lora/planned_steps": float(len(batches)), "lora/budget_stopped": float(budget_stopped),
+            "lora/round_s": time.perf_counter() - round_start,
             "lora/samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
             "lora/adapter_version": float(new_version)})
         log.info("LoRA round: %d steps on %d rows, loss %.4f -> %.4f, adapter v%d at %s", len(losses), n,

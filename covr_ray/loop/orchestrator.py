@@ -10,24 +10,33 @@ One screen shows every part and its role (:meth:`CovrRun.setup`)::
     sink     = MetricsSink(...)                # the one metrics writer
 
 :meth:`CovrRun.run` then repeats ``algo.train()`` (sampling + SAC updates) and, at the schedule's env-step
-points, a fine-tune round (:meth:`CovrRun.fine_tune_round`): EDDF + RALW turn the env runners' D_f shards
-into a kept shard set, the LoRA trainer writes adapter ``v<N>``, every prior replica hot-swaps it, D_f's
-consumed shards are deleted, and lambda is set to ``sac.lam`` once ``cold_start_rounds`` rounds are done
-(0 before: the update is then the base algorithm's). Checkpoints and evaluations happen every
+points (the clock starts after the uniform-random warm-up), a fine-tune round
+(:mod:`covr_ray.loop.finetune_round`): the critic bootstraps truncated D_f episodes, EDDF + RALW turn the
+env runners' D_f shards into a kept shard set, the LoRA trainer writes adapter ``v<N>``, every prior
+replica hot-swaps it, D_f's consumed shards are deleted, and lambda is set to ``sac.lam`` once
+``cold_start_rounds`` rounds have completed (0 before: the update is then the base algorithm's). A failed
+round keeps D_f and does not count. Priors older than ``prior.max_age_versions`` adapter versions are
+masked when the replay is sampled; a stretch of ``prior.starved_after_env_steps`` env steps without a new
+prior is reported (``loop/prior_starved``). Checkpoints and evaluations happen every
 ``schedule.checkpoint_every`` / ``schedule.eval_every`` env steps and at the end.
+
+Resuming (``covr train --resume``, after a clean stop or a crash): the run directory's driver lock keeps a
+second driver out, the persisted run id names the new actors as before (leftovers of a killed driver are
+removed first), the algorithm is built from the run's config and restored from the newest checkpoint, so
+the env runners query the new prior service.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Optional
 
 from covr_ray.config import CovrConfig
-from covr_ray.errors import ConfigError, LoRATrainerError, PriorServiceError
+from covr_ray.errors import PriorServiceError
 from covr_ray.log import get_logger
+from covr_ray.loop.actors import (check_gpu_shares, lora_actor_name, remove_leftover_actors, run_actor_names)
 from covr_ray.loop.run_dir import (RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state)
 
 log = get_logger(__name__)
@@ -55,10 +64,15 @@ class CovrRun:
         self.checkpoint_path = checkpoint
         self.ray_init_kwargs = dict(ray_init_kwargs or {})
         self.progress = progress
-        self.run_id = f"{run.root.name[:40]}-{uuid.uuid4().hex[:6]}"
+        self.run_id = run.run_id
         self.env_steps = 0
         self.adapter_version = -1
         self.entropy: Optional[float] = None
+        self.initial_entropy: Optional[float] = None
+        self._priors_seen = -1
+        self._last_prior_at = 0
+        self._was_starved = False
+        self.longest_prior_silence = 0
         self.prior: list[Any] = []
         self.lora: Any = None
         self.algo: Any = None
@@ -89,55 +103,45 @@ class CovrRun:
     def timeout_s(self) -> float:
         return self.cfg.ray.get_timeout_s
 
-    def _check_resources(self) -> None:
-        import ray
-
-        gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        r = self.cfg.ray
-        wanted = {"ray.num_gpus_learner": r.num_gpus_learner, "ray.num_gpus_lora": r.num_gpus_lora,
-                  "ray.num_gpus_prior": r.num_gpus_prior * r.prior_replicas if self.cfg.prior.enabled else 0}
-        if sum(wanted.values()) > gpus + 1e-9:
-            field = max(wanted, key=wanted.get)
-            raise ConfigError(field, wanted[field], f"GPU shares the cluster has ({gpus:g} GPUs in all, asked "
-                              f"{sum(wanted.values()):g})",
-                              hint="on a CPU machine: --set ray.num_gpus_learner=0 ray.num_gpus_prior=0 "
-                                   "ray.num_gpus_lora=0")
-
     def setup(self) -> "CovrRun":
         """Start Ray and every actor (see the module docstring); restore state when resuming."""
         import ray
 
         from covr_envs.registry import resolve_env_spec
+        from covr_envs.rllib import env_config_dict
         from covr_ray.finetune.schedule import FinetuneSchedule
         from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
         from covr_ray.loop.env_factory import register_run_env
         from covr_ray.metrics import MetricsSink
-        from covr_ray.rl.algo import build_algorithm_config, set_prior_weight
+        from covr_ray.rl.algo import (build_algorithm_config, set_prior_age_limit, set_prior_weight,
+                                      warmup_agent_steps)
 
         cfg = self.cfg
+        self.run_dir.lock()  # before anything is started or written: one driver per run
         if not ray.is_initialized():
             ray.init(address=cfg.ray.address, **self.ray_init_kwargs)
-        self._check_resources()
+        check_gpu_shares(cfg)
         spec = resolve_env_spec(cfg.env)
         self.env_spec = spec
         self.sink = MetricsSink(self.run_dir.root, cfg.logging, run_name=self.run_dir.root.name,
                                 config=cfg.to_dict())
-        self.schedule = FinetuneSchedule(cfg.schedule)
+        self.schedule = FinetuneSchedule(cfg.schedule, start_at=warmup_agent_steps(cfg) * cfg.env.action_repeat)
         if cfg.prior.enabled:
             self._start_vlm_actors(spec)
-        env_id = register_run_env()
-        from covr_envs.rllib import env_config_dict
-
         env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": self.run_id,
                       ENV_CONFIG_KEY: ({"dir": str(self.run_dir.df.resolve()), "gamma": cfg.sac.gamma,
                                         "action_dim": spec.action_dim} if cfg.prior.enabled else None)}
+        # Always built from the run's config (never from the config pickled in a checkpoint): the env
+        # runners get this run's env_config, so they query the prior service started just above.
+        algo_config = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config)
+        algo_config.callbacks(DfRecorderCallback)
+        self.algo = algo_config.build_algo()
         if self.checkpoint_path is not None:
-            self._restore(env_config)
-        else:
-            algo_config = build_algorithm_config(cfg, env=env_id, env_config=env_config)
-            algo_config.callbacks(DfRecorderCallback)
-            self.algo = algo_config.build_algo()
+            self._restore()
         set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
+        set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
+        self._last_prior_at = self.env_steps
+        self.sink.log({"loop/resumed": float(self.checkpoint_path is not None)}, step=self.env_steps)
         log.info("run %s: %s, env steps %d of %d, round %d, adapter v%d, lambda %.3g", self.run_id,
                  self.run_dir.root, self.env_steps, cfg.schedule.total_env_steps, self.schedule.round,
                  self.adapter_version, self.current_lambda())
@@ -153,11 +157,12 @@ class CovrRun:
         from covr_ray.prior.service import start_prior_replicas
 
         cfg = self.cfg
+        remove_leftover_actors(run_actor_names(self.run_id, cfg.ray.prior_replicas))
         self.prior = start_prior_replicas(cfg, run_id=self.run_id, adapter_dir=self.run_dir.adapters,
                                           codec=spec.codec, action_dim=spec.action_dim, task_prompt=spec.prompt,
                                           action_description=spec.action_description)
         instruction = build_instruction(spec.prompt, spec.action_description, get_codec(spec.codec, spec.action_dim))
-        self.lora = start_lora_trainer(cfg.ray, name=f"covr-lora-{self.run_id}", model=cfg.prior.model,
+        self.lora = start_lora_trainer(cfg.ray, name=lora_actor_name(self.run_id), model=cfg.prior.model,
                                        lora=cfg.lora, codec_name=spec.codec, action_dim=spec.action_dim,
                                        prompt_text=instruction, adapter_root=str(self.run_dir.adapters),
                                        device=cfg.device, dtype=cfg.prior.dtype, family=cfg.prior.family,
@@ -171,15 +176,16 @@ class CovrRun:
         log.info("prior service: %s; LoRA trainer: %s", infos[0], lora_info)
         self.sink.log({"lora/trainable_frac": float(lora_info.get("trainable_frac", math.nan))}, step=self.env_steps)
 
-    def _restore(self, env_config: dict[str, Any]) -> None:
+    def _restore(self) -> None:
         from covr_ray.finetune.schedule import FinetuneSchedule
-        from covr_ray.rl.algo import restore_algorithm
+        from covr_ray.rl.algo import restore_checkpoint
 
         state = read_loop_state(self.checkpoint_path)
-        self.algo = restore_algorithm(self.checkpoint_path / "algorithm")
+        restore_checkpoint(self.algo, self.checkpoint_path / "algorithm")
         self.env_steps = int(state["env_steps"])
         self.schedule = FinetuneSchedule.from_dict(self.cfg.schedule, state["schedule"])
         self.entropy = state.get("entropy")
+        self.initial_entropy = state.get("initial_entropy")
         self._next_checkpoint = int(state["next_checkpoint"])
         self._next_eval = int(state["next_eval"])
         set_rng_state(state["rng"])
@@ -221,9 +227,12 @@ class CovrRun:
                 metrics = learner_metrics(result)
                 if "learner/entropy" in metrics:
                     self.entropy = metrics["learner/entropy"]
+                    if self.initial_entropy is None:
+                        self.initial_entropy = self.entropy
                 metrics.update({"loop/env_steps": float(self.env_steps), "loop/round": float(self.schedule.round),
                                 "loop/lambda": self.current_lambda(),
                                 "lora/adapter_version": float(self.adapter_version)})
+                metrics.update(self._prior_health())
                 self.sink.log(metrics, step=self.env_steps)
                 self._log_prior_metrics()
                 if cfg.prior.enabled and self.schedule.due(self.env_steps):
@@ -243,10 +252,40 @@ class CovrRun:
         finally:
             bar.close()
         summary = {"run_dir": str(self.run_dir.root), "env_steps": self.env_steps, "rounds": self.schedule.round,
-                   "adapter_version": self.adapter_version, "wall_s": time.perf_counter() - t0,
+                   "failed_rounds": self.schedule.failed, "adapter_version": self.adapter_version,
+                   "longest_prior_silence_env_steps": self.longest_prior_silence,
+                   "wall_s": time.perf_counter() - t0,
                    "eval": final_eval if self.env_steps >= total else None}
         log.info("run finished: %s", summary)
+        if self.cfg.prior.enabled and self.longest_prior_silence >= self.cfg.prior.starved_after_env_steps:
+            log.warning("this run's VLM prior was starved: up to %d env steps passed without a new prior (see "
+                        "loop/prior_starved in the metrics)", self.longest_prior_silence)
         return summary
+
+    def _prior_health(self) -> dict[str, float]:
+        """``loop/prior_starved``: 1 while no new prior has reached the replay for ``prior.starved_after_env_steps``
+        env steps (a warning is logged when it starts and when priors return); ``loop/priors_added``."""
+        from covr_ray.rl.algo import replay_buffer
+
+        if not self.cfg.prior.enabled:
+            return {}
+        core = replay_buffer(self.algo).core
+        added = int(core.counters.get("priors_added", 0)) if core is not None else 0
+        if added != self._priors_seen:
+            if self._was_starved:
+                log.warning("VLM priors reach the replay again at %d env steps", self.env_steps)
+            self._priors_seen, self._last_prior_at = added, self.env_steps
+        silent = self.env_steps - self._last_prior_at
+        starved = silent >= self.cfg.prior.starved_after_env_steps
+        if starved and not self._was_starved:
+            log.warning("NO VLM PRIOR has reached the replay for %d env steps (prior.starved_after_env_steps=%d): "
+                        "the prior service (%s) is down, unreachable or answers nothing, and guidance (lambda "
+                        "%.3g) has nothing to pull toward", silent, self.cfg.prior.starved_after_env_steps,
+                        ", ".join(run_actor_names(self.run_id, self.cfg.ray.prior_replicas)[:-1]), self.current_lambda())
+        self._was_starved = starved
+        self.longest_prior_silence = max(self.longest_prior_silence, silent)
+        return {"loop/prior_starved": float(starved), "loop/priors_added": float(added),
+                "loop/env_steps_since_prior": float(silent)}
 
     def _log_prior_metrics(self) -> None:
         if not self.prior or time.monotonic() - self._last_prior_log < self.cfg.logging.log_every_s:
@@ -264,53 +303,39 @@ class CovrRun:
                        if k.startswith("prior/") and isinstance(v, (int, float))}, step=self.env_steps)
 
     def fine_tune_round(self) -> dict[str, float]:
-        """EDDF + RALW over D_f -> kept shard set -> LoRA round -> hot-swap -> clear D_f -> guidance."""
-        from covr_ray.finetune.lora_trainer import train_round_remote
-        from covr_ray.finetune.round_data import build_kept_set
-        from covr_ray.prior.service import load_adapter_everywhere
-        from covr_ray.rl.algo import set_prior_weight
+        """One round (:func:`covr_ray.loop.finetune_round.fine_tune_round`), then its consequences: a completed
+        round consumes D_f, advances the schedule, may switch guidance on and re-ages the priors; a failed one
+        keeps D_f and is retried one interval later."""
+        from covr_ray.loop.finetune_round import fine_tune_round
+        from covr_ray.rl.algo import q_values, set_prior_age_limit, set_prior_weight, state_values
 
         cfg = self.cfg
         c = self.schedule.round
-        shards = self.run_dir.df_shards()
-        out_dir = self.run_dir.rounds / f"round-{c:03d}-step{self.env_steps}"
-        metrics: dict[str, float] = {}
-        round_shards = shards
-        if cfg.eddf.signal == "q_value":  # the ablation: score D_f with the critic first (df_q_scoring)
-            from covr_ray.loop.df_q_scoring import score_df_shards
-            from covr_ray.rl.algo import q_values
-
-            round_shards, q_metrics = score_df_shards(
-                shards, cfg.env.frame_stack, lambda obs, act: q_values(self.algo, obs, act, self.timeout_s),
-                self.env_spec.action_dim)
-            metrics.update(q_metrics)
-        kept, data_metrics = build_kept_set(round_shards, out_dir, cfg.eddf, cfg.ralw, self.env_spec.action_dim,
-                                            entropy=self.entropy, seed=cfg.seed + c)
-        metrics.update(data_metrics)
-        for path in shards:  # D_f is cleared only now that the kept set is completely written
-            path.unlink(missing_ok=True)
-        metrics["df/cleared_shards"] = float(len(shards))
-        try:
-            result = train_round_remote(self.lora, kept.path, timeout_s=self.timeout_s)
-        except LoRATrainerError as exc:
-            log.error("fine-tune round %d failed (%s); the previous adapter keeps serving", c, exc)
-            result = None
-        if result is not None:
-            metrics.update(result.metrics)
-            if result.trained and result.adapter_path:
-                answers = load_adapter_everywhere(self.prior, result.adapter_path, result.version, self.timeout_s)
-                failed = [a for a in answers if isinstance(a, BaseException)]
-                for err in failed:
-                    log.error("a prior replica refused adapter v%d: %s", result.version, err)
-                if len(failed) < len(answers):
-                    self.adapter_version = result.version
-                metrics["lora/swap_failures"] = float(len(failed))
-        metrics.update(self.schedule.complete_round(self.env_steps))
+        outcome = fine_tune_round(
+            cfg, df_shards=self.run_dir.df_shards(),
+            out_dir=self.run_dir.rounds / f"round-{c:03d}-step{self.env_steps}", round_index=c, lora=self.lora,
+            prior=self.prior, value_fn=lambda obs: state_values(self.algo, obs, self.timeout_s),
+            q_fn=lambda obs, act: q_values(self.algo, obs, act, self.timeout_s),
+            action_dim=self.env_spec.action_dim, entropy=self.entropy, initial_entropy=self.initial_entropy,
+            timeout_s=self.timeout_s)
+        metrics = dict(outcome.metrics)
+        if outcome.completed:
+            for path in outcome.df_shards:  # D_f is cleared only now that its round has completed
+                path.unlink(missing_ok=True)
+            metrics["df/cleared_shards"] = float(len(outcome.df_shards))
+            metrics.update(self.schedule.complete_round(self.env_steps))
+        else:
+            metrics["df/cleared_shards"] = 0.0
+            metrics.update(self.schedule.fail_round(self.env_steps))
+        if outcome.version is not None:
+            self.adapter_version = outcome.version
+            set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
         lam = set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
         metrics.update({"loop/lambda": lam, "lora/adapter_version": float(self.adapter_version)})
         self.sink.log(metrics, step=self.env_steps)
         self.history.append(dict(metrics, round=float(c), env_steps=float(self.env_steps)))
-        log.info("round %d at %d env steps: kept %d of %d D_f rows, adapter v%d, lambda %.3g", c, self.env_steps,
+        log.info("round %d at %d env steps %s: kept %d of %d D_f rows, adapter v%d, lambda %.3g", c, self.env_steps,
+                 "completed" if outcome.completed else "did NOT complete (retried later)",
                  int(metrics.get("round/kept_rows", 0)), int(metrics.get("round/df_rows", 0)),
                  self.adapter_version, lam)
         return metrics
@@ -337,6 +362,7 @@ class CovrRun:
             save_checkpoint(self.algo, tmp / "algorithm")
             write_loop_state(tmp, {"env_steps": self.env_steps, "schedule": self.schedule.to_dict(),
                                    "adapter_version": self.adapter_version, "entropy": self.entropy,
+                                   "initial_entropy": self.initial_entropy,
                                    "next_checkpoint": self._next_checkpoint, "next_eval": self._next_eval,
                                    "run_id": self.run_id, "rng": rng_state()})
         self.run_dir.commit_checkpoint(path)
@@ -370,6 +396,7 @@ class CovrRun:
         self.prior, self.lora = [], None
         if self.sink is not None:
             self.sink.close()
+        self.run_dir.unlock()
 
 
 def _dig(d: Any, *keys: str) -> Any:

@@ -3,6 +3,11 @@
 Layout of ``RUN_DIR``::
 
     config.yaml              the resolved config (``covr train --resume RUN_DIR`` reads it back)
+    run_id                   the run's id, made once at creation: it names the run's Ray actors
+                             (``covr-prior-<run_id>-<replica>``, ``covr-lora-<run_id>``), so a resumed run
+                             finds its own prior service and two runs on one cluster never collide
+    .lock                    held (``flock``) by the one driver running the run; released by the kernel
+                             when that process ends, even by SIGKILL
     checkpoints/ckpt-<env steps>/
         algorithm/           RLlib state: RL module, optimisers, lambda, replay buffer
         loop_state.json      env steps, schedule (round, interval), adapter version, RNG states
@@ -20,11 +25,15 @@ replaced; a crash at any point leaves the previous checkpoint as the newest comp
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
+import re
 import shutil
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +44,13 @@ from covr_ray.errors import CheckpointError
 from covr_ray.io import atomic_write_text
 
 LOOP_STATE_FORMAT = 1
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def new_run_id(root: Path) -> str:
+    """``<run dir name, 40 chars at most>-<6 hex>``: readable in the Ray dashboard, unique per run."""
+    stem = re.sub(r"[^A-Za-z0-9_.\-]", "-", root.name)[:40].strip("-.") or "run"
+    return f"{stem}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -42,6 +58,7 @@ class RunDir:
     """Paths of one run."""
 
     root: Path
+    _lock_fd: Optional[int] = field(default=None, repr=False, compare=False)
 
     @property
     def config_path(self) -> Path:
@@ -71,6 +88,59 @@ class RunDir:
     def eval(self) -> Path:
         return self.root / "eval"
 
+    @property
+    def run_id_path(self) -> Path:
+        return self.root / "run_id"
+
+    @property
+    def run_id(self) -> str:
+        """The run's persisted id (see the module docstring). A run directory made before ids were persisted
+        gets one now: the id its newest checkpoint recorded, else a new one; it is written once."""
+        if self.run_id_path.is_file():
+            text = self.run_id_path.read_text().strip()
+            if not _RUN_ID_RE.match(text):
+                raise CheckpointError(f"{self.run_id_path} holds {text!r}, not a run id (letters, digits, "
+                                      "'_', '.', '-'); restore the file or delete it to get a new id")
+            return text
+        run_id = None
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            run_id = read_loop_state(latest).get("run_id")
+        if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id):
+            run_id = new_run_id(self.root)
+        atomic_write_text(self.run_id_path, run_id + "\n")
+        return run_id
+
+    def lock(self) -> None:
+        """Take the run's driver lock (non-blocking). Two drivers on one run would interleave checkpoints,
+        adapters and D_f; the second is refused. The kernel releases the lock when the holder exits, however
+        it exits, so a crashed run can be resumed at once.
+
+        Raises:
+            CheckpointError: another live process holds the lock (its pid is named).
+        """
+        if self._lock_fd is not None:
+            return
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"{self.root} is being run by another driver (pid {holder}); wait for it to "
+                                  "end or stop it before `covr train --resume`") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the driver lock (idempotent; process exit releases it too)."""
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     @classmethod
     def create(cls, root: str | Path, cfg: CovrConfig) -> "RunDir":
         """A new run: ``root`` must not hold a run yet; writes config.yaml. Paths are made absolute (RLlib
@@ -81,6 +151,7 @@ class RunDir:
                                   f"{run.root}` or choose another run_dir")
         for d in (run.root, run.checkpoints, run.adapters, run.df, run.rounds, run.eval):
             d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.run_id_path, new_run_id(run.root) + "\n")
         save_config(cfg, run.config_path)
         return run
 

@@ -1,0 +1,103 @@
+"""One fine-tune round of the COVR loop: D_f -> critic scoring -> EDDF + RALW -> LoRA -> hot swap.
+
+:func:`fine_tune_round` does the work of one round and reports what happened; the orchestrator applies it
+(schedule, guidance, clearing D_f), so a failed round changes nothing that cannot be redone:
+
+1. the learner's critic completes D_f: time-limit-truncated episodes get their return-to-go bootstrapped
+   (always), and with ``eddf.signal=q_value`` every row gets ``Q(o_i, a_r_i)``
+   (:mod:`covr_ray.loop.df_q_scoring`; shards are rewritten atomically, each at most once);
+2. EDDF + RALW write the round's kept shard set (warm-up rows are never candidates);
+3. the LoRA trainer actor trains on it and saves adapter ``v<N>`` (within ``lora.max_round_s``);
+4. every prior replica hot-swaps ``v<N>``.
+
+A round *completes* when a new adapter was trained: then the D_f shards it read are consumed (the caller
+deletes them) and it counts toward ``schedule.cold_start_rounds``. When the trainer fails or times out
+(``round/failed`` = 1), or trains nothing (``round/trained`` = 0: an empty kept set), D_f is kept for the
+next attempt and the round does not count. Shards the critic could not score are left out of the round
+but are not consumed either (they are cleared with D_f after a completed round, as the docs say).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from covr_ray.config import CovrConfig
+from covr_ray.errors import LoRATrainerError
+from covr_ray.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RoundOutcome:
+    """What one round did."""
+
+    completed: bool
+    """A new adapter was trained (the round counts; its D_f shards are consumed)."""
+    version: Optional[int]
+    """The adapter version now serving on at least one replica after this round; None = unchanged."""
+    df_shards: list[Path] = field(default_factory=list)
+    """Every D_f shard present when the round started (deleted by the caller when ``completed``)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """``round/*``, ``df/*``, ``eddf/*``, ``ralw/*``, ``lora/*`` metrics of the round."""
+
+
+def fine_tune_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, round_index: int, lora: Any,
+                    prior: list[Any], value_fn: Callable[[np.ndarray], np.ndarray],
+                    q_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], action_dim: int,
+                    entropy: Optional[float], initial_entropy: Optional[float], timeout_s: float) -> RoundOutcome:
+    """Run one round (see the module docstring).
+
+    Args:
+        cfg: the run's config.
+        df_shards: D_f's complete shards now (``RunDir.df_shards()``).
+        out_dir: directory for the round's kept shard set (must not exist).
+        round_index: ``c``, the index of the round (seeds the ``random`` ablations).
+        lora: the LoRA trainer actor handle.
+        prior: the prior-service replica handles.
+        value_fn: ``obs (N, 3k, S, S) uint8 -> V(o) (N,)`` (the learner's critic).
+        q_fn: ``obs, actions (N, A) -> Q(o, a) (N,)`` (the learner's critic; ``eddf.signal=q_value`` only).
+        action_dim: the env's action dimension.
+        entropy: the policy's entropy now (``learner/entropy``), None before the first update.
+        initial_entropy: the run's first measured policy entropy (``eddf.slope=run``).
+        timeout_s: the longest wait for the trainer and each hot swap.
+    """
+    from covr_ray.finetune.lora_trainer import train_round_remote
+    from covr_ray.finetune.round_data import build_kept_set
+    from covr_ray.loop.df_q_scoring import bootstrap_truncated_shards, score_df_shards
+    from covr_ray.prior.service import load_adapter_everywhere
+
+    metrics: dict[str, float] = {}
+    shards, boot_metrics = bootstrap_truncated_shards(df_shards, cfg.env.frame_stack, value_fn, cfg.sac.gamma)
+    metrics.update(boot_metrics)
+    if cfg.eddf.signal == "q_value":  # the ablation: score D_f with the critic first
+        shards, q_metrics = score_df_shards(shards, cfg.env.frame_stack, q_fn, action_dim)
+        metrics.update(q_metrics)
+    kept, data_metrics = build_kept_set(shards, out_dir, cfg.eddf, cfg.ralw, action_dim, entropy=entropy,
+                                        seed=cfg.seed + round_index, initial_entropy=initial_entropy)
+    metrics.update(data_metrics)
+    try:
+        result = train_round_remote(lora, kept.path, timeout_s=timeout_s)
+    except LoRATrainerError as exc:
+        log.error("fine-tune round %d failed (%s); D_f is kept for the next attempt and the previous adapter "
+                  "keeps serving", round_index, exc)
+        metrics.update({"round/failed": 1.0, "round/trained": 0.0})
+        return RoundOutcome(False, None, list(df_shards), metrics)
+    metrics.update(result.metrics)
+    metrics["round/failed"] = 0.0
+    metrics["round/trained"] = float(result.trained)
+    if not (result.trained and result.adapter_path):
+        log.warning("fine-tune round %d trained nothing (kept %d rows); it does not count and D_f is kept",
+                    round_index, kept.rows)
+        return RoundOutcome(False, None, list(df_shards), metrics)
+    answers = load_adapter_everywhere(prior, result.adapter_path, result.version, timeout_s)
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    for err in failed:
+        log.error("a prior replica refused adapter v%d: %s", result.version, err)
+    metrics["lora/swap_failures"] = float(len(failed))
+    serving = result.version if len(failed) < len(answers) else None
+    return RoundOutcome(True, serving, list(df_shards), metrics)
