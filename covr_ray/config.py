@@ -75,7 +75,9 @@ class EnvConfig:
 
     name: str = "driving-hw"
     """Registered env name: ``dmc:<domain>-<task>``, ``driving-hw``, ``driving-gp``, ``carla-hw``,
-    ``carla-gp``, or ``gym:<gymnasium id>`` for any image-observation Gymnasium env."""
+    ``carla-gp``, ``gym:<gymnasium id>`` for any Gymnasium env with a Box action space and pixels (image
+    observations or rgb_array rendering), or ``gym:<module>:<gymnasium id>`` for your own env: ``<module>``
+    is imported first (in the driver and in every env runner) and must register the id with Gymnasium."""
     image_size: int = 84
     """Height and width of observations and of the frame the VLM sees, pixels."""
     frame_stack: int = 3
@@ -95,12 +97,30 @@ class EnvConfig:
     """Extra keyword arguments passed to the simulator's constructor (env-specific)."""
     carla: CarlaConfig = field(default_factory=CarlaConfig)
     """CARLA connection settings."""
+    imports: list[str] = field(default_factory=list)
+    """Modules imported in the driver and in every env runner before the env is made, for envs that register
+    themselves with Gymnasium as a side effect of import (then named ``gym:<id>``). Dotted module names, e.g.
+    ``[my_envs]``; each must be importable where the driver and the env runners run (installed, or on
+    ``PYTHONPATH`` / Ray ``runtime_env`` ``py_modules`` or ``working_dir``)."""
 
     def validate(self, path: str) -> None:
+        import keyword
+
+        def dotted(text: Any) -> bool:  # a dotted Python module name: my_envs, my_pkg.envs
+            return isinstance(text, str) and bool(text) and all(
+                part.isidentifier() and not keyword.iskeyword(part) for part in text.split("."))
+
         ok_name = self.name.startswith(("dmc:", "gym:")) or self.name in (
             "driving-hw", "driving-gp", "carla-hw", "carla-gp")
         _check(f"{path}.name", self.name, ok_name,
-               "dmc:<domain>-<task>, driving-hw, driving-gp, carla-hw, carla-gp, or gym:<id>")
+               "dmc:<domain>-<task>, driving-hw, driving-gp, carla-hw, carla-gp, gym:<id> or gym:<module>:<id>")
+        if self.name.startswith("gym:") and ":" in self.name[len("gym:"):]:
+            module, _, gym_id = self.name[len("gym:"):].partition(":")
+            _check(f"{path}.name", self.name, dotted(module) and bool(gym_id) and ":" not in gym_id,
+                   "gym:<module>:<gymnasium id> with a dotted module name, e.g. gym:my_envs:MyEnv-v0")
+        for module in self.imports:
+            _check(f"{path}.imports", module, dotted(module),
+                   "a list of dotted module names, e.g. [my_envs] or [my_pkg.envs] (not file paths)")
         _check(f"{path}.image_size", self.image_size, 16 <= self.image_size <= 512, "16..512")
         _check(f"{path}.frame_stack", self.frame_stack, 1 <= self.frame_stack <= 16, "1..16")
         _check(f"{path}.action_repeat", self.action_repeat, 1 <= self.action_repeat <= 64, "1..64")

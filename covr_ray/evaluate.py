@@ -98,13 +98,13 @@ def run_episodes(act: ActFn, env_cfg: "EnvConfig", episodes: int, seed: int, *,
         ConfigError: bad ``episodes`` or ``seed``.
         EnvError: ``act`` returned an action of the wrong shape or a non-finite one.
     """
-    from covr_envs import get_env_spec, make_env_from_config
+    from covr_envs.registry import load_env_spec, make_env_from_config
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= MAX_EPISODES:
         raise ConfigError("--episodes", episodes, f"an integer in 1..{MAX_EPISODES}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError("--seed", seed, "an integer 0 <= seed < 2**32")
-    spec = get_env_spec(env_cfg.name)
+    spec = load_env_spec(env_cfg)  # imports env.imports first
     reports_distance = "distance_m" in spec.info_keys
     env = make_env_from_config(env_cfg, seed)
     action_shape = tuple(env.action_space.shape)

@@ -40,13 +40,13 @@ def preset_policy(preset: str, seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """The paper-size policy network of ``preset`` with seeded random weights, and its meta."""
     import torch
 
-    from covr_envs import get_env_spec
+    from covr_envs.registry import load_env_spec
     from covr_ray.config import load_config
     from covr_ray.policy_io import policy_meta
     from covr_ray.rl.networks import NetworkSpec, build_policy
 
     cfg = load_config(preset)
-    action_dim = get_env_spec(cfg.env.name).action_dim
+    action_dim = load_env_spec(cfg.env).action_dim
     spec = NetworkSpec(obs_shape=(3 * cfg.env.frame_stack, cfg.env.image_size, cfg.env.image_size),
                        action_dim=action_dim, feature_dim=cfg.sac.feature_dim, hidden_dim=cfg.sac.hidden_dim,
                        num_filters=cfg.sac.num_filters)

@@ -6,6 +6,11 @@ RLlib calls :func:`make_run_env` inside each env runner (a Ray actor) with the r
 and vector index); when the prior is enabled, :class:`~covr_ray.prior.client.PriorWrapper` queries the
 run's prior service every ``prior.prior_every`` steps without blocking and writes the prior infos that
 the learner connector turns into the ``prior_action`` / ``prior_mask`` columns.
+
+A user's env module (``env.name = "gym:<module>:<id>"`` or ``env.imports``) is imported here, in the env
+runner's process, by :func:`covr_envs.rllib.create_env`; the driver resolves the spec (importing it there)
+before it starts any actor, so a module the driver cannot import fails the run before anything starts, and
+one only the workers lack fails in the runner with an ``EnvError`` that names it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ RUN_ENV_ID = "covr_run_env"
 
 
 def make_run_env(env_config: Mapping[str, Any]) -> gym.Env:
-    """RLlib env creator of a COVR run (see the module docstring for ``env_config``)."""
+    """RLlib env creator of a COVR run (see the module docstring for ``env_config``).
+
+    Raises:
+        EnvError: the env cannot be made in this env runner, e.g. its module (``env.imports`` or
+            ``gym:<module>:<id>``) is not on this process's Python path.
+    """
     from ray.rllib.env.env_context import EnvContext
 
     from covr_envs.rllib import create_env

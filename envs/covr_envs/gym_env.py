@@ -1,5 +1,11 @@
 """Bring your own env: ``gym:<id>`` runs any Gymnasium env with a continuous (Box) action space.
 
+Your own env in your own module: ``gym:<module>:<id>`` (Gymnasium's ``module:id`` convention) imports
+``<module>`` first, which must register ``<id>`` with ``gymnasium.register`` when imported; or list the module
+in ``env.imports`` and name the env ``gym:<id>``. The module is imported in every process that builds the env:
+the driver (spec resolution) and each Ray env runner, so it must be on their Python path (installed, or
+``PYTHONPATH`` / Ray ``runtime_env`` ``py_modules`` or ``working_dir``); see ``docs/envs.md``.
+
 Pixels come from the env's own image observation when it has one (``(H, W, 3)`` or ``(H, W)``, e.g.
 ``gym:CarRacing-v3``), otherwise from ``render()`` in ``rgb_array`` mode (e.g. ``gym:Pendulum-v1``); set
 ``env.kwargs.pixels`` to ``obs`` or ``render`` to choose. Frames are resized to ``image_size``; actions in
@@ -23,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from covr_envs.registry import EnvSpec
+from covr_envs.registry import EnvSpec, import_user_module, is_module_name
 from covr_envs.wrappers import check_action, frame_space, resize_frame, unit_action_space
 from covr_ray.errors import ConfigError, EnvError
 
@@ -36,6 +42,32 @@ def _gym_id(name: str) -> str:
     if not gym_id:
         raise EnvError(f"env name {name!r}: expected gym:<gymnasium id>, e.g. gym:CarRacing-v3")
     return gym_id
+
+
+def split_gym_id(gym_id: str) -> tuple[Optional[str], str]:
+    """``"my_envs:MyEnv-v0"`` -> ``("my_envs", "MyEnv-v0")``; ``"Pendulum-v1"`` -> ``(None, "Pendulum-v1")``.
+
+    Raises:
+        EnvError: more than one ``:``, an empty id, or a module part that is not a dotted module name.
+    """
+    if ":" not in gym_id:
+        return None, gym_id
+    module, _, env_id = gym_id.partition(":")
+    if not is_module_name(module) or not env_id or ":" in env_id:
+        raise EnvError(f"env name 'gym:{gym_id}': expected gym:<gymnasium id> or gym:<module>:<gymnasium id> "
+                       "with a dotted module name that registers the id on import, e.g. gym:my_envs:MyEnv-v0")
+    return module, env_id
+
+
+def _ids_registered_by(module: str) -> list[str]:
+    """Gymnasium ids whose entry point lives in ``module`` (or a submodule of it)."""
+    ids = []
+    for env_id, spec in gym.registry.items():
+        entry = spec.entry_point
+        owner = entry.partition(":")[0] if isinstance(entry, str) else getattr(entry, "__module__", "") or ""
+        if owner == module or owner.startswith(module + "."):
+            ids.append(env_id)
+    return sorted(ids)
 
 
 def _image_obs(space: gym.Space) -> bool:
@@ -58,17 +90,32 @@ def _pixel_source(env: gym.Env, pixels: str, gym_id: str) -> str:
     return pixels
 
 
-def _make_inner(gym_id: str, pixels: str, kwargs: dict[str, Any]) -> tuple[gym.Env, str]:
+def _registered_id(gym_id: str) -> str:
+    """The Gymnasium id to make for ``gym:<gym_id>``, after importing its module (if it names one) here."""
+    module, env_id = split_gym_id(gym_id)
+    if module is not None:
+        import_user_module(module, f"env.name 'gym:{gym_id}'")
     try:
-        gym.spec(gym_id)
+        gym.spec(env_id)
     except gym.error.Error as exc:
-        raise EnvError(f"gym:{gym_id} is not a registered Gymnasium env ({exc})") from exc
+        if module is not None:
+            found = _ids_registered_by(module)
+            raise EnvError(f"gym:{gym_id}: module {module!r} was imported, but it registers no Gymnasium env "
+                           f"{env_id!r} ({exc}); ids registered from it: {', '.join(found) or 'none'}. The module "
+                           f"must call gymnasium.register(id={env_id!r}, entry_point=...) when imported") from exc
+        raise EnvError(f"gym:{gym_id} is not a registered Gymnasium env ({exc}). If a module of yours registers "
+                       f"it, name the env gym:<module>:{gym_id} or list the module in env.imports") from exc
+    return env_id
+
+
+def _make_inner(gym_id: str, pixels: str, kwargs: dict[str, Any]) -> tuple[gym.Env, str]:
+    env_id = _registered_id(gym_id)
     try:
         probe_mode = "rgb_array" if pixels == "render" else None
-        env = gym.make(gym_id, render_mode=probe_mode, **kwargs)
+        env = gym.make(env_id, render_mode=probe_mode, **kwargs)
         if pixels == "auto" and not _image_obs(env.observation_space):
             env.close()
-            env = gym.make(gym_id, render_mode="rgb_array", **kwargs)
+            env = gym.make(env_id, render_mode="rgb_array", **kwargs)
     except gym.error.DependencyNotInstalled as exc:
         raise EnvError(f"gym:{gym_id} needs a package that is not installed: {exc}") from exc
     except TypeError as exc:
@@ -83,6 +130,7 @@ class GymPixelEnv(gym.Env):
 
     def __init__(self, gym_id: str, image_size: int = 84, action_repeat: int = 1, pixels: str = "auto",
                  **kwargs: Any) -> None:
+        """``gym_id``: a Gymnasium id, or ``<module>:<id>`` (the module is imported here first)."""
         self.name = f"gym:{gym_id}"
         self._env, self._pixels = _make_inner(gym_id, pixels, kwargs)
         space = self._env.action_space
@@ -149,7 +197,8 @@ def make_core(spec: EnvSpec, seed: int, image_size: int, action_repeat: int, **k
 
 @functools.lru_cache(maxsize=64)
 def gym_spec(name: str) -> EnvSpec:
-    """Spec of ``gym:<id>`` (creates the env once to read its action space)."""
+    """Spec of ``gym:<id>`` or ``gym:<module>:<id>`` (creates the env once to read its action space; the module
+    is imported in this process first)."""
     gym_id = _gym_id(name)
     env = GymPixelEnv(gym_id)
     try:

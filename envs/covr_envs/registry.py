@@ -9,7 +9,12 @@ Every env made here has the same outer contract, whatever the simulator:
   plus the family's metrics (driving: ``distance_m``, ``speed_mps``, ``collision``, ``offroad``).
 
 Names: ``dmc:<domain>-<task>`` (the nine paper tasks), ``driving-hw`` / ``driving-gp`` (embedded highway-env
-scenarios), ``carla-hw`` / ``carla-gp`` (a CARLA server), ``gym:<gymnasium id>`` (bring your own).
+scenarios), ``carla-hw`` / ``carla-gp`` (a CARLA server), ``gym:<gymnasium id>`` (bring your own), and
+``gym:<module>:<gymnasium id>`` (your own env in your own module: the module is imported first, Gymnasium's
+``module:id`` convention). Modules listed in ``env.imports`` (``make_env(..., imports=[...])``) are imported
+before the name is looked up, for envs that register themselves with Gymnasium when imported. Both kinds of
+module are imported in every process that resolves or makes the env (the driver and each env runner), so
+they must be importable there (see :data:`IMPORT_HINT`).
 
 A spec's ``factory`` is an import path (``"covr_envs.dmc:make_core"``) so that listing specs imports no
 simulator; the factory builds the *core* env (frames ``(S, S, 3) uint8`` as observations, action repeat done
@@ -21,8 +26,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import keyword
+import os
+import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Optional
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Optional, Sequence
 
 import gymnasium as gym
 
@@ -41,6 +50,12 @@ Codec = Literal["driving", "numeric"]
 WRAPPER_KEYS = ("image_size", "frame_stack", "action_repeat", "max_episode_steps")
 #: EnvConfig fields that only the prior service reads; accepted (and ignored) by ``make_env``.
 PRIOR_KEYS = ("prompt", "action_description", "codec", "name")
+
+#: what to do when a user's env module (``gym:<module>:<id>`` or an ``env.imports`` entry) cannot be imported.
+IMPORT_HINT = ("It must be importable by the driver and by every Ray env runner process: install it "
+               "(pip install -e <your project>), or put its directory on PYTHONPATH; with Ray, give the workers "
+               "ray.init(runtime_env={'env_vars': {'PYTHONPATH': '<dir>'}}), or ship it on a cluster with "
+               "runtime_env={'py_modules': ['<dir>/<module>']} or runtime_env={'working_dir': '<dir>'}")
 
 #: info keys every env reports on every step (and on reset).
 BASE_INFO_KEYS = ("env_steps",)
@@ -101,6 +116,64 @@ def _load_families() -> None:
         _loaded = True
 
 
+def is_module_name(text: Any) -> bool:
+    """True for a dotted Python module name (``my_envs``, ``my_pkg.envs``): identifiers, no keywords."""
+    return (isinstance(text, str) and bool(text)
+            and all(part.isidentifier() and not keyword.iskeyword(part) for part in text.split(".")))
+
+
+def _this_process() -> str:
+    return f"pid {os.getpid()} on host {socket.gethostname()}"
+
+
+def import_user_module(module: str, named_by: str) -> ModuleType:
+    """Import a user's env module in this process (the driver or an env runner).
+
+    Args:
+        module: a dotted module name.
+        named_by: where the config names it, for the error, e.g. ``"env.name 'gym:my_envs:MyEnv-v0'"``.
+
+    Raises:
+        EnvError: the module is not on this process's Python path, a package it imports is missing, or it
+            raised while being imported. The message names the module, ``named_by``, this process and what
+            to do.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module or module.startswith(missing + "."):
+            raise EnvError(f"{named_by}: module {module!r} is not importable in this process "
+                           f"({_this_process()}): {exc}. {IMPORT_HINT}") from exc
+        raise EnvError(f"{named_by}: module {module!r} was found, but importing it failed in this process "
+                       f"({_this_process()}): {exc}. Install the package it needs wherever the driver and the "
+                       "env runners run") from exc
+    except Exception as exc:  # the user's own code runs at import: it may raise anything
+        raise EnvError(f"{named_by}: importing module {module!r} raised {type(exc).__name__}: {exc} "
+                       f"({_this_process()}); fix the module so that it imports cleanly") from exc
+
+
+def import_env_modules(modules: Optional[Sequence[str]], field: str = "env.imports") -> list[ModuleType]:
+    """Import the modules of ``env.imports`` (envs that register themselves with Gymnasium on import).
+
+    Called wherever an env is resolved or made (:func:`resolve_env_spec`, :func:`load_env_spec`,
+    :func:`make_env`, and so in every env runner's creator); importing a module twice is free.
+
+    Raises:
+        ConfigError: ``modules`` is not a list, or an entry is not a dotted module name (names ``field``).
+        EnvError: an entry could not be imported (see :func:`import_user_module`).
+    """
+    if modules is None:
+        return []
+    if isinstance(modules, str) or not isinstance(modules, (list, tuple)):
+        raise ConfigError(field, modules, "a list of dotted module names, e.g. [my_envs]")
+    for module in modules:
+        if not is_module_name(module):
+            raise ConfigError(field, module, "dotted module names, e.g. my_envs or my_pkg.envs",
+                              hint="List the module that registers your env with Gymnasium, not a file path")
+    return [import_user_module(module, f"{field} entry {module!r}") for module in modules]
+
+
 def list_envs(family: Optional[str] = None) -> list[str]:
     """Names of the registered envs (``gym:<id>`` names are open-ended and not listed)."""
     _load_families()
@@ -108,10 +181,12 @@ def list_envs(family: Optional[str] = None) -> list[str]:
 
 
 def get_env_spec(name: str) -> EnvSpec:
-    """The spec of a registered env, or of ``gym:<id>`` (built by creating that env once).
+    """The spec of a registered env, or of ``gym:<id>`` / ``gym:<module>:<id>`` (built by creating that env
+    once; the module, if named, is imported first).
 
     Raises:
-        EnvError: ``name`` is neither registered nor ``gym:<id>`` of an installed Gymnasium env.
+        EnvError: ``name`` is neither registered nor ``gym:<id>`` of an installed Gymnasium env, or its
+            module cannot be imported in this process.
     """
     _load_families()
     if name in _REGISTRY:
@@ -121,19 +196,37 @@ def get_env_spec(name: str) -> EnvSpec:
 
         return gym_spec(name)
     raise EnvError(f"unknown env {name!r}; registered: {', '.join(list_envs())}, or gym:<gymnasium id> "
-                   "for any Gymnasium env with image observations")
+                   "(gym:<module>:<gymnasium id> for your own module) for any Gymnasium env with a Box action "
+                   "space and image observations or rgb_array rendering")
+
+
+def load_env_spec(env_cfg: "EnvConfig") -> EnvSpec:
+    """The env's own spec after importing ``env.imports``: what a driver checks before it starts anything.
+
+    Unlike :func:`resolve_env_spec` it needs no prompt (a run without the prior has none to give).
+
+    Raises:
+        ConfigError: a bad ``env.imports`` entry.
+        EnvError: unknown env, or a module (``env.imports`` or ``gym:<module>:<id>``) that does not import.
+    """
+    import_env_modules(env_cfg.imports)
+    return get_env_spec(env_cfg.name)
 
 
 def resolve_env_spec(env_cfg: "EnvConfig") -> EnvSpec:
     """The spec with the config's ``prompt`` / ``action_description`` / ``codec`` applied.
 
     This is what the prior service should read. A ``gym:`` env has no prompt of its own: the config must
-    give one (``env.prompt`` and ``env.action_description``).
+    give one (``env.prompt`` and ``env.action_description``). The modules of ``env.imports`` (and of a
+    ``gym:<module>:<id>`` name) are imported first, in this process: a driver calling this before it starts
+    any actor reports a module it cannot import before anything runs.
 
     Raises:
-        ConfigError: a ``gym:`` env without ``env.prompt`` or ``env.action_description``.
+        ConfigError: a ``gym:`` env without ``env.prompt`` or ``env.action_description``; a bad
+            ``env.imports`` entry.
+        EnvError: unknown env, or a module that does not import (see :func:`load_env_spec`).
     """
-    spec = get_env_spec(env_cfg.name)
+    spec = load_env_spec(env_cfg)
     if spec.family == "gym":
         for key in ("prompt", "action_description"):
             if not (getattr(env_cfg, key) or "").strip():
@@ -173,23 +266,27 @@ def make_env(name: str, seed: int, **overrides: Any) -> gym.Env:
     """Build env ``name`` seeded with ``seed``.
 
     Args:
-        name: a registered name (see :func:`list_envs`) or ``gym:<id>``.
+        name: a registered name (see :func:`list_envs`), ``gym:<id>`` or ``gym:<module>:<id>`` (the module is
+            imported in this process first).
         seed: 0 <= seed < 2**32. The first ``reset()`` without a seed uses it; same seed, same episodes.
         overrides: ``image_size`` (default 84), ``frame_stack`` (3), ``action_repeat`` (the spec's standard
             one), ``max_episode_steps`` (the spec's default), ``kwargs`` (a dict of simulator arguments),
-            ``carla`` (CarlaConfig or dict, carla envs). Any other key is a simulator argument, checked by
-            the family's factory. ``prompt`` / ``action_description`` / ``codec`` are accepted and ignored.
+            ``carla`` (CarlaConfig or dict, carla envs), ``imports`` (modules imported before ``name`` is
+            looked up, as ``env.imports``). Any other key is a simulator argument, checked by the family's
+            factory. ``prompt`` / ``action_description`` / ``codec`` are accepted and ignored.
 
     Returns:
         A Gymnasium env: obs ``(3 * frame_stack, S, S) uint8``, actions ``[-1, 1]^A float32``.
 
     Raises:
-        EnvError: unknown name, or the simulator failed to start.
-        ConfigError: a bad override value or an unknown simulator argument.
+        EnvError: unknown name, a module (``imports`` or ``gym:<module>:<id>``) that does not import in this
+            process, or the simulator failed to start.
+        ConfigError: a bad override value, a bad ``imports`` entry or an unknown simulator argument.
         DependencyMissingError: the family's simulator package is not installed (``carla``).
     """
     from covr_envs.wrappers import FrameStackCHW, SeededReset
 
+    import_env_modules(overrides.pop("imports", None))
     spec = get_env_spec(name)
     _check_int("seed", seed, 0, 2**32 - 1)
     sim_kwargs = dict(overrides.pop("kwargs", None) or {})
@@ -218,8 +315,9 @@ def make_env(name: str, seed: int, **overrides: Any) -> gym.Env:
 
 
 def make_env_from_config(env_cfg: "EnvConfig", seed: int) -> gym.Env:
-    """:func:`make_env` from an ``EnvConfig`` section (``env.kwargs`` become simulator arguments)."""
-    spec = get_env_spec(env_cfg.name)
+    """:func:`make_env` from an ``EnvConfig`` section (``env.kwargs`` become simulator arguments; the modules of
+    ``env.imports`` are imported first, in this process)."""
+    spec = load_env_spec(env_cfg)
     if env_cfg.action_repeat != spec.default_action_repeat:
         log.info("env %s: action_repeat %d (its standard is %d)", env_cfg.name, env_cfg.action_repeat,
                  spec.default_action_repeat)
@@ -228,4 +326,4 @@ def make_env_from_config(env_cfg: "EnvConfig", seed: int) -> gym.Env:
         extra["carla"] = env_cfg.carla
     return make_env(env_cfg.name, seed, image_size=env_cfg.image_size, frame_stack=env_cfg.frame_stack,
                     action_repeat=env_cfg.action_repeat, max_episode_steps=env_cfg.max_episode_steps,
-                    kwargs=dict(env_cfg.kwargs), **extra)
+                    kwargs=dict(env_cfg.kwargs), imports=list(env_cfg.imports), **extra)

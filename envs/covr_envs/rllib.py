@@ -5,6 +5,12 @@
 its own seed: ``seed + 1009 * worker_index + k``, ``k`` counting the envs this process created (the vector
 index), so two runners, or two envs of one runner, never replay the same episodes.
 
+A user's env module (``env.name = "gym:<module>:<id>"``, or ``env.imports``) is imported by the creator
+itself, inside each env runner process: the driver having imported it does not make it importable there, so
+it must be on the workers' Python path (installed, or ``PYTHONPATH`` / ``runtime_env`` ``py_modules`` /
+``working_dir``). :func:`configure_env_runners` imports it in the driver first, so a module missing there is
+reported before any env runner starts.
+
 :func:`configure_env_runners` applies a run's ``ray`` section to an RLlib ``AlgorithmConfig``: env runners and
 envs per runner (presets set these per scenario), CPUs per runner, and fault tolerance: a crashed env runner
 is restarted by Ray (``restart_failed_env_runners``), and an env that raises (e.g. a CARLA server that could
@@ -47,7 +53,16 @@ def env_seed(base_seed: int, worker_index: int, vector_index: int) -> int:
 
 
 def create_env(env_config: Mapping[str, Any]) -> gym.Env:
-    """RLlib env creator: ``env_config`` is :func:`env_config_dict` output (an EnvContext inside RLlib)."""
+    """RLlib env creator: ``env_config`` is :func:`env_config_dict` output (an EnvContext inside RLlib).
+
+    Runs in the env runner's own process: it imports ``env.imports`` and the module of a
+    ``gym:<module>:<id>`` name there (through :func:`~covr_envs.registry.make_env_from_config`).
+
+    Raises:
+        ConfigError: no ``seed``, or a bad EnvConfig field.
+        EnvError: the env cannot be made here, e.g. its module is not on this process's Python path (the
+            message names the module, the env and this process, and says how to ship the module).
+    """
     from covr_envs.registry import make_env_from_config
     from covr_ray.config import EnvConfig, build_dataclass
 
@@ -79,10 +94,18 @@ def configure_env_runners(algo_config: "AlgorithmConfig", cfg: "CovrConfig",
         algo_config: an RLlib AlgorithmConfig (e.g. the SAC config of the learner).
         cfg: the run's config; ``cfg.env`` is the env, ``cfg.seed`` its base seed, ``cfg.ray`` the counts.
         restart_delay_s: pause before a failed env runner exits to be restarted (RLlib's default is 60 s).
+
+    Raises:
+        ConfigError: a negative ``restart_delay_s``, or a bad ``env.imports`` entry.
+        EnvError: the env is unknown here or its module (``env.imports``, ``gym:<module>:<id>``) does not
+            import in the driver; checked before any env runner is started.
     """
+    from covr_envs.registry import load_env_spec
+
     ray_cfg = cfg.ray
     if restart_delay_s < 0:
         raise ConfigError("restart_delay_s", restart_delay_s, ">= 0 seconds")
+    load_env_spec(cfg.env)  # in the driver, before any runner starts: a missing module fails here, typed
     algo_config.environment(env=register_covr_env(), env_config=env_config_dict(cfg.env, cfg.seed))
     algo_config.env_runners(
         num_env_runners=ray_cfg.num_env_runners,
