@@ -6,6 +6,10 @@ How to run::
     covr train --preset dmc-cartpole-swingup --seed 0            # local Ray, GPU shares from the preset
     ray job submit --working-dir . -- covr train --preset carla-hw --address auto
     covr train --resume runs/smoke-s0-20261121-120000           # continue a stopped or crashed run
+
+Bad input fails before anything starts: the paths the config names (``prior.model``, ``run_dir``, ...) are
+checked before the run directory is made and Ray is started, and the run's CPU/GPU asks right after
+``ray.init`` (:mod:`covr_ray.preflight`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from covr_ray.config import load_config
     from covr_ray.errors import ConfigError
     from covr_ray.loop.orchestrator import CovrRun
+    from covr_ray.preflight import check_paths
 
     if args.resume:
         if args.overrides or args.seed is not None or args.vlm or args.run_dir:
@@ -49,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"run_dir={args.run_dir}")
         if args.address:
             overrides.append(f"ray.address={args.address}")
-        job = CovrRun.new(load_config(args.preset, overrides), progress=not args.no_progress)
+        cfg = load_config(args.preset, overrides)
+        check_paths(cfg)  # before the run directory is made and Ray starts
+        job = CovrRun.new(cfg, progress=not args.no_progress)
     try:
         summary = job.setup().run()
     finally:

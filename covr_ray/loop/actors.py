@@ -1,4 +1,4 @@
-"""The run's Ray actors by name, and the checks before they start.
+"""The run's Ray actors by name, and the removal of actors an earlier driver left behind.
 
 Every actor of a run is named after the run's persisted id (:attr:`covr_ray.loop.run_dir.RunDir.run_id`):
 ``covr-prior-<run_id>-<replica>`` for the prior service, ``covr-lora-<run_id>`` for the LoRA trainer. So a
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 
-from covr_ray.config import CovrConfig
-from covr_ray.errors import ConfigError, PriorServiceError
+from covr_ray.errors import PriorServiceError
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)
@@ -58,20 +57,3 @@ def remove_leftover_actors(names: list[str], wait_s: float = 60.0) -> list[str]:
                                     f"{wait_s:g} s; kill it (`ray kill` / the dashboard) and resume again")
         removed.append(name)
     return removed
-
-
-def check_gpu_shares(cfg: CovrConfig) -> None:
-    """Refuse, before any actor starts, GPU shares the connected cluster does not have (a ConfigError
-    naming the largest share)."""
-    import ray
-
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    r = cfg.ray
-    wanted = {"ray.num_gpus_learner": r.num_gpus_learner, "ray.num_gpus_lora": r.num_gpus_lora,
-              "ray.num_gpus_prior": r.num_gpus_prior * r.prior_replicas if cfg.prior.enabled else 0}
-    if sum(wanted.values()) > gpus + 1e-9:
-        field = max(wanted, key=wanted.get)
-        raise ConfigError(field, wanted[field], f"GPU shares the cluster has ({gpus:g} GPUs in all, asked "
-                          f"{sum(wanted.values()):g})",
-                          hint="on a CPU machine: --set ray.num_gpus_learner=0 ray.num_gpus_prior=0 "
-                               "ray.num_gpus_lora=0")

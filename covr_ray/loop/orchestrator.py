@@ -36,8 +36,10 @@ from typing import Any, Optional
 from covr_ray.config import CovrConfig
 from covr_ray.errors import PriorServiceError
 from covr_ray.log import get_logger
-from covr_ray.loop.actors import (check_gpu_shares, lora_actor_name, remove_leftover_actors, run_actor_names)
+from covr_ray.loop.actors import lora_actor_name, remove_leftover_actors, run_actor_names
 from covr_ray.loop.run_dir import (RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state)
+from covr_ray.loop.resources import check_resources
+from covr_ray.preflight import check_paths
 
 log = get_logger(__name__)
 
@@ -113,14 +115,16 @@ class CovrRun:
         from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
         from covr_ray.loop.env_factory import register_run_env
         from covr_ray.metrics import MetricsSink
+        from covr_ray.prior.client_stats import PriorClientStatsCallback
         from covr_ray.rl.algo import (build_algorithm_config, set_prior_age_limit, set_prior_weight,
                                       warmup_agent_steps)
 
         cfg = self.cfg
+        check_paths(cfg)  # bad paths fail here, before the lock, Ray or any actor
         self.run_dir.lock()  # before anything is started or written: one driver per run
         if not ray.is_initialized():
             ray.init(address=cfg.ray.address, **self.ray_init_kwargs)
-        check_gpu_shares(cfg)
+        check_resources(cfg)  # asks that cannot fit fail (fixed cluster) or are waited for, logged
         spec = resolve_env_spec(cfg.env)
         self.env_spec = spec
         self.sink = MetricsSink(self.run_dir.root, cfg.logging, run_name=self.run_dir.root.name,
@@ -134,7 +138,7 @@ class CovrRun:
         # Always built from the run's config (never from the config pickled in a checkpoint): the env
         # runners get this run's env_config, so they query the prior service started just above.
         algo_config = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config)
-        algo_config.callbacks(DfRecorderCallback)
+        algo_config.callbacks([DfRecorderCallback, PriorClientStatsCallback])
         self.algo = algo_config.build_algo()
         if self.checkpoint_path is not None:
             self._restore()
@@ -293,14 +297,16 @@ class CovrRun:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+        from covr_ray.prior.metrics import aggregate_replicas
+
         self._last_prior_log = time.monotonic()
-        try:
-            stats = ray.get(self.prior[0].metrics.remote(), timeout=min(self.timeout_s, 30.0))
-        except (GetTimeoutError, RayActorError, RayTaskError) as exc:
-            log.warning("prior service metrics unavailable: %s", exc)
-            return
-        self.sink.log({k: float(v) for k, v in stats.items()
-                       if k.startswith("prior/") and isinstance(v, (int, float))}, step=self.env_steps)
+        stats = []
+        for replica, handle in enumerate(self.prior):  # every replica: their counts add up to the run's
+            try:
+                stats.append(ray.get(handle.metrics.remote(), timeout=min(self.timeout_s, 30.0)))
+            except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+                log.warning("metrics of prior replica %d unavailable: %s", replica, exc)
+        self.sink.log(aggregate_replicas(stats), step=self.env_steps)
 
     def fine_tune_round(self) -> dict[str, float]:
         """One round (:func:`covr_ray.loop.finetune_round.fine_tune_round`), then its consequences: a completed
