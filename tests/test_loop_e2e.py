@@ -140,7 +140,9 @@ def test_guidance_survives_the_crash_the_new_service_answers_and_priors_reach_th
     assert max(values("learner/prior_coverage")) > 0.0 and max(values("learner/prior_loss")) > 0.0
     added = values("loop/priors_added")
     assert added[-1] > added[0]  # new priors kept reaching the replay after the resume
-    assert max(values("prior/answered_total")) > 0
+    assert max(values("prior/answered_total")) > 0 and max(values("prior/replicas")) == 1
+    answered = values("prior_client/answered")  # what the env runners' prior wrappers counted (run totals)
+    assert answered[-1] > answered[0] and values("prior_client/with_prior_frac")[-1] > 0
 
 
 def test_rounds_ran_after_warmup_and_adapters_were_hot_swapped(crashed_and_resumed):
@@ -184,6 +186,8 @@ def test_df_cleared_after_completed_rounds_warmup_never_kept_truncations_bootstr
     # every truncated episode a round read was bootstrapped (the count depends on how often the policy crashes)
     assert metrics["df/bootstrapped_episodes"] and all(v == 0 for _, v in metrics["df/bootstrap_failed_shards"])
     assert all(v == 0 for _, v in metrics["loop/prior_starved"])
+    # the recorder's counters reach the sink (lifetime sums, restored with the checkpoint)
+    assert metrics["df/rows_written"][-1][1] > 0 and metrics["df/warmup_rows_written"][-1][1] >= 50
 
 
 def test_eval_and_export_work_on_the_run(crashed_and_resumed):

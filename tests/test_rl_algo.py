@@ -279,3 +279,16 @@ def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_
         again.stop()
     flags = warmup_flags()
     assert len(flags) >= 8 and not any(flags)
+
+
+def test_env_runner_counters_reach_the_sink_namespaced() -> None:
+    """learner_metrics passes the run's own env-runner counters (D_f recorder, prior wrappers) to the sink."""
+    from covr_ray.rl.algo import learner_metrics
+
+    results = {"env_runners": {"covr_df/rows_written": 120.0, "prior_client/steps": 200.0,
+                               "prior_client/with_prior": 18.0, "num_env_steps_sampled_lifetime": 200,
+                               "other/thing": 1.0}}
+    out = learner_metrics(results)
+    assert out["df/rows_written"] == 120.0 and out["prior_client/steps"] == 200.0
+    assert out["prior_client/with_prior_frac"] == pytest.approx(0.09)
+    assert "other/thing" not in out and out["rollout/agent_steps"] == 200

@@ -133,7 +133,9 @@ class DfRecorderCallback(RLlibCallback):
                            final_frame=final_frame(episode) if truncated else None)
         path = buffer.flush()
         if metrics_logger is not None:
-            metrics_logger.log_value("covr_df/episodes_written", 1, reduce="sum")
-            metrics_logger.log_value("covr_df/rows_written", len(rewards), reduce="sum")
-            metrics_logger.log_value("covr_df/warmup_rows_written", int(warmup.sum()), reduce="sum")
+            # lifetime sums over every env runner; the sink gets them as df/episodes_written, ...
+            metrics_logger.log_value("covr_df/episodes_written", 1, reduce="lifetime_sum")
+            metrics_logger.log_value("covr_df/rows_written", len(rewards), reduce="lifetime_sum")
+            metrics_logger.log_value("covr_df/warmup_rows_written", int(warmup.sum()), reduce="lifetime_sum")
+            metrics_logger.log_value("covr_df/truncated_episodes_written", int(truncated), reduce="lifetime_sum")
         log.debug("D_f: episode %s (%d steps) -> %s", episode.id_, len(rewards), path)

@@ -153,3 +153,44 @@ class PriorStats:
             "prior/adapter_load_failures_total": self.adapter_load_failures,
             "prior/last_swap_s": self.last_swap_s if self.last_swap_s is not None else float("nan"),
         }
+
+
+#: how each ``prior/*`` figure of several replicas combines into the run's figure.
+_SUMMED = ("prior/queries_total", "prior/answered_total", "prior/qps", "prior/batches_total",
+           "prior/parse_failures_total", "prior/timeouts_total", "prior/engine_errors_total",
+           "prior/adapter_loads_total", "prior/adapter_load_failures_total", "prior/queue_length")
+_WORST = ("prior/batch_size_max", "prior/latency_p50_ms", "prior/latency_p95_ms", "prior/last_swap_s",
+          "prior/engine_start_s")
+
+
+def aggregate_replicas(stats: list[dict[str, Any]]) -> dict[str, float]:
+    """One set of ``prior/*`` figures for the run from each replica's :meth:`PriorStats.as_dict` (plus the
+    service's extras): counts and rates summed, latencies and sizes the worst replica's, the parse-failure
+    rate and mean batch size recomputed over all replicas, ``prior/adapter_version`` the *oldest* version
+    serving (a replica that refused a swap shows), and ``prior/replicas`` = how many answered.
+    Non-numeric entries are dropped."""
+    numeric = [{k: float(v) for k, v in s.items() if k.startswith("prior/") and isinstance(v, (int, float))
+                and not isinstance(v, bool)} for s in stats]
+    if not numeric:
+        return {"prior/replicas": 0.0}
+    out: dict[str, float] = {"prior/replicas": float(len(numeric))}
+    keys = set().union(*numeric)
+    for key in keys:
+        values = [s[key] for s in numeric if key in s]
+        if key in _SUMMED:
+            out[key] = float(sum(values))
+        elif key in _WORST:
+            finite = [v for v in values if v == v]
+            out[key] = max(finite) if finite else float("nan")
+        elif key == "prior/adapter_version":
+            out[key] = min(values)
+        else:
+            out[key] = values[0] if len(values) == 1 else float(sum(values) / len(values))
+    answered = out.get("prior/answered_total", 0.0)
+    if "prior/parse_failures_total" in out:
+        out["prior/parse_failure_rate"] = out["prior/parse_failures_total"] / answered if answered else 0.0
+    if "prior/batches_total" in out and out["prior/batches_total"] and "prior/batch_size_mean" in out:
+        weights = [s.get("prior/batches_total", 0.0) for s in numeric]
+        sizes = [s.get("prior/batch_size_mean", 0.0) for s in numeric]
+        out["prior/batch_size_mean"] = sum(w * b for w, b in zip(weights, sizes)) / sum(weights)
+    return out

@@ -283,9 +283,25 @@ METRIC_PATHS = {
 }
 
 
+#: env-runner metric prefixes passed to the sink as they are (counters of the run's own callbacks), with the
+#: namespace they get there.
+ENV_RUNNER_PREFIXES = {"covr_df/": "df/", "prior_client/": "prior_client/"}
+
+
 def learner_metrics(results: Dict[str, Any]) -> Dict[str, float]:
-    """Namespaced scalars from an ``algo.train()`` result (only those present)."""
+    """Namespaced scalars from an ``algo.train()`` result (only those present): :data:`METRIC_PATHS`, and
+    the env runners' ``covr_df/*`` (D_f recorder) and ``prior_client/*`` (prior wrappers) counters."""
     out: Dict[str, float] = {}
+    runners = results.get("env_runners") if isinstance(results, dict) else None
+    for key, node in (runners.items() if isinstance(runners, dict) else ()):
+        for prefix, namespace in ENV_RUNNER_PREFIXES.items():
+            if isinstance(key, str) and key.startswith(prefix):
+                value = _peek(node)
+                if value is not None:
+                    out[namespace + key[len(prefix):]] = value
+    steps, with_prior = out.get("prior_client/steps"), out.get("prior_client/with_prior")
+    if steps:
+        out["prior_client/with_prior_frac"] = (with_prior or 0.0) / steps
     for path, name in METRIC_PATHS.items():
         node: Any = results
         for key in path:
