@@ -203,9 +203,31 @@ def test_eval_and_export_work_on_the_run(crashed_and_resumed):
     assert list((root / "export").rglob("*.onnx"))
 
 
-def test_a_failed_lora_round_keeps_df_and_does_not_count(ray_session, tiny_vlm_dir, tmp_path):
+def test_leftover_actors_of_a_dead_driver_are_removed(ray_session):
+    """On a cluster a killed driver's Ray lives on, and so may its named actors for a while: a resumed run removes
+    the ones named after its run id before it starts its own (the names would collide)."""
+    import ray
+
+    from covr_ray.loop.actors import remove_leftover_actors, run_actor_names
+
+    @ray.remote(num_cpus=0)
+    class Leftover:
+        def ping(self) -> str:
+            return "alive"
+
+    prior_name, lora_name = run_actor_names("dead-driver-abc123", 1)
+    handle = Leftover.options(name=prior_name, lifetime="detached").remote()
+    assert ray.get(handle.ping.remote(), timeout=60) == "alive"
+    assert remove_leftover_actors([prior_name, lora_name]) == [prior_name]  # the LoRA one never existed
+    with pytest.raises(ValueError):
+        ray.get_actor(prior_name)
+
+
+def test_a_failed_lora_round_keeps_df_and_does_not_count(ray_session, tiny_vlm_dir, tmp_path, caplog):
     """The LoRA trainer actor dies before the first round: the round fails (round/failed), D_f stays for the
-    next attempt, the cold start does not advance (lambda stays 0) and the round is retried one interval later."""
+    next attempt, the cold start does not advance (lambda stays 0) and the round is retried one interval later.
+    Then the prior service dies too: no prior reaches the replay any more, and the run says so (a warning and
+    loop/prior_starved = 1 after prior.starved_after_env_steps = 200 env steps) instead of looking healthy."""
     import ray
 
     from covr_ray.loop.orchestrator import CovrRun
@@ -226,5 +248,17 @@ def test_a_failed_lora_round_keeps_df_and_does_not_count(ray_session, tiny_vlm_d
         assert (run.schedule.round, run.schedule.failed, run.schedule.next_round_at) == (0, 1, 250)
         assert run.current_lambda() == 0.0 and run.adapter_version == -1
         assert failed["schedule/guidance_on"] == 0.0
+
+        caplog.set_level("WARNING", logger="covr_ray")
+        for handle in run.prior:
+            ray.kill(handle, no_restart=True)
+        killed_at = run.env_steps
+        run.run(stop_at_env_steps=killed_at + 260)
     finally:
         run.close()
+    metrics = read_csv_metrics(root / "metrics.csv")
+    starved = [(step, v) for step, v in metrics["loop/prior_starved"] if step > killed_at]
+    assert all(v == 0 for step, v in metrics["loop/prior_starved"] if step <= killed_at)
+    assert starved[-1][1] == 1.0  # flagged within the 260 env steps after the service died, and it stays
+    assert "NO VLM PRIOR has reached the replay" in caplog.text
+    assert run.longest_prior_silence >= 200
