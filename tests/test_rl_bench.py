@@ -46,7 +46,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from torch import nn
 
 from covr_ray.cli import main
@@ -54,7 +53,7 @@ from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.plain import PlainPixelSAC
 from numerics import (accumulation_lengths, adam_sensitivity, assert_close_within, cast_atol, chain_atol,
                       unit_roundoff)
-from test_rl_learner import MID, TS, make_learner, tiny_cfg
+from test_rl_learner import MID, TS, collect_from, make_learner, tiny_cfg
 from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -94,23 +93,10 @@ class _EndsAt(gym.Wrapper):
 
 
 def _collect(steps: int, seed: int, episode_steps: int = 6) -> CovrEpisodeReplayBuffer:
-    """Random-action transitions of terminating episodes, priors every other step."""
-    env = PriorInfoWrapper(_EndsAt(DotEnv({"size": 24}), episode_steps), every=2)
-    buf = CovrEpisodeReplayBuffer(1000, frame_stack=3, seed=seed)
-    rng = np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
-                            action_space=env.action_space)
-    for _ in range(steps):
-        a = rng.uniform(-1, 1, 2).astype(np.float32)
-        obs, r, te, tr, info = env.step(a)
-        ep.add_env_step(obs, a, r, infos=info, terminated=te, truncated=tr)
-        if te or tr:
-            buf.add([ep.to_numpy()])
-            obs, info = env.reset()
-            ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
-                                    action_space=env.action_space)
-    return buf
+    """Random-action transitions of terminating episodes (the unfinished last one left out), priors every
+    other step."""
+    return collect_from(PriorInfoWrapper(_EndsAt(DotEnv({"size": 24}), episode_steps), every=2), steps, seed,
+                        keep_unfinished=False)
 
 
 PARTS = ("encoder", "actor", "critic", "target_encoder", "target_critic")

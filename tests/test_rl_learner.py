@@ -51,7 +51,12 @@ def make_learner(cfg: Any, learner_class: Optional[type] = None, seed: int = 0) 
 
 
 def collect(steps: int = 40, seed: int = 0, fixed_prior: Optional[list] = None, every: int = 2) -> CovrEpisodeReplayBuffer:
-    env = PriorInfoWrapper(DotEnv({"size": 24}), every=every, fixed_prior=fixed_prior)
+    return collect_from(PriorInfoWrapper(DotEnv({"size": 24}), every=every, fixed_prior=fixed_prior), steps, seed)
+
+
+def collect_from(env: Any, steps: int, seed: int, keep_unfinished: bool = True) -> CovrEpisodeReplayBuffer:
+    """``steps`` uniform-random actions in ``env`` (a DotEnv with prior infos) into a replay buffer, episode by
+    episode; the last, unfinished episode too unless ``keep_unfinished`` is False."""
     buf = CovrEpisodeReplayBuffer(1000, frame_stack=3, seed=seed)
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
@@ -66,7 +71,7 @@ def collect(steps: int = 40, seed: int = 0, fixed_prior: Optional[list] = None, 
             obs, info = env.reset()
             ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
                                     action_space=env.action_space)
-    if len(ep):
+    if keep_unfinished and len(ep):
         buf.add([ep.to_numpy()])
     return buf
 

@@ -30,6 +30,7 @@ from covr_ray.columns import (
 from covr_ray.errors import CheckpointError, ReplayError
 from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer, late_priors, parse_step_infos
 from covr_ray.rl.replay import FORMAT_VERSION, PixelReplay
+from test_rl_learner import collect_from
 from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
 
 K, C, S, A = 3, 3, 8, 2
@@ -327,24 +328,7 @@ class _VersionedPriors(gym.Wrapper):
 
 
 def _collect_versioned(steps: int, seed: int) -> CovrEpisodeReplayBuffer:
-    env = _VersionedPriors(PriorInfoWrapper(DotEnv({"size": 24}), every=1))
-    buf = CovrEpisodeReplayBuffer(1000, frame_stack=3, seed=seed)
-    rng = np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
-                            action_space=env.action_space)
-    for _ in range(steps):
-        a = rng.uniform(-1, 1, 2).astype(np.float32)
-        obs, r, te, tr, info = env.step(a)
-        ep.add_env_step(obs, a, r, infos=info, terminated=te, truncated=tr)
-        if te or tr:
-            buf.add([ep.to_numpy()])
-            obs, info = env.reset()
-            ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
-                                    action_space=env.action_space)
-    if len(ep):
-        buf.add([ep.to_numpy()])
-    return buf
+    return collect_from(_VersionedPriors(PriorInfoWrapper(DotEnv({"size": 24}), every=1)), steps, seed)
 
 
 @pytest.mark.usefixtures("torch_one_thread")

@@ -30,7 +30,7 @@ unstable (its ablation: ER 200 with Q instead of return).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -104,6 +104,34 @@ def _score_table(table: pa.Table, frame_stack: int, q_fn: QFunction, action_dim:
     return table.set_column(idx, table.schema.field(idx), pa.array(q, pa.float32()))
 
 
+#: ``transform(table, where) -> (rewritten table or None when nothing to do, count)`` of :func:`_rewrite_shards`.
+ShardTransform = Callable[[pa.Table, str], "tuple[Optional[pa.Table], int]"]
+
+
+def _rewrite_shards(shards: Sequence[Path], transform: ShardTransform, why_left_out: str
+                    ) -> tuple[list[Path], int, int]:
+    """Apply ``transform`` to every D_f shard and rewrite the ones it changed, atomically, one at a time.
+
+    Returns ``(shards complete after it, sum of its counts, shards left out)``: a shard that is unreadable or
+    that ``transform`` refuses (FinetuneDataError) is left out of the round with a warning, untouched.
+    """
+    kept: list[Path] = []
+    count, left_out = 0, 0
+    for path in shards:
+        path = Path(path)
+        try:
+            table, n = transform(read_shard(path, kind="df"), str(path))
+            if table is not None:
+                write_shard(path, table)
+                count += n
+        except (ShardError, FinetuneDataError) as exc:
+            log.warning("round: D_f shard left out (%s): %s", why_left_out, exc)
+            left_out += 1
+            continue
+        kept.append(path)
+    return kept, count, left_out
+
+
 def score_df_shards(shards: Sequence[Path], frame_stack: int, q_fn: QFunction,
                     action_dim: int) -> tuple[list[Path], dict[str, float]]:
     """Fill the ``q_value`` column of D_f shards in place (atomically, shard by shard).
@@ -117,22 +145,13 @@ def score_df_shards(shards: Sequence[Path], frame_stack: int, q_fn: QFunction,
     Returns:
         ``(shards every row of which now has a Q, metrics)``: ``df/q_scored_rows``, ``df/q_unscored_shards``.
     """
-    scored: list[Path] = []
-    rows_scored, unscored = 0, 0
-    for path in shards:
-        path = Path(path)
-        try:
-            table = read_shard(path, kind="df")
-            before = np.isfinite(table.column(C.Q_VALUE).to_numpy(zero_copy_only=False))
-            if not before.all():
-                table = _score_table(table, frame_stack, q_fn, action_dim, str(path))
-                write_shard(path, table)
-                rows_scored += int((~before).sum())
-        except (ShardError, FinetuneDataError) as exc:
-            log.warning("round: D_f shard left out of the Q-value round: %s", exc)
-            unscored += 1
-            continue
-        scored.append(path)
+    def score(table: pa.Table, where: str) -> tuple[Optional[pa.Table], int]:
+        missing = ~np.isfinite(table.column(C.Q_VALUE).to_numpy(zero_copy_only=False))
+        if not missing.any():
+            return None, 0
+        return _score_table(table, frame_stack, q_fn, action_dim, where), int(missing.sum())
+
+    scored, rows_scored, unscored = _rewrite_shards(shards, score, "cannot be scored by the critic")
     return scored, {"df/q_scored_rows": float(rows_scored), "df/q_unscored_shards": float(unscored)}
 
 
@@ -197,19 +216,10 @@ def bootstrap_truncated_shards(shards: Sequence[Path], frame_stack: int, v_fn: V
         ``(shards whose returns are now complete, metrics)``: ``df/bootstrapped_episodes``,
         ``df/bootstrap_failed_shards`` (left out of the round with a warning; cleared with D_f).
     """
-    done: list[Path] = []
-    episodes, failed = 0, 0
-    for path in shards:
-        path = Path(path)
-        try:
-            table = read_shard(path, kind="df")
-            if np.isnan(table.column(C.BOOTSTRAP_VALUE).to_numpy(zero_copy_only=False)).any():
-                table, n = _bootstrap_table(table, frame_stack, v_fn, gamma, str(path))
-                write_shard(path, table)
-                episodes += n
-        except (ShardError, FinetuneDataError) as exc:
-            log.warning("round: D_f shard left out (its truncated returns cannot be bootstrapped): %s", exc)
-            failed += 1
-            continue
-        done.append(path)
+    def bootstrap(table: pa.Table, where: str) -> tuple[Optional[pa.Table], int]:
+        if not np.isnan(table.column(C.BOOTSTRAP_VALUE).to_numpy(zero_copy_only=False)).any():
+            return None, 0
+        return _bootstrap_table(table, frame_stack, v_fn, gamma, where)
+
+    done, episodes, failed = _rewrite_shards(shards, bootstrap, "its truncated returns cannot be bootstrapped")
     return done, {"df/bootstrapped_episodes": float(episodes), "df/bootstrap_failed_shards": float(failed)}

@@ -92,8 +92,9 @@ def episode_rows(chunks: list[Any], action_dim: int
 
 def final_frame(episode: Any) -> np.ndarray:
     """Newest RGB frame ``(S, S, 3)`` uint8 of the episode's last observation (o_T, after its last step)."""
-    obs = np.asarray(episode.get_observations(-1))
-    return np.ascontiguousarray(obs[-3:].transpose(1, 2, 0))
+    from covr_ray.finetune.shards import latest_frame
+
+    return latest_frame(np.asarray(episode.get_observations(-1)))
 
 
 class DfRecorderCallback(RLlibCallback):

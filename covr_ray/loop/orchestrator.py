@@ -116,8 +116,7 @@ class CovrRun:
         from covr_ray.loop.env_factory import register_run_env
         from covr_ray.metrics import MetricsSink
         from covr_ray.prior.client_stats import PriorClientStatsCallback
-        from covr_ray.rl.algo import (build_algorithm_config, set_prior_age_limit, set_prior_weight,
-                                      warmup_agent_steps)
+        from covr_ray.rl.algo import build_algorithm_config, set_prior_age_limit, set_prior_weight
 
         cfg = self.cfg
         check_paths(cfg)  # bad paths fail here, before the lock, Ray or any actor
@@ -129,7 +128,8 @@ class CovrRun:
         self.env_spec = spec
         self.sink = MetricsSink(self.run_dir.root, cfg.logging, run_name=self.run_dir.root.name,
                                 config=cfg.to_dict())
-        self.schedule = FinetuneSchedule(cfg.schedule, start_at=warmup_agent_steps(cfg) * cfg.env.action_repeat)
+        # the round clock starts when the uniform warm-up (sac.learning_starts agent steps) ends
+        self.schedule = FinetuneSchedule(cfg.schedule, start_at=cfg.sac.learning_starts * cfg.env.action_repeat)
         if cfg.prior.enabled:
             self._start_vlm_actors(spec)
         env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": self.run_id,

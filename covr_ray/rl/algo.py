@@ -124,13 +124,6 @@ def learner_uses_gpu(cfg: CovrConfig) -> bool:
     return cfg.ray.num_gpus_learner > 0 and (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()))
 
 
-def warmup_agent_steps(cfg: CovrConfig) -> int:
-    """Agent steps of the uniform-random warm-up (``sac.learning_starts``, counted over all env runners as
-    RLlib counts them). Times ``env.action_repeat`` it is the env step at which the fine-tune round clock
-    starts."""
-    return cfg.sac.learning_starts
-
-
 def initial_prior_weight(cfg: CovrConfig) -> float:
     """lambda at the start of a run: 0 while the cold start lasts or when the prior is off."""
     if not cfg.prior.enabled or cfg.schedule.cold_start_rounds > 0:
@@ -357,5 +350,5 @@ def restore_checkpoint(algo: CovrSAC, path: Union[str, os.PathLike]) -> CovrSAC:
 
 __all__ = ["CovrSAC", "CovrSACConfig", "build_algorithm_config", "set_prior_weight", "set_prior_age_limit",
            "get_prior_weight", "policy_state_dict", "network_spec_for", "q_values", "state_values",
-           "warmup_agent_steps", "learner_metrics", "replay_buffer", "save_checkpoint", "restore_algorithm",
+           "learner_metrics", "replay_buffer", "save_checkpoint", "restore_algorithm",
            "restore_checkpoint", "initial_prior_weight", "training_intensity"]

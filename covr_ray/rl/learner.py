@@ -169,11 +169,13 @@ class PixelSACLearner(SACTorchLearner):
         if obs.shape[1:] != tuple(module.spec.obs_shape) or actions.shape != (len(obs), module.spec.action_dim):
             raise LearnerError(f"q_values needs obs (N, {module.spec.obs_shape}) and actions "
                                f"(N, {module.spec.action_dim}); got {obs.shape} and {actions.shape}")
-        out = []
-        for i in range(0, len(obs), chunk):
-            batch = {Columns.OBS: torch.as_tensor(obs[i:i + chunk], device=self._device),
-                     Columns.ACTIONS: torch.as_tensor(actions[i:i + chunk], device=self._device)}
-            out.append(module.compute_q_values(batch).float().cpu().numpy())
+        return self._in_chunks(lambda o, a: module.compute_q_values({Columns.OBS: o, Columns.ACTIONS: a}),
+                               chunk, obs, actions)
+
+    def _in_chunks(self, fn: Any, chunk: int, *arrays: np.ndarray) -> np.ndarray:
+        """``fn`` over ``chunk``-row slices of ``arrays`` (moved to the learner's device) -> ``(N,)`` float32."""
+        out = [fn(*(torch.as_tensor(a[i:i + chunk], device=self._device) for a in arrays)).float().cpu().numpy()
+               for i in range(0, len(arrays[0]), chunk)]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -189,13 +191,12 @@ class PixelSACLearner(SACTorchLearner):
         obs = np.asarray(obs)
         if obs.shape[1:] != tuple(module.spec.obs_shape):
             raise LearnerError(f"state_values needs obs (N, {module.spec.obs_shape}); got {obs.shape}")
-        out = []
-        for i in range(0, len(obs), chunk):
-            o = torch.as_tensor(obs[i:i + chunk], device=self._device)
+
+        def value(o: torch.Tensor) -> torch.Tensor:
             h = module.encoder(o)
-            action = squashed_mean(module.actor(h))
-            out.append(torch.min(*module.critic(h, action)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+            return torch.min(*module.critic(h, squashed_mean(module.actor(h))))
+
+        return self._in_chunks(value, chunk, obs)
 
 
 class CovrSACLearner(PixelSACLearner):
