@@ -27,17 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with bootstrap CIs) and learning curves over runs"),
 }
 
-#: bench name -> (module, one-line help). Each module has ``add_arguments`` and ``run``.
-BENCHES: dict[str, tuple[str, str]] = {
-    "loop": ("covr_ray.loop.bench", "COVR's wall-clock over its base algorithm, and env rate with the prior on vs off"),
-    "env": ("covr_envs.bench", "agent steps per second of one env under random actions (--env NAME --steps N)"),
-    "deploy": ("covr_ray.commands.bench_deploy", "single-observation latency p50/p99 and size of the exported policy"),
-    "learner": ("covr_ray.rl.bench", "SAC updates/s through RLlib vs the same update in plain PyTorch (--batch-size B)"),
-    "lora": ("covr_ray.finetune.bench", "LoRA fine-tune samples/s and trainable share of the VLM (--model, --preset)"),
-    "prior": ("covr_ray.prior.bench", "VLM prior service: batched vs sequential queries/s, p50/p95, hot swap vs reload"),
-}
-
-
 def _first_positional(argv: Sequence[str]) -> Optional[str]:
     for token in argv:
         if not token.startswith("-"):

@@ -348,6 +348,11 @@ class RALWConfig:
     = uniform [0, 1]."""
 
 
+#: LoRA targets of the supported VLM families: the language model's projections (the vision tower stays
+#: frozen: vLLM serves LoRA on the language model only). A regex PEFT matches with ``re.fullmatch``.
+LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
 @dataclass
 class LoRAConfig:
     """LoRA fine-tuning of the VLM on the RL agent's kept samples."""
@@ -358,7 +363,7 @@ class LoRAConfig:
     """LoRA alpha (paper: 256 CARLA, 16 DMControl)."""
     dropout: float = 0.05
     """Dropout on the LoRA branch."""
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    target_modules: str = LANGUAGE_MODEL_TARGETS
     """Regex over module names to adapt; the default adapts the language model only, not the vision tower."""
     learning_rate: float = 2e-4
     """AdamW learning rate."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from covr_ray.cli import BENCHES, COMMANDS, main
+from covr_ray.bench import BENCHES
+from covr_ray.cli import COMMANDS, main
 
 
 def _covr(*args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import torch
 
 from covr_deploy import DeployError, FrameStacker, ObservationError, Policy, measure_latency
 from covr_ray.cli import main
-from covr_ray.commands.bench_deploy import preset_policy
+from covr_ray.bench.deploy import preset_policy
 from covr_ray.export import export_policy
 from numerics import assert_close_within, export_verification_atol, policy_error_bound
 from test_export_policy_io import IMAGE, small_policy

@@ -94,7 +94,7 @@ def crashed_and_resumed(ray_session, tiny_vlm_dir, tmp_path_factory):
     import ray
 
     from covr_ray.loop.orchestrator import CovrRun
-    from covr_ray.loop.run_dir import RunDir, read_loop_state
+    from covr_ray.run_dir import RunDir, read_loop_state
 
     tmp = tmp_path_factory.mktemp("loop")
     root = tmp / "run"
@@ -169,7 +169,7 @@ def test_regulariser_off_during_cold_start_then_on(crashed_and_resumed):
 
 def test_df_cleared_after_completed_rounds_warmup_never_kept_truncations_bootstrapped(crashed_and_resumed):
     from covr_ray import columns as C
-    from covr_ray.finetune.shards import open_shard_set, read_shard
+    from covr_ray.df.shards import open_shard_set, read_shard
 
     root = crashed_and_resumed["root"]
     metrics = read_csv_metrics(root / "metrics.csv")

@@ -6,7 +6,7 @@ import pytest
 
 from covr_ray.config import load_config
 from covr_ray.errors import CheckpointError
-from covr_ray.loop.run_dir import RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state
+from covr_ray.run_dir import RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state
 
 
 def test_relative_run_dir_becomes_absolute_and_is_not_clobbered(tmp_path, monkeypatch):
@@ -80,7 +80,7 @@ def test_driver_lock_refuses_a_second_driver_and_dies_with_a_killed_one(tmp_path
 
     run = RunDir.create(tmp_path / "r", load_config("smoke"))
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from covr_ray.loop.run_dir import RunDir; RunDir(__import__('pathlib').Path(sys.argv[1]))"
+        "import sys, time; from covr_ray.run_dir import RunDir; RunDir(__import__('pathlib').Path(sys.argv[1]))"
         ".lock(); print('locked', flush=True); time.sleep(600)"), str(run.root)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

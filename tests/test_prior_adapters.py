@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from covr_ray.errors import AdapterError
-from covr_ray.prior.adapters import (
-    BASE_VERSION,
-    AdapterRegistry,
-    adapter_path,
-    latest_adapter,
-    list_adapters,
-    validate_adapter,
-)
+from covr_ray.lora.versions import BASE_VERSION, adapter_path, adapter_versions, list_adapters
+from covr_ray.prior.adapters import AdapterRegistry, validate_adapter
 
 
 def _write_adapter(path: Path, rank: int = 8, weights: bytes | None = None) -> Path:
@@ -33,12 +27,13 @@ def _write_adapter(path: Path, rank: int = 8, weights: bytes | None = None) -> P
 
 def test_layout_and_latest(tmp_path: Path) -> None:
     root = tmp_path / "adapters"
-    assert latest_adapter(root) is None
+    assert list_adapters(root) == []
     for v in (3, 1, 12):
         _write_adapter(adapter_path(root, v))
     (root / ".v13.abc.tmp").mkdir()  # an unfinished atomic write is not a version
-    assert [v for v, _ in list_adapters(root)] == [1, 3, 12]
-    assert latest_adapter(root) == (12, root / "v12")
+    (root / "v14").mkdir()  # nor a version directory without its adapter_config.json
+    assert adapter_versions(root) == [1, 3, 12]
+    assert list_adapters(root)[-1] == (12, root / "v12")
     assert validate_adapter(root / "v3", 3, root, max_rank=8).rank == 8
 
 

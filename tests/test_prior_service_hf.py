@@ -19,7 +19,8 @@ import pytest
 
 from covr_ray.config import PriorConfig
 from covr_ray.errors import AdapterError
-from covr_ray.prior.adapters import adapter_path, build_random_adapter
+from covr_ray.lora.random_adapter import build_random_adapter
+from covr_ray.lora.versions import adapter_path
 from covr_ray.prior.codecs import get_codec
 from covr_ray.prior.service import PriorService
 

@@ -142,9 +142,9 @@ def test_df_rows_are_scored_by_the_learners_critic(trained: Any, tmp_path: Path)
     """EDDF's q_value ablation in `covr train`: the orchestrator's scoring path with the real critic gives
     exactly the critic's Q on the observations the policy saw (rebuilt from D_f's single frames)."""
     from covr_ray import columns as C
-    from covr_ray.finetune.buffer import FilterBuffer
-    from covr_ray.finetune.shards import read_shard
-    from covr_ray.loop.df_q_scoring import score_df_shards
+    from covr_ray.df.writer import FilterBuffer
+    from covr_ray.df.shards import read_shard
+    from covr_ray.select.critic import score_df_shards
     from covr_ray.rl.algo import q_values
     from test_rl_testenv import DotEnv
 
@@ -198,8 +198,9 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
     """Through the real env runner: the warm-up connector's per-step flag reaches D_f (rows of uniform-random
     actions are marked), and a time-limit-truncated episode's last row carries the newest frame of o_T."""
     from covr_ray import columns as C
-    from covr_ray.finetune.shards import decode_frame, read_shard
-    from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
+    from covr_ray.df.shards import read_shard
+    from covr_ray.frames import decode_frame
+    from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
     from covr_ray.rl.algo import build_algorithm_config, replay_buffer
 
     cfg = load_config("smoke", overrides=[
@@ -237,8 +238,8 @@ def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_
     warm-up, none after, and none after a checkpoint restore into a freshly built algorithm (a resumed run)."""
     from covr_envs.rllib import env_config_dict
     from covr_ray import columns as C
-    from covr_ray.finetune.shards import read_shard
-    from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
+    from covr_ray.df.shards import read_shard
+    from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
     from covr_ray.loop.env_factory import register_run_env
     from covr_ray.rl.algo import build_algorithm_config, restore_checkpoint, save_checkpoint
 

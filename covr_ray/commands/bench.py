@@ -1,14 +1,11 @@
-"""``covr bench NAME``: run one benchmark and print its figures as one JSON object on stdout.
-
-Bench modules keep torch/ray imports inside ``run`` so listing them stays cheap.
-"""
+"""``covr bench NAME``: run one benchmark of :mod:`covr_ray.bench` and print its figures."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-from covr_ray.cli import BENCHES
+from covr_ray.bench import BENCHES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,15 +19,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return int(args._bench_run(args) or 0)
-
-
-def print_figures(figures: dict, as_json: bool) -> None:
-    """A benchmark's result: one JSON object (``--json``) or one aligned ``key: value`` line per figure."""
-    import json
-
-    if as_json:
-        print(json.dumps(figures))
-        return
-    width = max((len(k) for k in figures), default=0)
-    for key, value in figures.items():
-        print(f"{key:>{width}}: {value}")

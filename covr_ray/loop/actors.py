@@ -1,6 +1,6 @@
 """The run's Ray actors by name, and the removal of actors an earlier driver left behind.
 
-Every actor of a run is named after the run's persisted id (:attr:`covr_ray.loop.run_dir.RunDir.run_id`):
+Every actor of a run is named after the run's persisted id (:attr:`covr_ray.run_dir.RunDir.run_id`):
 ``covr-prior-<run_id>-<replica>`` for the prior service, ``covr-lora-<run_id>`` for the LoRA trainer. So a
 resumed run finds its own actors' names again, and two runs on one cluster never collide.
 """

@@ -5,7 +5,7 @@
 
 1. the learner's critic completes D_f: time-limit-truncated episodes get their return-to-go bootstrapped
    (always), and with ``eddf.signal=q_value`` every row gets ``Q(o_i, a_r_i)``
-   (:mod:`covr_ray.loop.df_q_scoring`; shards are rewritten atomically, each at most once);
+   (:mod:`covr_ray.select.critic`; shards are rewritten atomically, each at most once);
 2. EDDF + RALW write the round's kept shard set (warm-up rows are never candidates);
 3. the LoRA trainer actor trains on it and saves adapter ``v<N>`` (within ``lora.max_round_s``);
 4. every prior replica hot-swaps ``v<N>``.
@@ -66,9 +66,9 @@ def fine_tune_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, ro
         initial_entropy: the run's first measured policy entropy (``eddf.slope=run``).
         timeout_s: the longest wait for the trainer and each hot swap.
     """
-    from covr_ray.finetune.lora_trainer import train_round_remote
-    from covr_ray.finetune.round_data import build_kept_set
-    from covr_ray.loop.df_q_scoring import bootstrap_truncated_shards, score_df_shards
+    from covr_ray.lora.actor import train_round_remote
+    from covr_ray.select.kept import build_kept_set
+    from covr_ray.select.critic import bootstrap_truncated_shards, score_df_shards
     from covr_ray.prior.service import load_adapter_everywhere
 
     metrics: dict[str, float] = {}

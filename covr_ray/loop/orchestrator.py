@@ -37,7 +37,7 @@ from covr_ray.config import CovrConfig
 from covr_ray.errors import PriorServiceError
 from covr_ray.log import get_logger
 from covr_ray.loop.actors import lora_actor_name, remove_leftover_actors, run_actor_names
-from covr_ray.loop.run_dir import (RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state)
+from covr_ray.run_dir import (RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state)
 from covr_ray.loop.resources import check_resources
 from covr_ray.preflight import check_paths
 
@@ -111,8 +111,8 @@ class CovrRun:
 
         from covr_envs.registry import resolve_env_spec
         from covr_envs.rllib import env_config_dict
-        from covr_ray.finetune.schedule import FinetuneSchedule
-        from covr_ray.loop.df_recorder import ENV_CONFIG_KEY, DfRecorderCallback
+        from covr_ray.loop.schedule import FinetuneSchedule
+        from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
         from covr_ray.loop.env_factory import register_run_env
         from covr_ray.metrics import MetricsSink
         from covr_ray.prior.client_stats import PriorClientStatsCallback
@@ -155,7 +155,7 @@ class CovrRun:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-        from covr_ray.finetune.lora_trainer import start_lora_trainer
+        from covr_ray.lora.actor import start_lora_trainer
         from covr_ray.prior.codecs import get_codec
         from covr_ray.prior.prompts import build_instruction
         from covr_ray.prior.service import start_prior_replicas
@@ -181,7 +181,7 @@ class CovrRun:
         self.sink.log({"lora/trainable_frac": float(lora_info.get("trainable_frac", math.nan))}, step=self.env_steps)
 
     def _restore(self) -> None:
-        from covr_ray.finetune.schedule import FinetuneSchedule
+        from covr_ray.loop.schedule import FinetuneSchedule
         from covr_ray.rl.algo import restore_checkpoint
 
         state = read_loop_state(self.checkpoint_path)

@@ -2,7 +2,8 @@
 
 Layout: the run's adapter directory holds one directory per published version, ``v1``, ``v2``,
 ... (:func:`adapter_path`), each a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
-written atomically by the LoRA trainer. After a restart the service reloads :func:`latest_adapter`.
+written atomically by the LoRA trainer. After a restart the service reloads the newest complete one
+(:func:`covr_ray.lora.versions.list_adapters`).
 
 :func:`validate_adapter` refuses, with :class:`~covr_ray.errors.AdapterError`, anything outside the run's
 adapter directory (symlinks resolved), a directory whose name says another version, missing or unreadable
@@ -13,17 +14,14 @@ bounded set of loaded ones (older versions are dropped beyond ``max_adapters``).
 from __future__ import annotations
 
 import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from covr_ray.errors import AdapterError
+from covr_ray.lora.versions import BASE_VERSION, version_of
 
-#: Version of "no adapter": the base model answers.
-BASE_VERSION = -1
-_VERSION_DIR = re.compile(r"^v(\d{1,9})$")
 #: Largest safetensors header we read (the format itself caps it at 100 MB).
 _MAX_HEADER_BYTES = 100_000_000
 
@@ -35,35 +33,6 @@ class AdapterVersion:
     version: int
     path: str
     rank: int
-
-
-def adapter_path(adapter_dir: str | Path, version: int) -> Path:
-    """Where version ``version`` of the run's adapter is published: ``<adapter_dir>/v{version}`` (the layout
-    the LoRA trainer writes)."""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise AdapterError(f"adapter version {version!r}; allowed: an integer >= 0")
-    return Path(adapter_dir) / f"v{version}"
-
-
-def version_of(path: str | Path) -> Optional[int]:
-    """Version number encoded in a directory name ``v<N>`` (``v7``, ``v000007``), or None for other names."""
-    m = _VERSION_DIR.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def list_adapters(adapter_dir: str | Path) -> list[tuple[int, Path]]:
-    """Published versions in ``adapter_dir`` as (version, path), oldest first; temp dirs are ignored."""
-    root = Path(adapter_dir)
-    if not root.is_dir():
-        return []
-    found = [(version_of(p), p) for p in root.iterdir() if p.is_dir()]
-    return sorted((v, p) for v, p in found if v is not None)
-
-
-def latest_adapter(adapter_dir: str | Path) -> Optional[tuple[int, Path]]:
-    """Newest published version (version, path), or None when nothing was published yet."""
-    versions = list_adapters(adapter_dir)
-    return versions[-1] if versions else None
 
 
 def _safetensors_ok(path: Path) -> None:
@@ -170,31 +139,3 @@ class AdapterRegistry:
         dropped = self._loaded[:-self.max_adapters]
         self._loaded = self._loaded[-self.max_adapters:]
         return dropped
-
-
-#: Language-model projections of the supported families (the vision towers are left alone: vLLM serves
-#: LoRA on the language model only).
-LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-def build_random_adapter(model: str, out_dir: str | Path, *, rank: int = 8, alpha: int = 64,
-                         seed: int = 0) -> Path:
-    """Write a PEFT LoRA adapter for ``model`` with random A *and* B matrices into ``out_dir`` (atomically).
-
-    A freshly initialised LoRA (B = 0) does not change the model; this one does, which is what benchmarks
-    and tests of hot-swapping need. It is not a trained adapter.
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from covr_ray.io import atomic_directory
-
-    base = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
-                                                 target_modules=LANGUAGE_MODEL_TARGETS))
-    out = Path(out_dir)
-    with atomic_directory(out) as tmp:
-        peft_model.save_pretrained(tmp)
-    return out

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
 from typing import Any, Optional
 
 import numpy as np
 
-from covr_ray.errors import DependencyMissingError, PriorServiceError
+from covr_ray.errors import DependencyMissingError, PriorServiceError, ShardError
+from covr_ray.frames import decode_frame
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)
@@ -29,13 +29,9 @@ MAX_BODY = 8 * 1024 * 1024
 
 def decode_png(data: str) -> np.ndarray:
     """Base64 PNG/JPEG text -> (H, W, 3) uint8; PriorServiceError naming the problem otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+        return decode_frame(base64.b64decode(data, validate=True))
+    except (binascii.Error, ShardError) as exc:
         raise PriorServiceError(f"image_png_base64 is not a base64 image ({exc}); allowed: base64 of a PNG "
                                 "or JPEG file") from exc
 

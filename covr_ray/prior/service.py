@@ -35,7 +35,8 @@ import numpy as np
 from covr_ray.config import CovrConfig, PriorConfig
 from covr_ray.errors import AdapterError, ConfigError, PriorServiceError
 from covr_ray.log import get_logger
-from covr_ray.prior.adapters import AdapterRegistry, list_adapters
+from covr_ray.lora.versions import list_adapters
+from covr_ray.prior.adapters import AdapterRegistry
 from covr_ray.prior.backend import backend_options, create_backend, resolve_backend
 from covr_ray.prior.codecs import get_codec
 from covr_ray.prior.metrics import PriorStats

@@ -15,7 +15,8 @@ import pytest
 
 from covr_ray import columns as C
 from covr_ray.errors import FinetuneDataError, ShardError
-from covr_ray.finetune import shards as S
+from covr_ray import frames as F
+from covr_ray.df import shards as S
 
 
 def make_rows(n: int, action_dim: int = 2, seed: int = 0) -> dict:
@@ -23,7 +24,7 @@ def make_rows(n: int, action_dim: int = 2, seed: int = 0) -> dict:
     frames = rng.integers(0, 256, size=(n, 12, 10, 3), dtype=np.uint8)
     return {
         C.EPISODE_ID: [f"ep{i // 4}" for i in range(n)], C.STEP_INDEX: [i % 4 for i in range(n)],
-        C.FRAME_PNG: [S.encode_frame(f) for f in frames],
+        C.FRAME_PNG: [F.encode_frame(f) for f in frames],
         C.RL_ACTION: rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
         C.RETURN_TO_GO: rng.normal(size=n), C.REWARD: rng.normal(size=n),
         C.Q_VALUE: np.full(n, np.nan), C.ENTROPY: np.full(n, -1.5), C.SAMPLE_WEIGHT: np.full(n, np.nan),
@@ -41,7 +42,7 @@ def test_round_trip_frames_actions_and_metadata(tmp_path):
     for name in (C.EPISODE_ID, C.STEP_INDEX, C.FRAME_PNG, C.RETURN_TO_GO, C.REWARD, C.ENTROPY):
         assert back.column(name).equals(table.column(name)), name
     assert S.shard_action_dim(back) == 2
-    frames = [S.decode_frame(b) for b in back.column(C.FRAME_PNG).to_pylist()]
+    frames = [F.decode_frame(b) for b in back.column(C.FRAME_PNG).to_pylist()]
     assert all((f == g).all() for f, g in zip(frames, rows["_frames"]))
     acts = np.array(back.column(C.RL_ACTION).to_pylist(), dtype=np.float32)
     np.testing.assert_array_equal(acts, rows[C.RL_ACTION])
@@ -52,15 +53,15 @@ def test_round_trip_frames_actions_and_metadata(tmp_path):
 
 def test_grayscale_frames_and_latest_frame():
     gray = np.arange(20, dtype=np.uint8).reshape(4, 5)
-    rgb = S.decode_frame(S.encode_frame(gray[..., None]))
+    rgb = F.decode_frame(F.encode_frame(gray[..., None]))
     assert rgb.shape == (4, 5, 3) and (rgb[..., 1] == gray).all()
     stack = np.stack([np.full((4, 5), i, np.uint8) for i in range(9)])  # (9, 4, 5): 3 RGB frames
-    last = S.latest_frame(stack)
+    last = F.latest_frame(stack)
     assert last.shape == (4, 5, 3) and (last[..., 0] == 6).all() and (last[..., 2] == 8).all()
     with pytest.raises(FinetuneDataError, match="uint8"):
-        S.encode_frame(np.zeros((4, 4, 3), np.float32))
+        F.encode_frame(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(FinetuneDataError, match=r"\(3, 84, 84\)"):
-        S.encode_frame(np.zeros((3, 84, 84), np.uint8))
+        F.encode_frame(np.zeros((3, 84, 84), np.uint8))
 
 
 def test_build_table_rejects_bad_rows():

@@ -37,7 +37,8 @@ import pyarrow as pa
 
 from covr_ray import columns as C
 from covr_ray.errors import FinetuneDataError, ShardError
-from covr_ray.finetune.shards import decode_frame, read_shard, write_shard
+from covr_ray.df.shards import read_shard, write_shard
+from covr_ray.frames import decode_frame
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)

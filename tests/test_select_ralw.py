@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from covr_ray.config import RALWConfig
 from covr_ray.errors import FinetuneDataError
-from covr_ray.finetune.ralw import minmax_signed, ralw_weights
+from covr_ray.select.ralw import minmax_signed, ralw_weights
 
 
 def test_ralw_hand_computed():

@@ -12,7 +12,6 @@ the answer tokens.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -21,7 +20,7 @@ import pyarrow as pa
 
 from covr_ray import columns as C
 from covr_ray.errors import FinetuneDataError, ShardError
-from covr_ray.finetune.shards import ShardSet, read_shards
+from covr_ray.df.shards import ShardSet, read_shards
 
 IGNORE_INDEX = -100
 
@@ -52,7 +51,7 @@ def load_examples(shard_set: ShardSet, codec: Any, tokenizer: Any) -> tuple[Answ
     """Read a kept shard set (skipping unreadable shards with a warning) and build its examples.
 
     Args:
-        shard_set: a kept set (:func:`covr_ray.finetune.shards.open_shard_set`).
+        shard_set: a kept set (:func:`covr_ray.df.shards.open_shard_set`).
         codec: the env's action codec (``encode(action) -> str``).
         tokenizer: the VLM's tokenizer (needs ``eos_token_id``).
 
@@ -83,14 +82,6 @@ def load_examples(shard_set: ShardSet, codec: Any, tokenizer: Any) -> tuple[Answ
     metrics = {"lora/rows": float(n), "lora/skipped_shards": float(len(skipped)),
                "lora/answer_tokens_mean": float(np.mean([len(a) for a in answer_ids])) if n else 0.0}
     return AnswerExamples(frames, actions, answers, answer_ids, weights), metrics
-
-
-def decode_rgb(png: bytes):
-    """PIL RGB image from PNG bytes."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as img:
-        return img.convert("RGB")
 
 
 def collate(processor: Any, prompt: str, images: Sequence[Any], answer_ids: Sequence[Sequence[int]],

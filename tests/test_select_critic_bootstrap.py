@@ -14,12 +14,12 @@ import pytest
 
 from covr_ray import columns as C
 from covr_ray.config import EDDFConfig, RALWConfig
-from covr_ray.finetune.buffer import FilterBuffer
-from covr_ray.finetune.round_data import build_kept_set
-from covr_ray.finetune.shards import read_shard, write_shard
-from covr_ray.loop.df_q_scoring import bootstrap_truncated_shards, final_observation
+from covr_ray.df.writer import FilterBuffer
+from covr_ray.select.kept import build_kept_set
+from covr_ray.df.shards import read_shard, write_shard
+from covr_ray.select.critic import bootstrap_truncated_shards, final_observation
 from numerics import assert_close_within, cast_atol, sum_atol
-from test_loop_df_q_scoring import _episode
+from test_select_critic_q import _episode
 
 GAMMA = 0.9
 
@@ -50,7 +50,7 @@ def _discounted(rewards: np.ndarray, tail: float) -> np.ndarray:
 def test_final_observation_is_the_env_stack_after_the_last_step(k: int) -> None:
     for steps in (1, 2, 6):  # shorter than the stack: the reset frame fills the missing slots
         obs, frames, _a, _r = _truncated(steps, seed=steps, k=k)
-        from covr_ray.finetune.shards import encode_frame
+        from covr_ray.frames import encode_frame
 
         pngs = [encode_frame(f) for f in frames[:-1]]
         assert np.array_equal(final_observation(pngs, encode_frame(frames[-1]), k), obs[-1])

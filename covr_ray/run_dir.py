@@ -167,7 +167,7 @@ class RunDir:
 
     def df_shards(self) -> list[Path]:
         """Complete D_f shards of every env runner (temp files of writers mid-write are excluded)."""
-        from covr_ray.finetune.shards import SHARD_SUFFIX
+        from covr_ray.df.shards import SHARD_SUFFIX
 
         return sorted(p for p in self.df.glob(f"runner-*/df-*{SHARD_SUFFIX}") if not p.name.startswith("."))
 

@@ -197,7 +197,8 @@ def bench_prior(model: str, backend: str = "auto", queries: int = 64, rounds: in
     """Run the whole benchmark in a local Ray of its own; returns the figures (see the module docstring)."""
     import ray
 
-    from covr_ray.prior.adapters import adapter_path, build_random_adapter
+    from covr_ray.lora.random_adapter import build_random_adapter
+    from covr_ray.lora.versions import adapter_path
     from covr_ray.prior.service import start_prior_service
 
     cfg = _config(model, backend, max_batch_size, seed)
@@ -240,7 +241,7 @@ def bench_prior(model: str, backend: str = "auto", queries: int = 64, rounds: in
 
 
 def run(args: argparse.Namespace) -> int:
-    from covr_ray.commands.bench import print_figures
+    from covr_ray.bench import print_figures
 
     model = args.model or tiny_model()
     out = bench_prior(model, backend=args.backend, queries=args.queries, rounds=args.rounds,

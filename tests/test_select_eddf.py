@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from covr_ray.config import EDDFConfig
 from covr_ray.errors import FinetuneDataError
-from covr_ray.finetune.eddf import eddf_select, entropy_slope, zscore
+from covr_ray.select.eddf import eddf_select, entropy_slope, zscore
 
 
 def cfg(**kw) -> EDDFConfig:

@@ -178,7 +178,7 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
 
 
 def run(args: argparse.Namespace) -> int:
-    from covr_ray.commands.bench import print_figures
+    from covr_ray.bench import print_figures
 
     figures = run_bench(args.preset, args.overrides, args.batch_size, args.image_size, args.action_dim,
                         args.updates, args.warmup, args.device, args.threads)

@@ -12,11 +12,12 @@ Targets: <= 1.3 and >= 0.9. Default model: the tiny local VLM (built into ``.cac
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from covr_ray.bench import print_figures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,5 +107,5 @@ def run(args: argparse.Namespace) -> int:
            "covr_wall_s": round(covr_s, 1), "base_wall_s": round(base_s, 1), "env_steps": args.steps,
            "env_steps_per_s_prior_off": round(off, 1), "env_steps_per_s_prior_on": round(on, 1),
            "preset": args.preset, "model": model}
-    print(json.dumps(out))
+    print_figures(out, args.json)
     return 0

@@ -3,7 +3,7 @@
 An RLlib callback (:class:`DfRecorderCallback`) runs in each env runner (a Ray actor). When an episode
 ends it walks the episode's chunks (RLlib cuts episodes into fragments for the replay buffer; the callback
 gets the earlier chunks too) and writes one row per step into that runner's
-:class:`~covr_ray.finetune.buffer.FilterBuffer` directory ``<run_dir>/df/runner-<index>/``:
+:class:`~covr_ray.df.writer.FilterBuffer` directory ``<run_dir>/df/runner-<index>/``:
 
 - the frame the VLM sees for step i is the newest RGB frame of observation o_i (the last 3 channels of
   the channel-first stack, identical to ``env.render()`` at that step);
@@ -92,7 +92,7 @@ def episode_rows(chunks: list[Any], action_dim: int
 
 def final_frame(episode: Any) -> np.ndarray:
     """Newest RGB frame ``(S, S, 3)`` uint8 of the episode's last observation (o_T, after its last step)."""
-    from covr_ray.finetune.shards import latest_frame
+    from covr_ray.frames import latest_frame
 
     return latest_frame(np.asarray(episode.get_observations(-1)))
 
@@ -111,7 +111,7 @@ class DfRecorderCallback(RLlibCallback):
         settings = (env_runner.config.env_config or {}).get(ENV_CONFIG_KEY) if env_runner else None
         if not settings:
             return None  # not a COVR run (e.g. a bare algorithm in a test): nothing to record
-        from covr_ray.finetune.buffer import FilterBuffer
+        from covr_ray.df.writer import FilterBuffer
 
         index = getattr(env_runner, "worker_index", 0)
         directory = Path(settings["dir"]) / f"runner-{index}"

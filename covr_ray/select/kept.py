@@ -2,14 +2,14 @@
 
 Reads only the score columns of D_f to decide (EDDF over all of D_f at once), then streams D_f shard by
 shard into the kept set, adding each kept row's RALW weight, so RAM holds one shard's frames at a time.
-The kept set is written atomically (:class:`~covr_ray.finetune.shards.ShardSetWriter`); only after it is
+The kept set is written atomically (:class:`~covr_ray.df.shards.ShardSetWriter`); only after it is
 complete is D_f cleared. Shards that fail validation are skipped with a warning and counted in
 ``round/skipped_shards``.
 
 Candidates: rows of uniform-random warm-up actions (``warmup``) are never selected, so the VLM is not
 taught random actions, and neither are rows whose truncated episode has not been bootstrapped yet
 (``bootstrap_value`` NaN: their return-to-go lacks the tail the critic would add; the round bootstraps D_f
-before it builds the kept set, see :mod:`covr_ray.loop.df_q_scoring`). EDDF's statistics (z-score,
+before it builds the kept set, see :mod:`covr_ray.select.critic`). EDDF's statistics (z-score,
 median, IQR) are taken over the candidates only.
 """
 
@@ -24,10 +24,11 @@ import pyarrow as pa
 from covr_ray import columns as C
 from covr_ray.config import EDDFConfig, RALWConfig
 from covr_ray.errors import FinetuneDataError, ShardError
-from covr_ray.finetune.buffer import FilterBuffer
-from covr_ray.finetune.eddf import SIGNAL_COLUMN, eddf_select
-from covr_ray.finetune.ralw import ralw_weights
-from covr_ray.finetune.shards import (META_KIND, ShardSet, ShardSetWriter, read_shard, shard_action_dim)
+from covr_ray.select.eddf import SIGNAL_COLUMN, eddf_select
+from covr_ray.select.ralw import ralw_weights
+from covr_ray.df.shards import (META_KIND, ShardSet, ShardSetWriter, build_table, read_shard, shard_action_dim,
+                                write_shard_set)
+from covr_ray.frames import encode_frame
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)
@@ -119,14 +120,24 @@ def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFConfig, r
     return writer.result, metrics
 
 
-def prepare_round(buffer: FilterBuffer, out_dir: Path, eddf: EDDFConfig, ralw: RALWConfig,
-                  entropy: Optional[float] = None, seed: int = 0) -> tuple[ShardSet, dict[str, float]]:
-    """Flush ``buffer``, build the round's kept set at ``out_dir``, then clear D_f.
+def kept_set_from_arrays(path: Path, frames: Sequence[np.ndarray], actions: np.ndarray,
+                         weights: Optional[np.ndarray] = None, returns: Optional[np.ndarray] = None,
+                         episode_id: str = "given") -> ShardSet:
+    """Write a kept shard set from arrays (benchmarks, tests, or supervising the VLM with given pairs).
 
-    D_f is cleared only after the kept set is completely written; if building it raises, D_f is intact.
+    Args:
+        frames: N frames (H, W, 3) uint8.
+        actions: (N, action_dim) float in [-1, 1].
+        weights: (N,) sample weights (default 1).
+        returns: (N,) returns stored beside them (default 0).
     """
-    buffer.flush()
-    shard_set, metrics = build_kept_set(buffer.shard_paths(), out_dir, eddf, ralw, buffer.action_dim,
-                                        entropy=entropy, seed=seed)
-    metrics["round/df_cleared_rows"] = float(buffer.clear())
-    return shard_set, metrics
+    acts = np.asarray(actions, dtype=np.float32)
+    n = len(frames)
+    if acts.ndim != 2 or len(acts) != n:
+        raise FinetuneDataError(f"actions shape {acts.shape}; expected ({n}, action_dim)")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    g = np.zeros(n) if returns is None else np.asarray(returns, dtype=np.float64)
+    rows = {C.EPISODE_ID: [episode_id] * n, C.STEP_INDEX: list(range(n)),
+            C.FRAME_PNG: [encode_frame(f) for f in frames], C.RL_ACTION: acts, C.RETURN_TO_GO: g,
+            C.REWARD: np.zeros(n), C.Q_VALUE: np.full(n, np.nan), C.ENTROPY: np.zeros(n), C.SAMPLE_WEIGHT: w}
+    return write_shard_set(Path(path), [build_table(rows, "kept", acts.shape[1])], "kept", acts.shape[1])

@@ -16,9 +16,13 @@ torch = pytest.importorskip("torch")
 
 from covr_ray.config import LoRAConfig  # noqa: E402
 from covr_ray.errors import ConfigError  # noqa: E402
-from covr_ray.finetune.lora_data import collate, decode_rgb  # noqa: E402
-from covr_ray.finetune.lora_trainer import LoRATrainer, adapter_versions, answer_accuracy  # noqa: E402
-from covr_ray.finetune.shards import encode_frame, kept_set_from_arrays  # noqa: E402
+from covr_ray.lora.data import collate  # noqa: E402
+from covr_ray.vlm.loader import to_pil  # noqa: E402
+from covr_ray.lora.loss import answer_accuracy  # noqa: E402
+from covr_ray.lora.trainer import LoRATrainer  # noqa: E402
+from covr_ray.lora.versions import adapter_versions  # noqa: E402
+from covr_ray.select.kept import kept_set_from_arrays  # noqa: E402
+from covr_ray.frames import decode_frame, encode_frame
 
 PROMPT = "Drive the car. Answer with steering and speed."
 LEVELS = np.linspace(-1, 1, 7)
@@ -89,7 +93,7 @@ def test_language_model_only_and_trainable_share(trainer):
 def test_zero_weight_samples_add_no_gradient_in_mixed_batches(trainer):
     """RALW: a weight-0 sample beside a weighted one changes nothing (its frame can be anything)."""
     frames, ids = frames8(), [[307, 288, 573, 25, 338, 560, 2]] * 3
-    imgs = [decode_rgb(encode_frame(f)) for f in frames]
+    imgs = [to_pil(decode_frame(encode_frame(f))) for f in frames]
 
     def grads(images, weights):
         trainer.model.zero_grad(set_to_none=True)

@@ -1,18 +1,17 @@
-"""D_f, the filter buffer: finished episodes as ``(o_i, a_r_i, g_i)`` rows, flushed to shards.
+"""D_f's writer and its clearing: finished episodes become ``(o_i, a_r_i, g_i)`` rows in shards.
 
-Steps arrive per episode (:meth:`FilterBuffer.add_step` then :meth:`FilterBuffer.end_episode`, or a whole
-episode with :meth:`FilterBuffer.add_episode`). When an episode ends its discounted return-to-go is computed
-backwards, ``g_i = r_i + gamma * g_{i+1}`` with ``g_T = bootstrap_value`` (0 for a terminal episode), and
-its rows join the pending rows. A time-limit truncation is not an end of the task: pass the newest frame
-of the observation after the last step as ``final_frame`` and the bootstrap is deferred to the round,
-which has the critic (``bootstrap_value`` NaN until then, see :mod:`covr_ray.loop.df_q_scoring`).
-Pending rows are written as one shard (``df-NNNNNN.parquet``, schema v1 kind ``df``) whenever
-``rows_per_shard`` accumulate, so RAM holds at most ``rows_per_shard`` finished rows plus the open
-episodes (capped by ``max_open_steps``); frames are held PNG-encoded.
+:class:`FilterBuffer` takes whole finished episodes (:meth:`FilterBuffer.add_episode`; the recorder in
+each env runner calls it). Each episode's discounted return-to-go is computed backwards,
+``g_i = r_i + gamma * g_{i+1}`` with ``g_T = bootstrap_value`` (0 for a terminal episode), and its rows
+join the pending rows. A time-limit truncation is not an end of the task: pass the newest frame of the
+observation after the last step as ``final_frame`` and the bootstrap is deferred to the round, which has
+the critic (``bootstrap_value`` NaN until then, see :mod:`covr_ray.select.critic`). Pending rows are
+written as one shard (``df-NNNNNN.parquet``, kind ``df``) whenever ``rows_per_shard`` accumulate or on
+:meth:`FilterBuffer.flush`; frames are held PNG-encoded.
 
 The buffer's directory *is* D_f: a new :class:`FilterBuffer` on the same directory resumes with the shards
-already there (open episodes are not persisted). :meth:`FilterBuffer.clear` deletes them after a round's
-kept set has been written.
+already there. :func:`delete_consumed` clears the shards a completed round read (only after the round's
+kept set is written and its adapter trained).
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ import pyarrow.parquet as pq
 
 from covr_ray import columns as C
 from covr_ray.errors import FinetuneDataError, ShardError
-from covr_ray.finetune.shards import SHARD_SUFFIX, build_table, check_schema, encode_frame, write_shard
+from covr_ray.df.shards import SHARD_SUFFIX, build_table, check_schema, write_shard
+from covr_ray.frames import encode_frame
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)
@@ -60,18 +60,6 @@ def discounted_return_to_go(rewards: np.ndarray, gamma: float, bootstrap_value: 
     return g
 
 
-class _OpenEpisode:
-    __slots__ = ("frames", "actions", "rewards", "entropy", "q_values", "warmup")
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.actions: list[np.ndarray] = []
-        self.rewards: list[float] = []
-        self.entropy: list[float] = []
-        self.q_values: list[float] = []
-        self.warmup: list[bool] = []
-
-
 class FilterBuffer:
     """D_f on disk with bounded RAM.
 
@@ -80,29 +68,22 @@ class FilterBuffer:
         action_dim: length of every action a_r.
         gamma: discount of the return-to-go (the SAC gamma).
         rows_per_shard: finished rows held in RAM before they are written as one shard.
-        max_open_steps: most steps of not-yet-ended episodes held in RAM; more raises
-            :class:`FinetuneDataError` (episodes that are never ended are a caller bug).
     """
 
     def __init__(self, directory: Union[str, Path], action_dim: int, gamma: float,
-                 rows_per_shard: int = 2048, max_open_steps: int = 100_000) -> None:
+                 rows_per_shard: int = 2048) -> None:
         if action_dim < 1:
             raise FinetuneDataError(f"action_dim {action_dim!r}; allowed: an integer >= 1")
         if not 0 < gamma <= 1:
             raise FinetuneDataError(f"gamma {gamma!r}; allowed: 0 < gamma <= 1")
-        if rows_per_shard < 1 or max_open_steps < 1:
-            raise FinetuneDataError(f"rows_per_shard {rows_per_shard!r} and max_open_steps {max_open_steps!r}"
-                                    " must be integers >= 1")
+        if rows_per_shard < 1:
+            raise FinetuneDataError(f"rows_per_shard {rows_per_shard!r}; allowed: an integer >= 1")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.action_dim = int(action_dim)
         self.gamma = float(gamma)
         self.rows_per_shard = int(rows_per_shard)
-        self.max_open_steps = int(max_open_steps)
-        self._open: dict[str, _OpenEpisode] = {}
-        self._open_steps = 0
         self._pending: dict[str, list] = self._empty_columns()
-        self._episodes = 0
         self._disk_rows = 0
         self._next_seq = 0
         for path in self.shard_paths():
@@ -111,59 +92,6 @@ class FilterBuffer:
 
     # --- collecting -----------------------------------------------------------------------------------
 
-    def add_step(self, episode_id: str, frame: np.ndarray, action: np.ndarray, reward: float,
-                 entropy: float, q_value: Optional[float] = None, warmup: bool = False) -> None:
-        """Append one step to the open episode ``episode_id`` (opened on first use).
-
-        Args:
-            frame: (H, W, 3) / (H, W, 1) / (H, W) uint8, the frame the VLM would see for this step.
-            action: (action_dim,) float, a_r in [-1, 1].
-            reward: immediate reward r_i.
-            entropy: the policy's entropy estimate when this step was collected, nats.
-            q_value: Q(o_i, a_r_i) from the critic, or None.
-            warmup: the action was a uniform-random warm-up action (never selected for fine-tuning).
-        """
-        if self._open_steps >= self.max_open_steps:
-            raise FinetuneDataError(f"{self._open_steps} steps of {len(self._open)} open episodes exceed "
-                                    f"max_open_steps={self.max_open_steps}; call end_episode() when an "
-                                    "episode finishes (or drop_episode())")
-        a = self._check_action(action, episode_id)
-        ep = self._open.setdefault(str(episode_id), _OpenEpisode())
-        ep.frames.append(encode_frame(frame))
-        ep.actions.append(a)
-        ep.rewards.append(self._finite(reward, "reward", episode_id))
-        ep.entropy.append(self._finite(entropy, "entropy", episode_id))
-        ep.q_values.append(math.nan if q_value is None else self._finite(q_value, "q_value", episode_id))
-        ep.warmup.append(bool(warmup))
-        self._open_steps += 1
-
-    def end_episode(self, episode_id: str, bootstrap_value: float = 0.0,
-                    final_frame: Optional[np.ndarray] = None) -> int:
-        """Close ``episode_id``: compute its return-to-go and move its rows to D_f; return its length.
-
-        Args:
-            bootstrap_value: value of the state after the last step, added as ``gamma^(T-i) * value``
-                (0 for a true termination).
-            final_frame: for a time-limit truncation, the newest frame of the observation after the last
-                step instead of a value: the bootstrap is left to the round (``bootstrap_value`` NaN).
-        """
-        ep = self._open.pop(str(episode_id), None)
-        if ep is None:
-            raise FinetuneDataError(f"episode {episode_id!r} is not open; open ones: {sorted(self._open)[:8]}")
-        self._open_steps -= len(ep.rewards)
-        value, final_png = self._bootstrap(bootstrap_value, final_frame, episode_id)
-        g = discounted_return_to_go(np.asarray(ep.rewards), self.gamma, 0.0 if math.isnan(value) else value)
-        self._append_rows(str(episode_id), ep.frames, np.stack(ep.actions), np.asarray(ep.rewards), g,
-                          np.asarray(ep.entropy), np.asarray(ep.q_values), np.asarray(ep.warmup, bool), value,
-                          final_png)
-        return len(g)
-
-    def drop_episode(self, episode_id: str) -> None:
-        """Forget an open episode without storing it (e.g. its env runner crashed)."""
-        ep = self._open.pop(str(episode_id), None)
-        if ep is not None:
-            self._open_steps -= len(ep.rewards)
-
     def add_episode(self, episode_id: str, frames: Union[np.ndarray, Sequence[np.ndarray]],
                     actions: np.ndarray, rewards: np.ndarray, entropy: Union[float, np.ndarray],
                     q_values: Optional[np.ndarray] = None, bootstrap_value: float = 0.0,
@@ -171,15 +99,16 @@ class FilterBuffer:
         """Store one finished episode at once; return its length T.
 
         Args:
-            frames: (T, H, W, 3) uint8 (or a sequence of T frames as in :meth:`add_step`).
+            frames: (T, H, W, 3) uint8, or a sequence of T (H, W, 3) / (H, W, 1) / (H, W) uint8 frames: the
+                frame the VLM sees for each step.
             actions: (T, action_dim) float a_r.
             rewards: (T,) float.
             entropy: scalar or (T,) policy entropy at collection time.
             q_values: (T,) float or None.
             bootstrap_value: value of the state after the last step (0 if terminal).
             warmup: (T,) bool, True for uniform-random warm-up steps; None = none.
-            final_frame: (H, W, 3) uint8 newest frame of o_T for a time-limit truncation (see
-                :meth:`end_episode`); None for a true termination.
+            final_frame: (H, W, 3) uint8 newest frame of o_T for a time-limit truncation (the
+                bootstrap is deferred to the round); None for a true termination.
         """
         r = np.asarray(rewards, dtype=np.float64).reshape(-1)
         t = len(r)
@@ -229,30 +158,9 @@ class FilterBuffer:
         """D_f shards on disk, oldest first (pending rows are not included: call :meth:`flush`)."""
         return sorted(p for p in self.directory.iterdir() if _SHARD_RE.match(p.name))
 
-    def clear(self) -> int:
-        """Delete D_f's shards and pending rows (open episodes stay); return the rows removed.
-
-        Call this only after the round's kept shard set is safely written.
-        """
-        removed = self._disk_rows + len(self._pending[C.EPISODE_ID])
-        for path in self.shard_paths():
-            path.unlink(missing_ok=True)
-        for stale in self.directory.glob(".df-*.tmp"):  # temp files of a writer killed mid-write
-            stale.unlink(missing_ok=True)
-        self._pending = self._empty_columns()
-        self._disk_rows = 0
-        self._episodes = 0
-        return removed
-
     def __len__(self) -> int:
         """Finished rows in D_f (on disk and pending)."""
         return self._disk_rows + len(self._pending[C.EPISODE_ID])
-
-    def metrics(self) -> dict[str, float]:
-        """``df/rows``, ``df/pending_rows``, ``df/open_steps``, ``df/open_episodes``, ``df/episodes``."""
-        return {"df/rows": float(len(self)), "df/pending_rows": float(len(self._pending[C.EPISODE_ID])),
-                "df/open_steps": float(self._open_steps), "df/open_episodes": float(len(self._open)),
-                "df/episodes": float(self._episodes)}
 
     # --- internals ------------------------------------------------------------------------------------
 
@@ -288,7 +196,6 @@ class FilterBuffer:
         p[C.Q_VALUE].extend(np.asarray(q, dtype=np.float64).tolist())
         p[C.ENTROPY].extend(np.asarray(entropy, dtype=np.float64).tolist())
         p[C.SAMPLE_WEIGHT].extend([math.nan] * t)
-        self._episodes += 1
         if len(p[C.EPISODE_ID]) >= self.rows_per_shard:
             self.flush()
 
@@ -317,3 +224,20 @@ class FilterBuffer:
         except (OSError, pa.ArrowException) as exc:
             log.warning("D_f shard %s is unreadable and will be skipped: %s", path, exc)
         return 0
+
+
+def delete_consumed(shards: Sequence[Path]) -> int:
+    """Delete D_f shards a completed round consumed, and temp files of writers killed mid-write beside them.
+
+    Call this only after the round's kept set is written and its adapter trained: a failed round keeps D_f.
+    Returns the number of shards deleted (a shard already gone is not counted).
+    """
+    deleted = 0
+    for path in map(Path, shards):
+        if path.is_file():
+            path.unlink()
+            deleted += 1
+    for directory in {Path(p).parent for p in shards}:
+        for stale in directory.glob(".df-*.tmp"):
+            stale.unlink(missing_ok=True)
+    return deleted

@@ -8,7 +8,7 @@ import pytest
 
 from covr_ray.config import ScheduleConfig, load_config
 from covr_ray.errors import CheckpointError, FinetuneDataError
-from covr_ray.finetune.schedule import FinetuneSchedule, round_points
+from covr_ray.loop.schedule import FinetuneSchedule, round_points
 
 
 def test_first_points_match_recurrence():

@@ -10,9 +10,10 @@ RL env runners see it. Resets are not timed; the env is reset when an episode en
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
+
+from covr_ray.bench import print_figures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +51,5 @@ def bench_env(name: str, steps: int, seed: int = 0, **overrides: Any) -> dict[st
 def run(args: argparse.Namespace) -> int:
     result = bench_env(args.env, args.steps, seed=args.seed, image_size=args.image_size,
                        action_repeat=args.action_repeat)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['env']}: {result['steps_per_s']} steps/s ({result['ms_per_step']} ms/step)")
+    print_figures(result, args.json)
     return 0

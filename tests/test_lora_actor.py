@@ -12,7 +12,7 @@ import pytest
 from covr_ray.cli import main
 from covr_ray.config import LoRAConfig, RayConfig
 from covr_ray.errors import LoRATrainerError, ShardError
-from covr_ray.finetune.shards import kept_set_from_arrays
+from covr_ray.select.kept import kept_set_from_arrays
 
 
 def test_bench_lora_prints_json(tiny_vlm_dir, capsys):
@@ -31,7 +31,7 @@ def test_actor_round_timeout_and_typed_errors(tiny_vlm_dir, tmp_path):
     LoRATrainerError. Slow (Ray start + model load in the actor, about 40 s on the 2-core box)."""
     import ray
 
-    from covr_ray.finetune.lora_trainer import start_lora_trainer, train_round_remote
+    from covr_ray.lora.actor import start_lora_trainer, train_round_remote
 
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)

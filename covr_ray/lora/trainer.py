@@ -1,6 +1,6 @@
 """The LoRA trainer: fine-tunes the VLM on a round's kept samples and publishes a new adapter version.
 
-One :class:`LoRATrainer` lives for the whole run (as a Ray actor: :func:`start_lora_trainer`). It holds the
+One :class:`LoRATrainer` lives for the whole run (as a Ray actor: :mod:`covr_ray.lora.actor`). It holds the
 base VLM with a PEFT LoRA adapter on the language model (``LoRAConfig.target_modules``, a regex over module
 names; the default leaves the vision tower frozen) and keeps training the same adapter round after round,
 as the paper's iterative fine-tuning does. Each round (:meth:`LoRATrainer.train_round`):
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +32,18 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from covr_ray.config import LoRAConfig, RayConfig
-from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError, ShardError
-from covr_ray.finetune.lora_data import IGNORE_INDEX, collate, decode_rgb, load_examples
-from covr_ray.finetune.shards import ShardSet, open_shard_set
+from covr_ray.config import LoRAConfig
+from covr_ray.df.shards import ShardSet, open_shard_set
+from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError
+from covr_ray.frames import decode_frame
+from covr_ray.lora.data import IGNORE_INDEX, collate, load_examples
+from covr_ray.lora.loss import weighted_answer_nll
+from covr_ray.lora.versions import META_FILE, adapter_path, adapter_versions
 from covr_ray.io import atomic_directory, atomic_write_text
 from covr_ray.log import get_logger
 
 log = get_logger(__name__)
 
-_VERSION_RE = re.compile(r"^v(\d+)$")
-META_FILE = "covr_adapter.json"
 
 
 @dataclass
@@ -58,63 +58,6 @@ class RoundResult:
     """False when no optimizer step happened (empty kept set, or every weight 0): no new version."""
     metrics: dict[str, float] = field(default_factory=dict)
     """``lora/*`` metrics of the round."""
-
-
-def adapter_versions(adapter_root: Union[str, Path]) -> list[int]:
-    """Complete adapter versions under ``adapter_root`` (directories ``v<N>`` with an adapter_config.json)."""
-    root = Path(adapter_root)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _VERSION_RE.match(p.name)
-        if m and (p / "adapter_config.json").is_file():
-            out.append(int(m.group(1)))
-    return sorted(out)
-
-
-def weighted_answer_nll(logits: Any, labels: Any, weights: Any, label_smoothing: float) -> tuple[Any, Any, Any]:
-    """The RALW loss of one batch.
-
-    Args:
-        logits: (B, T, V) float, ``logits[:, t]`` predicts ``labels[:, t]`` (already shifted).
-        labels: (B, T) int64, -100 outside answer tokens.
-        weights: (B,) float sample weights w_b.
-        label_smoothing: epsilon of the label-smoothed cross-entropy.
-
-    Returns:
-        ``(loss, token_nll, n_tokens)``: loss = ``sum_b w_b sum_t CE(b, t) / N_v`` (scalar), token_nll =
-        (B, T) per-token loss (0 outside answers), n_tokens = N_v.
-    """
-    import torch.nn.functional as F
-
-    b, t, v = logits.shape
-    tok = F.cross_entropy(logits.float().reshape(b * t, v), labels.reshape(b * t), ignore_index=IGNORE_INDEX,
-                          reduction="none", label_smoothing=label_smoothing).view(b, t)
-    n_tokens = (labels != IGNORE_INDEX).sum()
-    loss = (tok.sum(dim=1) * weights.to(tok.dtype)).sum() / n_tokens.clamp(min=1)
-    return loss, tok, n_tokens
-
-
-def answer_accuracy(answers: Sequence[str], targets: np.ndarray, codec: Any) -> dict[str, float]:
-    """How close decoded answers are to target actions.
-
-    Args:
-        answers: N texts.
-        targets: (N, action_dim) float actions.
-
-    Returns:
-        ``parsed_frac`` (share that decode to an action), ``mean_abs_err`` (mean |a - target| over parsed
-        answers and dimensions; 2.0, the largest possible, when none parse), ``exact_frac`` (share within the
-        codec's resolution on every dimension).
-    """
-    decoded = [codec.decode(a) for a in answers]
-    ok = [d is not None for d in decoded]
-    errs = [np.abs(d - t) for d, t in zip(decoded, np.asarray(targets)) if d is not None]
-    return {"parsed_frac": float(np.mean(ok)) if ok else 0.0,
-            "mean_abs_err": float(np.mean(errs)) if errs else 2.0,
-            "exact_frac": float(np.mean([bool(np.all(e <= codec.resolution + 1e-6)) for e in errs] +
-                                        [False] * (len(ok) - len(errs)))) if ok else 0.0}
 
 
 class LoRATrainer:
@@ -162,7 +105,7 @@ class LoRATrainer:
         self.model_name = model
         versions = adapter_versions(self.adapter_root) if resume else []
         if versions:
-            path = self.adapter_root / f"v{versions[-1]}"
+            path = adapter_path(self.adapter_root, versions[-1])
             saved = json.loads((path / "adapter_config.json").read_text())
             if (saved.get("r"), float(saved.get("lora_alpha", 0))) != (lora.rank, float(lora.alpha)):
                 raise CheckpointError(f"adapter {path} has rank {saved.get('r')}, alpha {saved.get('lora_alpha')}; "
@@ -284,7 +227,10 @@ class LoRATrainer:
     def _step(self, opt: Any, params: list, examples: Any, idx: np.ndarray) -> tuple[float, float, int]:
         import torch
 
-        batch = collate(self.processor, self.prompt, [decode_rgb(examples.frames[int(i)].as_py()) for i in idx],
+        from covr_ray.vlm.loader import to_pil
+
+        images = [to_pil(decode_frame(examples.frames[int(i)].as_py())) for i in idx]
+        batch = collate(self.processor, self.prompt, images,
                         [examples.answer_ids[int(i)] for i in idx], examples.weights[idx])
         loss, token_acc, n_tok = self.batch_loss(batch)
         if not torch.isfinite(loss):
@@ -297,7 +243,7 @@ class LoRATrainer:
         return float(loss.item()), token_acc, n_tok
 
     def batch_loss(self, batch: dict[str, Any]) -> tuple[Any, float, int]:
-        """RALW loss of a collated batch (:func:`covr_ray.finetune.lora_data.collate`) under the current
+        """RALW loss of a collated batch (:func:`covr_ray.lora.data.collate`) under the current
         adapter; returns ``(loss tensor, answer-token accuracy, answer tokens)``."""
         batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
         labels, weights = batch.pop("labels"), batch.pop("weights")
@@ -335,7 +281,7 @@ class LoRATrainer:
         new_version = version if version is not None else (max(existing) + 1 if existing else 1)
         if new_version < 1:
             raise ConfigError("version", new_version, "an integer >= 1")
-        target = self.adapter_root / f"v{new_version}"
+        target = adapter_path(self.adapter_root, new_version)
         if target.exists():
             raise ConfigError("version", new_version, f"a version not yet under {self.adapter_root} (have "
                               f"{existing}); adapter versions are never overwritten")
@@ -349,7 +295,7 @@ class LoRATrainer:
         return target, new_version
 
     def _current_path(self) -> Optional[str]:
-        return str(self.adapter_root / f"v{self.version}") if self.version >= 1 else None
+        return str(adapter_path(self.adapter_root, self.version)) if self.version >= 1 else None
 
     def _static_metrics(self) -> dict[str, float]:
         return {"lora/trainable_frac": self.trainable_frac, "lora/trainable_params": float(self.trainable_params),
@@ -367,49 +313,3 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-# --- Ray actor -----------------------------------------------------------------------------------------
-
-def start_lora_trainer(ray_cfg: RayConfig, *, name: Optional[str] = None, **trainer_kwargs: Any) -> Any:
-    """Start :class:`LoRATrainer` as a Ray actor (``ray_cfg.num_gpus_lora`` GPUs, restarts per
-    ``ray_cfg.max_actor_restarts``; a restarted actor resumes from the newest adapter version).
-
-    ``trainer_kwargs`` are :class:`LoRATrainer`'s arguments. Returns the actor handle.
-    """
-    import ray
-
-    actor_cls = ray.remote(LoRATrainer)
-    options: dict[str, Any] = {"num_cpus": ray_cfg.num_cpus_lora, "num_gpus": ray_cfg.num_gpus_lora,
-                               "max_restarts": ray_cfg.max_actor_restarts}
-    if name:
-        options["name"] = name
-    return actor_cls.options(**options).remote(**trainer_kwargs)
-
-
-def train_round_remote(actor: Any, kept_set: Union[str, Path], timeout_s: float,
-                       version: Optional[int] = None) -> RoundResult:
-    """Run :meth:`LoRATrainer.train_round` on the actor and wait at most ``timeout_s`` seconds.
-
-    Raises:
-        LoRATrainerError: the round timed out or the actor died; errors the round raised on purpose
-            (ShardError, LoRATrainerError, ConfigError) come through as themselves.
-    """
-    import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-    ref = actor.train_round.remote(str(kept_set), version)
-    try:
-        return ray.get(ref, timeout=timeout_s)
-    except GetTimeoutError as exc:
-        ray.cancel(ref)
-        raise LoRATrainerError(f"LoRA round on {kept_set} did not finish within {timeout_s} s "
-                               "(ray.get_timeout_s); the round's kept set stays on disk for a retry") from exc
-    except RayActorError as exc:
-        raise LoRATrainerError(f"the LoRA trainer actor died during the round on {kept_set}: {exc}") from exc
-    except RayTaskError as exc:
-        cause = exc.as_instanceof_cause()
-        if isinstance(cause, (LoRATrainerError, ConfigError, ShardError)):
-            raise cause from exc
-        raise LoRATrainerError(f"the LoRA round on {kept_set} failed: {exc}") from exc
-

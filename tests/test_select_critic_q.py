@@ -17,10 +17,10 @@ import pytest
 from covr_ray import columns as C
 from covr_ray.config import EDDFConfig, RALWConfig
 from covr_ray.errors import FinetuneDataError
-from covr_ray.finetune.buffer import FilterBuffer
-from covr_ray.finetune.round_data import build_kept_set
-from covr_ray.finetune.shards import read_shard, write_shard
-from covr_ray.loop.df_q_scoring import episode_observations, score_df_shards
+from covr_ray.df.writer import FilterBuffer
+from covr_ray.select.kept import build_kept_set
+from covr_ray.df.shards import read_shard, write_shard
+from covr_ray.select.critic import episode_observations, score_df_shards
 from covr_envs.wrappers import FrameStackCHW
 from numerics import assert_close_within, cast_atol, sum_atol
 

@@ -1,4 +1,4 @@
-"""D_f buffer: return-to-go, bounded RAM with flushes to shards, resume, clear; the round's kept set."""
+"""D_f writer: return-to-go, flushes to shards, resume, clearing after a round; the round's kept set."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from covr_ray import columns as C
 from covr_ray.config import EDDFConfig, RALWConfig
 from covr_ray.errors import FinetuneDataError
-from covr_ray.finetune.buffer import FilterBuffer, discounted_return_to_go
-from covr_ray.finetune.round_data import build_kept_set, prepare_round
-from covr_ray.finetune.shards import decode_frame, open_shard_set, read_shard, read_shards
+from covr_ray.df.shards import open_shard_set, read_shard, read_shards
+from covr_ray.df.writer import FilterBuffer, delete_consumed, discounted_return_to_go
+from covr_ray.frames import decode_frame
+from covr_ray.select.kept import build_kept_set
 
 
 def frame(v: int) -> np.ndarray:
@@ -26,16 +27,13 @@ def test_return_to_go_hand_computed():
         discounted_return_to_go(np.ones(2), 1.5)
 
 
-def test_streaming_steps_flush_and_resume(tmp_path):
+def test_episodes_flush_and_resume(tmp_path):
     buf = FilterBuffer(tmp_path / "df", action_dim=2, gamma=0.5, rows_per_shard=5)
-    for t in range(3):  # two interleaved episodes, as vectorised envs produce them
-        buf.add_step("a", frame(t), [0.1 * t, -0.1], reward=1.0, entropy=-1.0, q_value=2.0 + t)
-        buf.add_step("b", frame(100 + t), [0.0, 0.5], reward=float(t), entropy=-2.0)
-    assert len(buf) == 0 and buf.metrics()["df/open_steps"] == 6
-    assert buf.end_episode("a") == 3
+    buf.add_episode("a", [frame(t) for t in range(3)], [[0.1 * t, -0.1] for t in range(3)], np.ones(3),
+                    entropy=-1.0, q_values=2.0 + np.arange(3))
     assert len(buf.shard_paths()) == 0 and len(buf) == 3
-    buf.end_episode("b")  # 6 rows >= rows_per_shard: flushed
-    assert len(buf.shard_paths()) == 1 and buf.metrics()["df/pending_rows"] == 0
+    buf.add_episode("b", [frame(100 + t) for t in range(3)], [[0.0, 0.5]] * 3, np.arange(3.0), entropy=-2.0)
+    assert len(buf.shard_paths()) == 1 and len(buf) == 6  # 6 rows >= rows_per_shard: flushed
     table = read_shard(buf.shard_paths()[0], kind="df")
     rows = table.to_pylist()
     a = [r for r in rows if r[C.EPISODE_ID] == "a"]
@@ -51,25 +49,22 @@ def test_streaming_steps_flush_and_resume(tmp_path):
     assert len(again) == 6
     again.add_episode("c", np.stack([frame(7)] * 2), np.zeros((2, 2)), np.ones(2), entropy=-1.0)
     assert again.flush().name == "df-000001.parquet"
-    assert again.clear() == 8 and again.shard_paths() == [] and len(again) == 0
+    (again.directory / ".df-000002.parquet.tmp").write_bytes(b"half")  # a writer killed mid-write
+    assert delete_consumed(again.shard_paths()) == 2
+    assert again.shard_paths() == [] and list(again.directory.iterdir()) == []
 
 
-def test_bad_steps_raise_and_open_steps_are_bounded(tmp_path):
-    buf = FilterBuffer(tmp_path, action_dim=2, gamma=0.9, max_open_steps=3)
+def test_bad_episodes_raise(tmp_path):
+    buf = FilterBuffer(tmp_path, action_dim=2, gamma=0.9)
     with pytest.raises(FinetuneDataError, match=r"\[1.5, 0.0\].*in \[-1, 1\]"):
-        buf.add_step("a", frame(0), [1.5, 0.0], 0.0, 0.0)
-    with pytest.raises(FinetuneDataError, match="reward nan"):
-        buf.add_step("a", frame(0), [0.0, 0.0], float("nan"), 0.0)
-    with pytest.raises(FinetuneDataError, match="not open"):
-        buf.end_episode("zzz")
-    for t in range(3):
-        buf.add_step("a", frame(t), [0.0, 0.0], 0.0, 0.0)
-    with pytest.raises(FinetuneDataError, match="max_open_steps=3"):
-        buf.add_step("b", frame(0), [0.0, 0.0], 0.0, 0.0)
-    buf.drop_episode("a")
-    buf.add_step("b", frame(0), [0.0, 0.0], 0.0, 0.0)
+        buf.add_episode("a", [frame(0)], [[1.5, 0.0]], [0.0], 0.0)
+    with pytest.raises(FinetuneDataError, match="must be finite"):
+        buf.add_episode("a", [frame(0)], [[0.0, 0.0]], [float("nan")], 0.0)
     with pytest.raises(FinetuneDataError, match=r"actions shape \(2, 3\)"):
         buf.add_episode("c", [frame(0)] * 2, np.zeros((2, 3)), np.zeros(2), 0.0)
+    with pytest.raises(FinetuneDataError, match="2 frames for 3 rewards"):
+        buf.add_episode("c", [frame(0)] * 2, np.zeros((3, 2)), np.zeros(3), 0.0)
+    assert len(buf) == 0
 
 
 def fill(buf: FilterBuffer, episodes: int, length: int, seed: int = 0) -> None:
@@ -80,13 +75,15 @@ def fill(buf: FilterBuffer, episodes: int, length: int, seed: int = 0) -> None:
                         rng.uniform(-1, 1, (length, buf.action_dim)), np.full(length, quality), entropy=-1.0)
 
 
-def test_prepare_round_filters_weights_writes_then_clears(tmp_path):
+def test_kept_set_filters_and_weights_then_df_is_cleared(tmp_path):
     buf = FilterBuffer(tmp_path / "df", action_dim=2, gamma=0.9, rows_per_shard=16)
     fill(buf, episodes=12, length=5)
-    shard_set, m = prepare_round(buf, tmp_path / "round-000", EDDFConfig(), RALWConfig(), entropy=5.0)
-    assert m["round/df_rows"] == 60 and m["round/df_cleared_rows"] == 60
+    buf.flush()
+    shard_set, m = build_kept_set(buf.shard_paths(), tmp_path / "round-000", EDDFConfig(), RALWConfig(),
+                                  action_dim=2, entropy=5.0)
+    assert m["round/df_rows"] == 60
     assert 0 < m["round/kept_rows"] == m["eddf/kept"] < 60
-    assert len(buf) == 0 and buf.shard_paths() == []
+    assert delete_consumed(buf.shard_paths()) == 3 and buf.shard_paths() == []  # 20 rows a shard
     assert open_shard_set(shard_set.path, verify_checksums=True).rows == shard_set.rows
     kept, skipped = read_shards(shard_set.shard_paths(), kind="kept")
     assert not skipped
@@ -109,7 +106,7 @@ def test_kept_set_skips_corrupt_df_shard_and_keeps_df_on_failure(tmp_path, caplo
                                   RALWConfig(mode="none"), action_dim=2)
     assert m["round/skipped_shards"] == 1 and shard_set.rows == 20
     assert "skipping D_f shard" in caplog.text
-    # the kept set's directory already exists: the round fails and D_f is left intact
+    # the kept set's directory already exists: building it fails and D_f is left intact
     with pytest.raises(FileExistsError):
-        prepare_round(buf, tmp_path / "kept", EDDFConfig(), RALWConfig())
+        build_kept_set(paths, tmp_path / "kept", EDDFConfig(), RALWConfig(), action_dim=2)
     assert len(buf.shard_paths()) == 3

@@ -15,10 +15,11 @@ to 1 (see ``--threads``); ``"threads": null`` in the output means the backend's 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from typing import Any, Optional
+
+from covr_ray.bench import print_figures
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,10 +98,5 @@ def bench_deploy(preset: str = "dmc-cartpole-swingup", run_dir: Optional[str] = 
 def run(args: argparse.Namespace) -> int:
     result = bench_deploy(args.preset, args.run, args.format, args.device, args.calls, args.warmup,
                           args.threads, args.seed)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['format']} on {result['device']}: p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms "
-              f"per single observation; model {result['size_mb']:.2f} MB, {result['parameters']:,} parameters "
-              f"({result['source']})")
+    print_figures(result, args.json)
     return 0

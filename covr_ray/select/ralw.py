@@ -3,7 +3,7 @@
 Paper: min-max scale the kept samples' returns to [-1, 1], ``g_norm = 2 (g - min) / (max - min) - 1``, and
 weight each sample ``w_b = max(g_norm_b, 0)``: the lower half of the return range gets weight 0 (it does not
 move the model), the best sample weight 1. The loss that uses them is
-``(1 / N_v) * sum_b w_b * sum_t -log p(y_bt | x_b, y_b,<t)`` (see :mod:`covr_ray.finetune.lora_trainer`).
+``(1 / N_v) * sum_b w_b * sum_t -log p(y_bt | x_b, y_b,<t)`` (see :mod:`covr_ray.lora.trainer`).
 
 When every kept return is equal the min-max scaling is undefined; all samples then get weight 1 (none is
 better than another, and a round should not silently train on nothing).

@@ -2,7 +2,7 @@
 
 Builds a kept shard set of ``--rows`` synthetic samples (random frames of the preset's image size, random
 actions turned into the preset env's codec text, weight 1 so every sample trains), starts a
-:class:`~covr_ray.finetune.lora_trainer.LoRATrainer` with the preset's ``lora`` section on ``--model``, runs
+:class:`~covr_ray.lora.trainer.LoRATrainer` with the preset's ``lora`` section on ``--model``, runs
 an untimed warm-up round of ``--warmup`` steps, then a timed round of ``--steps`` optimizer steps.
 ``samples_per_s`` is the trainer's own figure for the timed round: PNG decode, processor, forward,
 RALW loss, backward and AdamW step per sample (model load and adapter save excluded). On CPU the bench runs
@@ -66,8 +66,8 @@ def run_bench(preset: str = "smoke", overrides: Optional[list[str]] = None, mode
     from covr_envs.registry import resolve_env_spec
     from covr_ray.config import load_config
     from covr_ray.errors import ConfigError
-    from covr_ray.finetune.lora_trainer import LoRATrainer
-    from covr_ray.finetune.shards import kept_set_from_arrays
+    from covr_ray.lora.trainer import LoRATrainer
+    from covr_ray.select.kept import kept_set_from_arrays
     from covr_ray.prior.codecs import get_codec
     from covr_ray.prior.prompts import build_instruction
 
@@ -109,7 +109,7 @@ def run_bench(preset: str = "smoke", overrides: Optional[list[str]] = None, mode
 
 
 def run(args: argparse.Namespace) -> int:
-    from covr_ray.commands.bench import print_figures
+    from covr_ray.bench import print_figures
 
     figures = run_bench(preset=args.preset, overrides=args.overrides, model=args.model, rows=args.rows,
                         steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, device=args.device,
