@@ -1,17 +1,21 @@
-"""CARLA envs against a small fake of the client API calls they use, plus one live test.
+"""CARLA envs against a fake CARLA server built on the real client's value types, plus one live test.
 
-No CARLA server can run on the CPU machines. :func:`fake_carla_module` builds a ``carla`` module with the
-same names and call shapes as the 0.9.x client (``covr_envs.carla_env.CARLA_API`` lists them; when the real
-``carla`` wheel is importable, :func:`test_fake_covers_the_real_api` checks those names exist on it). The
-fake server simulates a straight multi-lane highway along +x, kinematic vehicles and walkers, an RGB camera
-and a collision sensor, synchronous ticks, and a connection that can drop and come back.
+No CARLA server can run on the CPU machines. :func:`fake_carla_module` hands the env a ``carla`` module that
+is the real client module (the ``carla`` wheel of the dev extra) with only ``Client`` replaced: every value
+type the env builds or reads (``Location``, ``Rotation``, ``Transform``, ``Vector3D``, ``VehicleControl``,
+``WalkerControl``, ``WorldSettings``, ``LaneType``, ``command.DestroyActor``) is the real one, so its
+constructors, argument types and attribute names are checked. The server side stays a fake, since those
+classes (``World``, ``Map``, ``Waypoint``, ``Actor``, ``ActorBlueprint``, ``BlueprintLibrary``,
+``TrafficManager``, ``Image``, ``CollisionEvent``) cannot be instantiated without a server ("This class
+cannot be instantiated from Python"). It simulates a straight multi-lane highway along +x, kinematic vehicles
+and walkers, an RGB camera and a collision sensor, synchronous ticks, and a connection that can drop and come
+back. :func:`test_fake_covers_the_real_api` checks that every name the env uses
+(``covr_envs.carla_env.CARLA_API``) exists on the real client.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
-import math
 import os
 import sys
 import time
@@ -22,55 +26,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 
+carla = pytest.importorskip("carla", reason="the carla client wheel is not installed (pip install 'covr-ray[dev]')")
+
 LANE_W = 3.5
 
 
-# --- the fake client ---------------------------------------------------------------------------------------
-
-class Vector3D:
-    def __init__(self, x: float = 0.0, y: float = 0.0, z: float = 0.0) -> None:
-        self.x, self.y, self.z = float(x), float(y), float(z)
-
-    def distance(self, other: "Vector3D") -> float:
-        return math.sqrt((self.x - other.x) ** 2 + (self.y - other.y) ** 2 + (self.z - other.z) ** 2)
-
-
-class Location(Vector3D):
-    pass
-
-
-class Rotation:
-    def __init__(self, pitch: float = 0.0, yaw: float = 0.0, roll: float = 0.0) -> None:
-        self.pitch, self.yaw, self.roll = float(pitch), float(yaw), float(roll)
-
-
-class Transform:
-    def __init__(self, location: Optional[Location] = None, rotation: Optional[Rotation] = None) -> None:
-        self.location = location or Location()
-        self.rotation = rotation or Rotation()
-
-    def get_forward_vector(self) -> Vector3D:
-        y = math.radians(self.rotation.yaw)
-        return Vector3D(math.cos(y), math.sin(y), 0.0)
-
-    def get_right_vector(self) -> Vector3D:  # CARLA is left-handed: +y is right of +x
-        y = math.radians(self.rotation.yaw)
-        return Vector3D(-math.sin(y), math.cos(y), 0.0)
-
-
-class VehicleControl:
-    def __init__(self, throttle: float = 0.0, steer: float = 0.0, brake: float = 0.0, hand_brake: bool = False) -> None:
-        self.throttle, self.steer, self.brake, self.hand_brake = throttle, steer, brake, hand_brake
-
-
-class WalkerControl:
-    def __init__(self, direction: Optional[Vector3D] = None, speed: float = 0.0, jump: bool = False) -> None:
-        self.direction, self.speed, self.jump = direction or Vector3D(), float(speed), jump
-
-
-class LaneType:
-    Driving, Shoulder, Sidewalk = "Driving", "Shoulder", "Sidewalk"
-
+# --- the fake server (everything that needs one); value types come from the real `carla` ------------------
 
 class FakeServer:
     """The simulated server: one highway road of ``lanes`` lanes along +x, a one-lane ramp elsewhere."""
@@ -88,10 +49,8 @@ class FakeServer:
         self.delta: Optional[float] = None
         self.tm_sync = False
         self.tm_seed: Optional[int] = None
-        self.calls = 0
 
     def check(self) -> None:
-        self.calls += 1
         if not self.up and self.flag is not None and self.flag.exists():
             self.up = True
         if not self.up:
@@ -114,6 +73,8 @@ class FakeServer:
 
 
 class Blueprint:
+    """Stand-in for carla.ActorBlueprint (only the server's BlueprintLibrary makes those)."""
+
     def __init__(self, bp_id: str) -> None:
         self.id = bp_id
         self.attributes: dict[str, str] = {}
@@ -128,9 +89,11 @@ class Blueprint:
         return key in self.attributes
 
     def set_attribute(self, key: str, value: str) -> None:
+        if not isinstance(value, str):  # the real one takes (str, str) only
+            raise TypeError(f"set_attribute({key!r}, {value!r}): the value must be a str")
         if key not in self.attributes:
             raise IndexError(f"no attribute {key}")
-        self.attributes[key] = str(value)
+        self.attributes[key] = value
 
 
 BLUEPRINTS = ["vehicle.tesla.model3", "vehicle.audi.a2", "vehicle.carlamotors.carlacola", "vehicle.bmw.grandtourer",
@@ -141,28 +104,34 @@ class BlueprintLibrary:
     def __init__(self, server: FakeServer) -> None:
         self._server = server
 
-    def find(self, bp_id: str) -> Blueprint:
+    def find(self, id: str) -> Blueprint:
         self._server.check()
-        if bp_id not in BLUEPRINTS:
-            raise IndexError(f"blueprint {bp_id!r} not found")
-        return Blueprint(bp_id)
+        if id not in BLUEPRINTS:
+            raise IndexError(f"blueprint {id!r} not found")
+        return Blueprint(id)
 
-    def filter(self, pattern: str) -> list[Blueprint]:
+    def filter(self, wildcard_pattern: str) -> list[Blueprint]:
         self._server.check()
-        return [Blueprint(b) for b in BLUEPRINTS if fnmatch.fnmatch(b, pattern)]
+        return [Blueprint(b) for b in BLUEPRINTS if fnmatch.fnmatch(b, wildcard_pattern)]
+
+
+def forward(yaw: float) -> Any:
+    return carla.Transform(rotation=carla.Rotation(yaw=yaw)).get_forward_vector()
 
 
 class Actor:
-    def __init__(self, server: FakeServer, bp: Blueprint, transform: Transform, parent: Optional["Actor"]) -> None:
+    """Stand-in for carla.Actor / Vehicle / Walker / Sensor: a kinematic body the fake server moves."""
+
+    def __init__(self, server: FakeServer, bp: Blueprint, transform: Any, parent: Optional["Actor"]) -> None:
         self.server, self.id, self.type_id = server, server.next_id, bp.id
         server.next_id += 1
         self.attributes = dict(bp.attributes)
         self.parent = parent
-        self.location = Location(transform.location.x, transform.location.y, transform.location.z)
+        self.location = carla.Location(transform.location)
         self.yaw = transform.rotation.yaw
         self.speed = 0.0
-        self.direction = Vector3D()
-        self.control = VehicleControl()
+        self.direction = carla.Vector3D()
+        self.control = carla.VehicleControl()
         self.autopilot = False
         self.callback: Optional[Callable[[Any], None]] = None
         self.touching: set[int] = set()
@@ -172,25 +141,26 @@ class Actor:
         if self.id not in self.server.actors:
             raise RuntimeError(f"actor {self.id} not found")
 
-    def get_transform(self) -> Transform:
+    def get_transform(self) -> Any:
         self._c()
-        return Transform(Location(self.location.x, self.location.y, self.location.z), Rotation(yaw=self.yaw))
+        return carla.Transform(carla.Location(self.location), carla.Rotation(yaw=self.yaw))
 
-    def get_velocity(self) -> Vector3D:
+    def get_velocity(self) -> Any:
         self._c()
-        if self.type_id.startswith("walker."):
-            return Vector3D(self.direction.x * self.speed, self.direction.y * self.speed, 0.0)
-        f = Transform(rotation=Rotation(yaw=self.yaw)).get_forward_vector()
-        return Vector3D(f.x * self.speed, f.y * self.speed, 0.0)
+        d = self.direction if self.type_id.startswith("walker.") else forward(self.yaw)
+        return carla.Vector3D(x=d.x * self.speed, y=d.y * self.speed, z=0.0)
 
     def apply_control(self, control: Any) -> None:
         self._c()
-        if isinstance(control, WalkerControl):
+        walker = self.type_id.startswith("walker.")
+        if not isinstance(control, carla.WalkerControl if walker else carla.VehicleControl):
+            raise TypeError(f"{self.type_id}.apply_control({control!r}): wrong control type")  # as Boost would
+        if walker:
             self.direction, self.speed = control.direction, control.speed
         else:
             self.control = control
 
-    def set_autopilot(self, enabled: bool, port: int) -> None:
+    def set_autopilot(self, enabled: bool = True, tm_port: int = 8000) -> None:
         self._c()
         self.autopilot = enabled
         self.speed = 20.0 if enabled else self.speed
@@ -215,15 +185,12 @@ class Actor:
             accel = 0.0 if c.hand_brake else 4.0 * c.throttle - 8.0 * c.brake
             self.speed = max(0.0, self.speed + accel * dt)
             self.yaw += 40.0 * c.steer * dt * min(self.speed / 10.0, 1.0)
-        if self.type_id.startswith("walker."):
-            self.location = Location(self.location.x + self.direction.x * self.speed * dt,
-                                     self.location.y + self.direction.y * self.speed * dt, self.location.z)
-            return
-        f = Transform(rotation=Rotation(yaw=self.yaw)).get_forward_vector()
-        self.location = Location(self.location.x + f.x * self.speed * dt, self.location.y + f.y * self.speed * dt,
-                                 self.location.z)
+        d = self.direction if self.type_id.startswith("walker.") else forward(self.yaw)
+        self.location = carla.Location(x=self.location.x + d.x * self.speed * dt,
+                                       y=self.location.y + d.y * self.speed * dt, z=self.location.z)
 
     def sense(self, frame: int, ego: Optional["Actor"]) -> None:
+        # carla.Image and carla.CollisionEvent come from the server only: the events are stand-ins
         if self.callback is None or self.parent is None:
             return
         if self.type_id == "sensor.camera.rgb":
@@ -240,27 +207,29 @@ class Actor:
                 near = ego.location.distance(other.location) < reach
                 if near and other.id not in self.touching:
                     impulse = 1000.0 * (ego.speed + 1.0)
-                    self.callback(types.SimpleNamespace(other_actor=other, normal_impulse=Vector3D(impulse, 0, 0),
-                                                        frame=frame))
+                    self.callback(types.SimpleNamespace(other_actor=other, frame=frame,
+                                                        normal_impulse=carla.Vector3D(x=impulse)))
                     ego.speed = 0.0
                 self.touching = {o for o in self.touching if o in self.server.actors} | ({other.id} if near else set())
 
 
 class Waypoint:
+    """Stand-in for carla.Waypoint (only a carla.Map makes those)."""
+
     def __init__(self, server: FakeServer, road: int, lane: int, x: float) -> None:
         self.server, self.road_id, self._lane, self.x = server, road, lane, x
         self.lane_width = LANE_W
         self.is_junction = False
         if road == 1:
-            self.lane_type = LaneType.Driving if 0 <= lane < server.lanes else LaneType.Shoulder
+            self.lane_type = carla.LaneType.Driving if 0 <= lane < server.lanes else carla.LaneType.Shoulder
             self.lane_id = -(lane + 1) if lane >= 0 else 1  # lane -1 is the opposite direction
             y = lane * LANE_W
         else:
-            self.lane_type, self.lane_id, y = LaneType.Driving, -1, -200.0
-        self.transform = Transform(Location(x, y, 0.0), Rotation(yaw=0.0))
+            self.lane_type, self.lane_id, y = carla.LaneType.Driving, -1, -200.0
+        self.transform = carla.Transform(carla.Location(x=x, y=y, z=0.0), carla.Rotation(yaw=0.0))
 
-    def next(self, d: float) -> list["Waypoint"]:
-        return [Waypoint(self.server, self.road_id, self._lane, self.x + d)]
+    def next(self, distance: float) -> list["Waypoint"]:
+        return [Waypoint(self.server, self.road_id, self._lane, self.x + distance)]
 
     def get_left_lane(self) -> Optional["Waypoint"]:
         if self.road_id != 1 or self._lane < 0:
@@ -274,30 +243,29 @@ class Waypoint:
 
 
 class Map:
+    """Stand-in for the server's carla.Map of the loaded town."""
+
     def __init__(self, server: FakeServer) -> None:
         self.server = server
         self.name = server.map_name
 
-    def get_spawn_points(self) -> list[Transform]:
+    def get_spawn_points(self) -> list[Any]:
         self.server.check()
-        points = [Transform(Location(x, lane * LANE_W, 0.5)) for lane in range(self.server.lanes)
-                  for x in (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)]
-        return points + [Transform(Location(x, -200.0, 0.5)) for x in (0.0, 50.0)]  # the one-lane ramp
+        points = [(x, lane * LANE_W) for lane in range(self.server.lanes) for x in (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)]
+        points += [(0.0, -200.0), (50.0, -200.0)]  # the one-lane ramp
+        return [carla.Transform(carla.Location(x=x, y=y, z=0.5)) for x, y in points]
 
-    def get_waypoint(self, location: Location, project_to_road: bool = True, lane_type: str = LaneType.Driving
-                     ) -> Optional[Waypoint]:
+    def get_waypoint(self, location: Any, project_to_road: bool = True,
+                     lane_type: Any = carla.LaneType.Driving) -> Optional[Waypoint]:
         self.server.check()
+        if not isinstance(location, carla.Location) or not isinstance(lane_type, carla.LaneType):
+            raise TypeError(f"get_waypoint({location!r}, lane_type={lane_type!r}): wrong argument types")
         if location.y < -100:
             return Waypoint(self.server, 2, 0, location.x)
         lane = int(round(location.y / LANE_W))
         if not project_to_road and (lane < 0 or lane >= self.server.lanes or abs(location.y - lane * LANE_W) > LANE_W / 2):
             return None
         return Waypoint(self.server, 1, min(max(lane, 0), self.server.lanes - 1), location.x)
-
-
-class Settings:
-    def __init__(self, sync: bool, delta: Optional[float]) -> None:
-        self.synchronous_mode, self.fixed_delta_seconds = sync, delta
 
 
 class World:
@@ -308,16 +276,20 @@ class World:
         self.server.check()
         return Map(self.server)
 
-    def get_settings(self) -> Settings:
+    def get_settings(self) -> Any:
         self.server.check()
-        return Settings(self.server.sync, self.server.delta)
+        settings = carla.WorldSettings()
+        settings.synchronous_mode, settings.fixed_delta_seconds = self.server.sync, self.server.delta
+        return settings
 
-    def apply_settings(self, settings: Settings) -> int:
+    def apply_settings(self, settings: Any) -> int:
         self.server.check()
+        if not isinstance(settings, carla.WorldSettings):
+            raise TypeError(f"apply_settings({settings!r}): not a carla.WorldSettings")
         self.server.sync, self.server.delta = settings.synchronous_mode, settings.fixed_delta_seconds
         return self.server.frame
 
-    def tick(self, seconds: float = 10.0) -> int:
+    def tick(self, seconds: float = 0.0) -> int:
         self.server.check()
         return self.server.tick()
 
@@ -325,17 +297,19 @@ class World:
         self.server.check()
         return BlueprintLibrary(self.server)
 
-    def try_spawn_actor(self, bp: Blueprint, transform: Transform, attach_to: Optional[Actor] = None) -> Optional[Actor]:
+    def try_spawn_actor(self, blueprint: Blueprint, transform: Any, attach_to: Optional[Actor] = None) -> Optional[Actor]:
         self.server.check()
+        if not isinstance(transform, carla.Transform):
+            raise TypeError(f"spawn at {transform!r}: not a carla.Transform")
         if attach_to is None and any(a.parent is None and a.location.distance(transform.location) < 2.0
                                      for a in self.server.actors.values()):
             return None
-        actor = Actor(self.server, bp, transform, attach_to)
+        actor = Actor(self.server, blueprint, transform, attach_to)
         self.server.actors[actor.id] = actor
         return actor
 
-    def spawn_actor(self, bp: Blueprint, transform: Transform, attach_to: Optional[Actor] = None) -> Actor:
-        actor = self.try_spawn_actor(bp, transform, attach_to)
+    def spawn_actor(self, blueprint: Blueprint, transform: Any, attach_to: Optional[Actor] = None) -> Actor:
+        actor = self.try_spawn_actor(blueprint, transform, attach_to)
         if actor is None:
             raise RuntimeError("Spawn failed because of collision at spawn position")
         return actor
@@ -349,20 +323,21 @@ class TrafficManager:
         self.server.check()
         self.server.tm_sync = mode
 
-    def set_random_device_seed(self, seed: int) -> None:
+    def set_random_device_seed(self, value: int) -> None:
         self.server.check()
-        self.server.tm_seed = seed
+        self.server.tm_seed = value
 
     def get_port(self) -> int:
         return self.port
 
 
 def fake_carla_module(server: FakeServer) -> types.ModuleType:
-    """A ``carla`` module whose Client talks to ``server``."""
+    """The real ``carla`` module with a fake ``Client`` that talks to ``server``."""
     mod = types.ModuleType("carla")
+    mod.__dict__.update({k: v for k, v in vars(carla).items() if not k.startswith("__")})
 
     class Client:
-        def __init__(self, host: str, port: int, worker_threads: int = 0) -> None:
+        def __init__(self, host: str = "127.0.0.1", port: int = 2000, worker_threads: int = 0) -> None:
             self.host, self.port = host, port
 
         def set_timeout(self, seconds: float) -> None:
@@ -372,10 +347,12 @@ def fake_carla_module(server: FakeServer) -> types.ModuleType:
             server.check()
             return World(server)
 
-        def load_world(self, town: str) -> World:
+        def load_world(self, map_name: str, reset_settings: bool = True) -> World:
             server.check()
-            server.map_name = f"Carla/Maps/{town}"
-            server.loaded.append(town)
+            server.map_name = f"Carla/Maps/{map_name}"
+            server.loaded.append(map_name)
+            if reset_settings:
+                server.sync, server.delta = False, None
             return World(server)
 
         def get_trafficmanager(self, port: int = 8000) -> TrafficManager:
@@ -385,13 +362,12 @@ def fake_carla_module(server: FakeServer) -> types.ModuleType:
         def apply_batch_sync(self, commands: list[Any], do_tick: bool = False) -> list[Any]:
             server.check()
             for cmd in commands:
+                if not isinstance(cmd, carla.command.DestroyActor):
+                    raise TypeError(f"apply_batch_sync: {cmd!r} is not a carla.command")
                 server.actors.pop(cmd.actor_id, None)
             return []
 
     mod.Client = Client
-    mod.Vector3D, mod.Location, mod.Rotation, mod.Transform = Vector3D, Location, Rotation, Transform
-    mod.VehicleControl, mod.WalkerControl, mod.LaneType = VehicleControl, WalkerControl, LaneType
-    mod.command = types.SimpleNamespace(DestroyActor=lambda actor_id: types.SimpleNamespace(actor_id=actor_id))
     return mod
 
 
@@ -474,7 +450,7 @@ def test_collision_ends_episode_with_impulse_penalty(server: FakeServer) -> None
     env.reset()
     ego = env.unwrapped.ego
     blocker = env.unwrapped.spawn(Blueprint("vehicle.audi.a2"),
-                                  Transform(Location(ego.location.x + 6.0, ego.location.y, 0.5)))
+                                  carla.Transform(carla.Location(x=ego.location.x + 6.0, y=ego.location.y, z=0.5)))
     assert blocker is not None
     ego.speed = 10.0
     terminated, reward, info = False, 0.0, {}
@@ -579,14 +555,10 @@ def test_carla_params_are_checked(server: FakeServer) -> None:
         make("carla-hw", server, carla={"port": 0})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("carla") is None, reason="the carla wheel is not installed")
 def test_fake_covers_the_real_api() -> None:
-    """Every carla name the env uses exists in the real client (run where `pip install 'covr-ray[carla]'`)."""
-    import importlib
-
+    """Every carla name the env uses exists in the real client (the dev extra installs it)."""
     from covr_envs.carla_env import CARLA_API
 
-    carla = importlib.import_module("carla")
     missing = []
     for dotted in CARLA_API:
         obj: Any = carla
@@ -596,6 +568,22 @@ def test_fake_covers_the_real_api() -> None:
                 break
             obj = getattr(obj, part)
     assert not missing, f"not in carla {getattr(carla, '__version__', '?')}: {missing}"
+
+
+def test_env_gets_the_real_value_types(server: FakeServer) -> None:
+    """Only Client is fake: what the env builds (controls, transforms, settings, commands) is the real type."""
+    env = make("carla-gp", server, carla={"num_vehicles": 0})
+    env.reset()
+    core = env.unwrapped
+    assert core.carla.Client is not carla.Client and core.carla.VehicleControl is carla.VehicleControl
+    assert isinstance(core.scenario.direction, carla.Vector3D)
+    assert core.scenario.occluder.control.hand_brake is True and isinstance(core.scenario.occluder.control,
+                                                                            carla.VehicleControl)
+    env.step(np.array([0.25, 0.5], np.float32))
+    control = core.ego.control
+    assert isinstance(control, carla.VehicleControl)
+    assert (control.steer, control.throttle, control.brake) == (0.25, 0.5, 0.0)  # exact in float32
+    env.close()
 
 
 @pytest.mark.requires_carla_server
