@@ -1,7 +1,8 @@
 """Typed configuration of a COVR run.
 
-One dataclass per section (env, prior, sac, eddf, ralw, lora, schedule, ray, logging), each field with a
-docstring. Values come from, in order: the dataclass defaults, a preset (YAML data under
+One dataclass per section (env, prior, sac, eddf, ralw, lora, schedule, ray, logging), named ``<Name>Section``
+(so ``SACSection`` is never confused with RLlib's ``SACConfig``, nor ``LoRASection`` with peft's
+``LoraConfig``), each field with a docstring. Values come from, in order: the dataclass defaults, a preset (YAML data under
 ``covr_ray/presets/``, optionally ``extends:`` another preset), then ``--set section.field=value``
 overrides. Every value is type-checked and range-checked; an unknown key or a bad value raises
 :class:`~covr_ray.errors.ConfigError` naming the field, the value and what is allowed.
@@ -30,7 +31,7 @@ def _check(path: str, value: Any, ok: bool, allowed: str) -> None:
 
 
 @dataclass
-class CarlaConfig:
+class CarlaSection:
     """How to reach a CARLA server (only read by ``carla-*`` envs)."""
 
     host: str = "127.0.0.1"
@@ -70,7 +71,7 @@ class CarlaConfig:
 
 
 @dataclass
-class EnvConfig:
+class EnvSection:
     """Which simulator and scenario, and how observations are shaped."""
 
     name: str = "driving-hw"
@@ -95,7 +96,7 @@ class EnvConfig:
     """Action codec (text <-> action); None = the registered env's codec (``numeric`` for ``gym:``)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments passed to the simulator's constructor (env-specific)."""
-    carla: CarlaConfig = field(default_factory=CarlaConfig)
+    carla: CarlaSection = field(default_factory=CarlaSection)
     """CARLA connection settings."""
     imports: list[str] = field(default_factory=list)
     """Modules imported in the driver and in every env runner before the env is made, for envs that register
@@ -131,7 +132,7 @@ class EnvConfig:
 
 
 @dataclass
-class PriorConfig:
+class PriorSection:
     """The VLM prior service: which model answers, how queries are batched, how answers are decoded."""
 
     model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -212,7 +213,7 @@ class PriorConfig:
 
 
 @dataclass
-class SACConfig:
+class SACSection:
     """The pixel SAC learner (RLlib) and COVR's regulariser on its actor loss."""
 
     base: Literal["sac", "rad"] = "rad"
@@ -295,7 +296,7 @@ class SACConfig:
 
 
 @dataclass
-class EDDFConfig:
+class EDDFSection:
     """Exploration-driven dynamic filter over the D_f buffer, and its ablations."""
 
     mode: Literal["eddf", "random", "topk"] = "eddf"
@@ -340,7 +341,7 @@ class EDDFConfig:
 
 
 @dataclass
-class RALWConfig:
+class RALWSection:
     """Return-aware adaptive loss weights for the VLM fine-tune, and its ablations."""
 
     mode: Literal["ralw", "none", "random"] = "ralw"
@@ -354,7 +355,7 @@ LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate
 
 
 @dataclass
-class LoRAConfig:
+class LoRASection:
     """LoRA fine-tuning of the VLM on the RL agent's kept samples."""
 
     rank: int = 128
@@ -405,7 +406,7 @@ class LoRAConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleSection:
     """When fine-tune rounds happen and when guidance switches on."""
 
     total_env_steps: int = 100_000
@@ -436,7 +437,7 @@ class ScheduleConfig:
 
 
 @dataclass
-class RayConfig:
+class RaySection:
     """Actor counts and resources; scale these per scenario."""
 
     address: Optional[str] = None
@@ -481,7 +482,7 @@ class RayConfig:
 
 
 @dataclass
-class LoggingConfig:
+class LoggingSection:
     """Where metrics go. One sink writes them all, with namespaced keys (``learner/critic_loss``)."""
 
     wandb: bool = True
@@ -512,23 +513,23 @@ class CovrConfig:
     """Output directory; None = ``runs/<preset>-<seed>-<timestamp>``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Torch device for learner and LoRA trainer; ``auto`` = cuda when available."""
-    env: EnvConfig = field(default_factory=EnvConfig)
+    env: EnvSection = field(default_factory=EnvSection)
     """Environment."""
-    prior: PriorConfig = field(default_factory=PriorConfig)
+    prior: PriorSection = field(default_factory=PriorSection)
     """VLM prior service."""
-    sac: SACConfig = field(default_factory=SACConfig)
+    sac: SACSection = field(default_factory=SACSection)
     """RL learner."""
-    eddf: EDDFConfig = field(default_factory=EDDFConfig)
+    eddf: EDDFSection = field(default_factory=EDDFSection)
     """Sample filter for fine-tuning."""
-    ralw: RALWConfig = field(default_factory=RALWConfig)
+    ralw: RALWSection = field(default_factory=RALWSection)
     """Sample weights for fine-tuning."""
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    lora: LoRASection = field(default_factory=LoRASection)
     """LoRA fine-tuning."""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
     """Round schedule."""
-    ray: RayConfig = field(default_factory=RayConfig)
+    ray: RaySection = field(default_factory=RaySection)
     """Ray actors and resources."""
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    logging: LoggingSection = field(default_factory=LoggingSection)
     """Metrics sinks."""
 
     def validate(self) -> "CovrConfig":

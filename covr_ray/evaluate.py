@@ -39,7 +39,7 @@ from covr_ray.io import atomic_write_text
 from covr_ray.log import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover
-    from covr_ray.config import CovrConfig, EnvConfig
+    from covr_ray.config import CovrConfig, EnvSection
     from covr_ray.rl.networks import PixelPolicy
 
 log = get_logger(__name__)
@@ -78,7 +78,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-def run_episodes(act: ActFn, env_cfg: "EnvConfig", episodes: int, seed: int, *,
+def run_episodes(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
                  actor_name: str = "policy", record_first_episode: bool = False
                  ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Run ``episodes`` episodes of ``env_cfg``'s env with ``act``; return ``(result, frames)``.
@@ -150,7 +150,7 @@ def run_episodes(act: ActFn, env_cfg: "EnvConfig", episodes: int, seed: int, *,
     return result, frames
 
 
-def evaluate_policy(policy: "PixelPolicy", env_cfg: "EnvConfig", episodes: int, seed: int, *,
+def evaluate_policy(policy: "PixelPolicy", env_cfg: "EnvSection", episodes: int, seed: int, *,
                     video_path: Optional[str | Path] = None, fps: float = 15.0) -> dict[str, Any]:
     """Evaluate the policy network alone (deterministic actions, no VLM, no Ray) on ``env_cfg``'s env.
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from covr_ray.config import LoggingConfig
+from covr_ray.config import LoggingSection
 from covr_ray.errors import MetricsError
 from covr_ray.log import get_logger
 
@@ -37,7 +37,7 @@ def namespaced(namespace: str, metrics: Mapping[str, float]) -> dict[str, float]
     return {k if "/" in k else f"{namespace}/{k}": v for k, v in metrics.items()}
 
 
-def wandb_mode(cfg: LoggingConfig) -> str:
+def wandb_mode(cfg: LoggingSection) -> str:
     """Resolve ``auto``: online when a W&B key is configured (WANDB_API_KEY), offline otherwise."""
     if cfg.wandb_mode != "auto":
         return cfg.wandb_mode
@@ -64,7 +64,7 @@ class MetricsSink:
             initialised in this process.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: LoggingConfig, run_name: str = "covr",
+    def __init__(self, run_dir: str | Path, cfg: LoggingSection, run_name: str = "covr",
                  config: Optional[dict[str, Any]] = None, ray_metrics: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

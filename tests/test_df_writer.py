@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covr_ray import columns as C
-from covr_ray.config import EDDFConfig, RALWConfig
+from covr_ray.config import EDDFSection, RALWSection
 from covr_ray.errors import FinetuneDataError
 from covr_ray.df.shards import open_shard_set, read_shard, read_shards
 from covr_ray.df.writer import FilterBuffer, delete_consumed, discounted_return_to_go
@@ -79,7 +79,7 @@ def test_kept_set_filters_and_weights_then_df_is_cleared(tmp_path):
     buf = FilterBuffer(tmp_path / "df", action_dim=2, gamma=0.9, rows_per_shard=16)
     fill(buf, episodes=12, length=5)
     buf.flush()
-    shard_set, m = build_kept_set(buf.shard_paths(), tmp_path / "round-000", EDDFConfig(), RALWConfig(),
+    shard_set, m = build_kept_set(buf.shard_paths(), tmp_path / "round-000", EDDFSection(), RALWSection(),
                                   action_dim=2, entropy=5.0)
     assert m["round/df_rows"] == 60
     assert 0 < m["round/kept_rows"] == m["eddf/kept"] < 60
@@ -102,11 +102,11 @@ def test_kept_set_skips_corrupt_df_shard_and_keeps_df_on_failure(tmp_path, caplo
     assert len(paths) == 3
     paths[1].write_bytes(paths[1].read_bytes()[:200])
     caplog.set_level("WARNING", logger="covr_ray")
-    shard_set, m = build_kept_set(paths, tmp_path / "kept", EDDFConfig(mode="topk", topk_keep=1.0),
-                                  RALWConfig(mode="none"), action_dim=2)
+    shard_set, m = build_kept_set(paths, tmp_path / "kept", EDDFSection(mode="topk", topk_keep=1.0),
+                                  RALWSection(mode="none"), action_dim=2)
     assert m["round/skipped_shards"] == 1 and shard_set.rows == 20
     assert "skipping D_f shard" in caplog.text
     # the kept set's directory already exists: building it fails and D_f is left intact
     with pytest.raises(FileExistsError):
-        build_kept_set(paths, tmp_path / "kept", EDDFConfig(), RALWConfig(), action_dim=2)
+        build_kept_set(paths, tmp_path / "kept", EDDFSection(), RALWSection(), action_dim=2)
     assert len(buf.shard_paths()) == 3

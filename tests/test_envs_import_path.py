@@ -22,7 +22,7 @@ import pytest
 
 from covr_envs import make_env, make_env_from_config, resolve_env_spec
 from covr_envs.gym_env import gym_spec
-from covr_ray.config import EnvConfig, load_config
+from covr_ray.config import EnvSection, load_config
 from covr_ray.errors import ConfigError, EnvError
 
 S = 24
@@ -309,7 +309,7 @@ def test_make_env_refuses_bad_imports_and_names_without_a_config() -> None:
     with pytest.raises(EnvError, match="dotted module name"):
         make_env("gym:my-envs:MyEnv-v0", seed=0)
     with pytest.raises(ConfigError, match="env.imports"):
-        EnvConfig(name="gym:Pendulum-v1", imports=["my-envs"]).validate("env")
+        EnvSection(name="gym:Pendulum-v1", imports=["my-envs"]).validate("env")
 
 
 # --- (c) through a real env runner process ----------------------------------------------------------------

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from covr_envs.rllib import ENV_ID, create_env, env_config_dict, env_seed, register_covr_env
-from covr_ray.config import EnvConfig, load_config
+from covr_ray.config import EnvSection, load_config
 from covr_ray.errors import ConfigError
 
 
 def test_creator_builds_env_with_distinct_seeds_per_runner_and_vector_index() -> None:
     from ray.rllib.env.env_context import EnvContext
 
-    cfg = env_config_dict(EnvConfig(name="driving-hw", image_size=32, kwargs={"vehicles": 4}), seed=11)
+    cfg = env_config_dict(EnvSection(name="driving-hw", image_size=32, kwargs={"vehicles": 4}), seed=11)
     envs = [create_env(EnvContext(cfg, worker_index=w)) for w in (1, 1, 2)]
     seeds = [e.seed_value for e in envs]
     assert len(set(seeds)) == 3

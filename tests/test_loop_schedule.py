@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from covr_ray.config import ScheduleConfig, load_config
+from covr_ray.config import ScheduleSection, load_config
 from covr_ray.errors import CheckpointError, FinetuneDataError
 from covr_ray.loop.schedule import FinetuneSchedule, round_points
 
@@ -45,7 +45,7 @@ def test_preset_points_as_documented(preset, warmup, points):
 
 
 def test_failed_round_does_not_count_and_is_retried_one_interval_later():
-    cfg = ScheduleConfig(first_interval=10, cold_start_rounds=1)
+    cfg = ScheduleSection(first_interval=10, cold_start_rounds=1)
     s = FinetuneSchedule(cfg, start_at=5)
     assert s.next_round_at == 15
     with pytest.raises(FinetuneDataError, match="before it was due"):
@@ -62,7 +62,7 @@ def test_failed_round_does_not_count_and_is_retried_one_interval_later():
 
 
 def test_version_1_state_restores_without_offset_or_failures():
-    cfg = ScheduleConfig(first_interval=10)
+    cfg = ScheduleSection(first_interval=10)
     old = {"version": 1, "round": 2, "next_round_at": 40, "interval": 20, "first_interval": 10}
     s = FinetuneSchedule.from_dict(cfg, old)
     assert (s.round, s.failed, s.start_at, s.next_round_at) == (2, 0, 0, 40)
@@ -71,7 +71,7 @@ def test_version_1_state_restores_without_offset_or_failures():
 
 
 def test_guidance_after_cold_start_and_state_round_trip():
-    cfg = ScheduleConfig(first_interval=10, cold_start_rounds=2)
+    cfg = ScheduleSection(first_interval=10, cold_start_rounds=2)
     s = FinetuneSchedule(cfg)
     assert not s.guidance_on and s.next_round_at == 10 and s.round == 0
     with pytest.raises(FinetuneDataError, match="before it was due"):
@@ -87,10 +87,10 @@ def test_guidance_after_cold_start_and_state_round_trip():
 
 
 def test_state_refuses_bad_checkpoints():
-    cfg = ScheduleConfig(first_interval=10)
+    cfg = ScheduleSection(first_interval=10)
     good = FinetuneSchedule(cfg).to_dict()
     with pytest.raises(CheckpointError, match="first_interval"):
-        FinetuneSchedule.from_dict(ScheduleConfig(first_interval=20), good)
+        FinetuneSchedule.from_dict(ScheduleSection(first_interval=20), good)
     with pytest.raises(CheckpointError, match="round"):
         FinetuneSchedule.from_dict(cfg, {**good, "round": -1})
     with pytest.raises(CheckpointError, match="lacks"):

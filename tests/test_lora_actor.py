@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from covr_ray.cli import main
-from covr_ray.config import LoRAConfig, RayConfig
+from covr_ray.config import LoRASection, RaySection
 from covr_ray.errors import LoRATrainerError, ShardError
 from covr_ray.select.kept import kept_set_from_arrays
 
@@ -36,8 +36,8 @@ def test_actor_round_timeout_and_typed_errors(tiny_vlm_dir, tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
     try:
-        actor = start_lora_trainer(RayConfig(num_gpus_lora=0, max_actor_restarts=0), model=str(tiny_vlm_dir),
-                                   lora=LoRAConfig(rank=8, alpha=16, batch_size=2, max_steps=2), codec_name="driving",
+        actor = start_lora_trainer(RaySection(num_gpus_lora=0, max_actor_restarts=0), model=str(tiny_vlm_dir),
+                                   lora=LoRASection(rank=8, alpha=16, batch_size=2, max_steps=2), codec_name="driving",
                                    action_dim=2, prompt_text="Drive.", adapter_root=str(tmp_path / "adapters"),
                                    progress=False)
         frames = list(np.random.default_rng(0).integers(0, 256, (4, 84, 84, 3), dtype=np.uint8))

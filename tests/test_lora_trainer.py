@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from covr_ray.config import LoRAConfig  # noqa: E402
+from covr_ray.config import LoRASection  # noqa: E402
 from covr_ray.errors import ConfigError  # noqa: E402
 from covr_ray.lora.data import collate  # noqa: E402
 from covr_ray.vlm.loader import to_pil  # noqa: E402
@@ -44,11 +44,11 @@ def frames8() -> list[np.ndarray]:
     return out
 
 
-def lora_cfg(**kw) -> LoRAConfig:
+def lora_cfg(**kw) -> LoRASection:
     base = dict(rank=8, alpha=16, dropout=0.0, learning_rate=5e-3, epochs=200, batch_size=8, max_steps=100,
                 label_smoothing=0.1)
     base.update(kw)
-    return LoRAConfig(**base)
+    return LoRASection(**base)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_paper_rank_on_qwen2_5_vl_3b_architecture_stays_under_cap():
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision,
                                                                     tie_word_embeddings=True))
         base = sum(p.numel() for p in model.parameters())
-        peft = get_peft_model(model, PeftLoraConfig(r=128, lora_alpha=256, target_modules=LoRAConfig().target_modules))
+        peft = get_peft_model(model, PeftLoraConfig(r=128, lora_alpha=256, target_modules=LoRASection().target_modules))
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     assert 3.7e9 < base < 3.8e9
     assert trainable == 36 * 128 * (2 * (2048 + 2048) + 2 * (2048 + 256) + 3 * (2048 + 11008))

@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from covr_ray.config import LoggingConfig
+from covr_ray.config import LoggingSection
 from covr_ray.errors import MetricsError
 from covr_ray.metrics import MetricsSink, namespaced, ray_metric_name, read_csv_metrics, wandb_mode
 
 
 def test_keys_must_be_namespaced(tmp_path):
-    with MetricsSink(tmp_path, LoggingConfig(wandb=False, tensorboard=False)) as sink:
+    with MetricsSink(tmp_path, LoggingSection(wandb=False, tensorboard=False)) as sink:
         with pytest.raises(MetricsError, match="'loss'"):
             sink.log({"loss": 1.0}, step=0)
         with pytest.raises(MetricsError):
@@ -28,7 +28,7 @@ def test_namespaced_helper_and_ray_names():
 
 
 def test_csv_appends_across_sinks_and_keeps_nan(tmp_path):
-    cfg = LoggingConfig(wandb=False, tensorboard=False)
+    cfg = LoggingSection(wandb=False, tensorboard=False)
     with MetricsSink(tmp_path, cfg) as sink:
         sink.log({"eval/return": 1.0}, step=1)
     with MetricsSink(tmp_path, cfg) as sink:  # a resumed run appends
@@ -38,7 +38,7 @@ def test_csv_appends_across_sinks_and_keeps_nan(tmp_path):
 
 
 def test_tensorboard_events_are_written(tmp_path):
-    with MetricsSink(tmp_path, LoggingConfig(wandb=False, csv=False)) as sink:
+    with MetricsSink(tmp_path, LoggingSection(wandb=False, csv=False)) as sink:
         for step in range(3):
             sink.log({"learner/actor_loss": float(step)}, step=step)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -51,7 +51,7 @@ def test_tensorboard_events_are_written(tmp_path):
 def test_wandb_offline_without_a_key(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = LoggingConfig(wandb=True, tensorboard=False, csv=False)
+    cfg = LoggingSection(wandb=True, tensorboard=False, csv=False)
     assert wandb_mode(cfg) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode(cfg) == "online"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from covr_ray.config import PriorConfig
+from covr_ray.config import PriorSection
 from covr_ray.prior.codecs import get_codec
 from covr_ray.prior.prompts import PromptBuilder, build_instruction
 
@@ -41,7 +41,7 @@ def _ask(model: str, backend: str, frames: list[np.ndarray], adapter_dir: str) -
     from covr_ray.prior.service import PriorService
 
     async def run() -> tuple[dict[str, Any], list]:
-        cfg = PriorConfig(model=model, backend=backend, max_new_tokens=12, max_model_len=1024,
+        cfg = PriorSection(model=model, backend=backend, max_new_tokens=12, max_model_len=1024,
                           gpu_memory_utilization=0.05)
         svc = PriorService(cfg, codec="numeric", action_dim=3, task_prompt="Swing up and balance the pole.",
                            action_description="Each number is the torque of one joint.", adapter_dir=adapter_dir,

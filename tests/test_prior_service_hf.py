@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from covr_ray.config import PriorConfig
+from covr_ray.config import PriorSection
 from covr_ray.errors import AdapterError
 from covr_ray.lora.random_adapter import build_random_adapter
 from covr_ray.lora.versions import adapter_path
@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 def _service(model: Path, adapter_dir: Path, **over: Any) -> PriorService:
-    cfg = PriorConfig(model=str(model), backend="transformers", max_new_tokens=8, max_batch_size=8,
+    cfg = PriorSection(model=str(model), backend="transformers", max_new_tokens=8, max_batch_size=8,
                       max_wait_ms=30, max_adapters=2, **over)
     return PriorService(cfg, codec="driving", action_dim=2, task_prompt="Drive forward fast.",
                         action_description="Action: [steer, throttle_brake].", adapter_dir=str(adapter_dir),

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from covr_ray.cli import main
-from covr_ray.config import LoggingConfig, load_config, save_config
+from covr_ray.config import LoggingSection, load_config, save_config
 from covr_ray.errors import ReportError
 from covr_ray.evaluate import write_eval_result
 from covr_ray.metrics import MetricsSink
 from covr_ray.report import align_curves, build_report, find_run_dirs
 from covr_ray.stats import iqm, stratified_bootstrap_ci
 
-CSV_ONLY = LoggingConfig(wandb=False, tensorboard=False, csv=True)
+CSV_ONLY = LoggingSection(wandb=False, tensorboard=False, csv=True)
 
 
 def make_run(root: Path, preset: str, seed: int, curve: list[tuple[int, float]], base: str = "rad",

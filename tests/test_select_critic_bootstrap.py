@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from covr_ray import columns as C
-from covr_ray.config import EDDFConfig, RALWConfig
+from covr_ray.config import EDDFSection, RALWSection
 from covr_ray.df.writer import FilterBuffer
 from covr_ray.select.kept import build_kept_set
 from covr_ray.df.shards import read_shard, write_shard
@@ -115,7 +115,7 @@ def test_a_shard_that_cannot_be_bootstrapped_is_left_out_untouched(tmp_path: Pat
     done, metrics = bootstrap_truncated_shards([shard], 3, _value, GAMMA)
     assert done == [] and metrics["df/bootstrap_failed_shards"] == 1.0 and shard.read_bytes() == before
     # and the round builder never selects rows whose return lacks its tail
-    _kept, m = build_kept_set([shard], tmp_path / "round", EDDFConfig(), RALWConfig(), action_dim=1, entropy=0.0)
+    _kept, m = build_kept_set([shard], tmp_path / "round", EDDFSection(), RALWSection(), action_dim=1, entropy=0.0)
     assert m["round/unbootstrapped_rows"] == 4 and m["round/candidate_rows"] == 0 and m["round/kept_rows"] == 0
 
 
@@ -131,7 +131,7 @@ def test_warmup_rows_are_never_selected_and_do_not_shape_the_threshold(tmp_path:
     assert read_shard(shard).column(C.WARMUP).to_pylist() == warm.tolist()
     for mode in ("eddf", "topk", "random"):
         out = tmp_path / f"round-{mode}"
-        kept, m = build_kept_set([shard], out, EDDFConfig(mode=mode, topk_keep=0.9), RALWConfig(), action_dim=1,
+        kept, m = build_kept_set([shard], out, EDDFSection(mode=mode, topk_keep=0.9), RALWSection(), action_dim=1,
                                  entropy=0.0)
         steps = np.concatenate([read_shard(p).column(C.STEP_INDEX).to_numpy() for p in kept.shard_paths()])
         assert len(steps) and steps.min() >= 8, mode

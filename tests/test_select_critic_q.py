@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from covr_ray import columns as C
-from covr_ray.config import EDDFConfig, RALWConfig
+from covr_ray.config import EDDFSection, RALWSection
 from covr_ray.errors import FinetuneDataError
 from covr_ray.df.writer import FilterBuffer
 from covr_ray.select.kept import build_kept_set
@@ -114,7 +114,7 @@ def test_shards_are_scored_in_place_on_the_observations_the_policy_saw(tmp_path:
     np.testing.assert_array_equal(read_shard(shard_given).column(C.Q_VALUE).to_numpy(), given)
 
     # EDDF on the Q column now keeps the best-scored rows
-    out, round_metrics = build_kept_set(kept, tmp_path / "round", EDDFConfig(signal="q_value"), RALWConfig(),
+    out, round_metrics = build_kept_set(kept, tmp_path / "round", EDDFSection(signal="q_value"), RALWSection(),
                                         action_dim=1, entropy=0.0)
     assert 0 < round_metrics["round/kept_rows"] < 18
     kept_q = read_shard(next((tmp_path / "round").glob("*.parquet"))).column(C.Q_VALUE).to_numpy()

@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from covr_ray.config import EDDFConfig
+from covr_ray.config import EDDFSection
 from covr_ray.errors import FinetuneDataError
 from covr_ray.select.eddf import eddf_select, entropy_slope, zscore
 
 
-def cfg(**kw) -> EDDFConfig:
-    c = EDDFConfig(**kw)
+def cfg(**kw) -> EDDFSection:
+    c = EDDFSection(**kw)
     c.validate("eddf")
     return c
 

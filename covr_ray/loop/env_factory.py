@@ -1,7 +1,7 @@
 """The env a COVR run's env runners create: the registered simulator plus the prior client.
 
 RLlib calls :func:`make_run_env` inside each env runner (a Ray actor) with the run's ``env_config``:
-``{"env": <covr_envs env_config: EnvConfig fields + seed>, "covr": <the run's config dict>, "run_id": str,
+``{"env": <covr_envs env_config: EnvSection fields + seed>, "covr": <the run's config dict>, "run_id": str,
 "covr_df": <D_f recorder settings>}``. The simulator comes from :mod:`covr_envs` (its own seed per runner
 and vector index); when the prior is enabled, :class:`~covr_ray.prior.client.PriorWrapper` queries the
 run's prior service every ``prior.prior_every`` steps without blocking and writes the prior infos that

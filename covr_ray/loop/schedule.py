@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from covr_ray.config import ScheduleConfig
+from covr_ray.config import ScheduleSection
 from covr_ray.errors import CheckpointError, FinetuneDataError
 
 
@@ -73,7 +73,7 @@ class FinetuneSchedule:
         interval: ``psi_c``, the gap that led to ``next_round_at``.
     """
 
-    def __init__(self, cfg: ScheduleConfig, start_at: int = 0) -> None:
+    def __init__(self, cfg: ScheduleSection, start_at: int = 0) -> None:
         if isinstance(start_at, bool) or not isinstance(start_at, int) or start_at < 0:
             raise FinetuneDataError(f"schedule start_at {start_at!r}; expected an integer >= 0 (env steps)")
         self.cfg = cfg
@@ -129,7 +129,7 @@ class FinetuneSchedule:
                 "interval": self.interval, "first_interval": self.cfg.first_interval, "start_at": self.start_at}
 
     @classmethod
-    def from_dict(cls, cfg: ScheduleConfig, data: dict[str, Any]) -> "FinetuneSchedule":
+    def from_dict(cls, cfg: ScheduleSection, data: dict[str, Any]) -> "FinetuneSchedule":
         """Restore from :meth:`to_dict` output (version 1 states, from before the warm-up offset and failed
         rounds, restore with ``start_at`` 0 and no failures).
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from covr_ray.config import RayConfig
+from covr_ray.config import RaySection
 from covr_ray.errors import ConfigError, LoRATrainerError, ShardError
 from covr_ray.lora.trainer import LoRATrainer, RoundResult
 
 
-def start_lora_trainer(ray_cfg: RayConfig, *, name: Optional[str] = None, **trainer_kwargs: Any) -> Any:
+def start_lora_trainer(ray_cfg: RaySection, *, name: Optional[str] = None, **trainer_kwargs: Any) -> Any:
     """Start :class:`LoRATrainer` as a Ray actor (``ray_cfg.num_gpus_lora`` GPUs, restarts per
     ``ray_cfg.max_actor_restarts``; a restarted actor resumes from the newest adapter version).
 

@@ -1,7 +1,7 @@
 """The LoRA trainer: fine-tunes the VLM on a round's kept samples and publishes a new adapter version.
 
 One :class:`LoRATrainer` lives for the whole run (as a Ray actor: :mod:`covr_ray.lora.actor`). It holds the
-base VLM with a PEFT LoRA adapter on the language model (``LoRAConfig.target_modules``, a regex over module
+base VLM with a PEFT LoRA adapter on the language model (``LoRASection.target_modules``, a regex over module
 names; the default leaves the vision tower frozen) and keeps training the same adapter round after round,
 as the paper's iterative fine-tuning does. Each round (:meth:`LoRATrainer.train_round`):
 
@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from covr_ray.config import LoRAConfig
+from covr_ray.config import LoRASection
 from covr_ray.df.shards import ShardSet, open_shard_set
 from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError
 from covr_ray.frames import decode_frame
@@ -79,7 +79,7 @@ class LoRATrainer:
         resume: load the newest version under ``adapter_root`` if there is one.
     """
 
-    def __init__(self, model: str, lora: LoRAConfig, codec_name: str, action_dim: int, prompt_text: str,
+    def __init__(self, model: str, lora: LoRASection, codec_name: str, action_dim: int, prompt_text: str,
                  adapter_root: Union[str, Path], *, device: str = "auto", dtype: str = "auto",
                  family: str = "auto", seed: int = 0, progress: bool = True, resume: bool = True) -> None:
         import torch

@@ -16,7 +16,7 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from covr_ray.config import PriorConfig
+from covr_ray.config import PriorSection
 from covr_ray.errors import DependencyMissingError
 from covr_ray.prior.adapters import AdapterVersion
 
@@ -87,7 +87,7 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def backend_options(cfg: PriorConfig, *, family: str, regex: Optional[str], max_new_tokens: int,
+def backend_options(cfg: PriorSection, *, family: str, regex: Optional[str], max_new_tokens: int,
                     max_lora_rank: int, seed: int) -> BackendOptions:
     """Options from the prior section of the config plus what the service resolved (family, codec)."""
     return BackendOptions(

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from covr_ray.config import CovrConfig, PriorConfig
+from covr_ray.config import CovrConfig, PriorSection
 from covr_ray.errors import AdapterError, ConfigError, PriorServiceError
 from covr_ray.log import get_logger
 from covr_ray.lora.versions import list_adapters
@@ -56,7 +56,7 @@ def prior_actor_name(run_id: str, replica: int = 0) -> str:
     return f"covr-prior-{run_id}-{replica}"
 
 
-def answer_tokens(cfg: PriorConfig, guided: bool, max_answer_chars: int) -> int:
+def answer_tokens(cfg: PriorSection, guided: bool, max_answer_chars: int) -> int:
     """Token budget of one answer: the config's, raised under guided decoding so the longest canonical
     answer (at most one token per character, plus two for a leading-space token and end of sequence) fits."""
     return max(cfg.max_new_tokens, max_answer_chars + 2) if guided else cfg.max_new_tokens
@@ -83,7 +83,7 @@ class PriorService:
         replica: replica index (metrics tag).
     """
 
-    def __init__(self, cfg: PriorConfig, *, codec: str, action_dim: int, task_prompt: str,
+    def __init__(self, cfg: PriorSection, *, codec: str, action_dim: int, task_prompt: str,
                  action_description: str, adapter_dir: str, max_lora_rank: int = 128, seed: int = 0,
                  replica: int = 0) -> None:
         from covr_ray.vlm.loader import resolve_family

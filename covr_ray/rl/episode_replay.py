@@ -99,7 +99,7 @@ class CovrEpisodeReplayBuffer(ReplayBufferInterface):
 
     Args:
         capacity: transitions kept.
-        frame_stack: frames per observation (``EnvConfig.frame_stack``); 1 for non-stacked envs.
+        frame_stack: frames per observation (``EnvSection.frame_stack``); 1 for non-stacked envs.
         seed: seed of the sampling RNG.
         frame_slack, max_open_episodes: see :class:`PixelReplay`.
     """

@@ -25,7 +25,7 @@ The choice of ``s`` (the paper writes ``Sigmoid(eps_t)``; ``eddf.slope`` selects
   *falls* too and loosens the filter late in training, the opposite of the paper's stated intent (loose
   early while exploring, strict late). Kept for reproducing the formula as written.
 
-Ablations (``EDDFConfig``): ``mode=random`` keeps a random ``topk_keep`` share, ``mode=topk`` the best
+Ablations (``EDDFSection``): ``mode=random`` keeps a random ``topk_keep`` share, ``mode=topk`` the best
 ``topk_keep`` share, ``signal=reward|q_value`` scores by the immediate reward or the critic's Q-value
 instead of the return-to-go. Non-finite scores (a Q-value that was not provided) are never kept.
 ``zscore=False`` thresholds raw scores, which keeps exactly the same samples: ``median + s * IQR``, top-k
@@ -46,10 +46,10 @@ from typing import Optional
 import numpy as np
 
 from covr_ray import columns as C
-from covr_ray.config import EDDFConfig
+from covr_ray.config import EDDFSection
 from covr_ray.errors import FinetuneDataError
 
-#: EDDFConfig.signal -> the shard column holding that score.
+#: EDDFSection.signal -> the shard column holding that score.
 SIGNAL_COLUMN = {"return": C.RETURN_TO_GO, "reward": C.REWARD, "q_value": C.Q_VALUE}
 
 
@@ -62,7 +62,7 @@ def target_entropy(action_dim: int) -> float:
     return -float(action_dim)
 
 
-def entropy_slope(entropy: float, cfg: EDDFConfig, action_dim: int,
+def entropy_slope(entropy: float, cfg: EDDFSection, action_dim: int,
                   initial_entropy: Optional[float] = None) -> float:
     """``s(entropy)`` per ``cfg.slope`` (module docstring).
 
@@ -110,7 +110,7 @@ def _keep_count(share: float, n: int) -> int:
     return min(n, max(1, math.ceil(share * n - 1e-9))) if n else 0
 
 
-def eddf_select(scores: np.ndarray, entropy: float, cfg: EDDFConfig, action_dim: int,
+def eddf_select(scores: np.ndarray, entropy: float, cfg: EDDFSection, action_dim: int,
                 rng: Optional[np.random.Generator] = None,
                 initial_entropy: Optional[float] = None) -> tuple[np.ndarray, dict[str, float]]:
     """Which samples EDDF (or the configured ablation) keeps.
@@ -153,7 +153,7 @@ def eddf_select(scores: np.ndarray, entropy: float, cfg: EDDFConfig, action_dim:
             iqr = q75 - q25
             tau = min(median + s * iqr, float(g.max()))  # capped: the best samples are always kept
             sub = g >= tau - 1e-12 * max(1.0, abs(tau))
-        else:  # pragma: no cover - EDDFConfig.mode is a checked Literal
+        else:  # pragma: no cover - EDDFSection.mode is a checked Literal
             raise FinetuneDataError(f"eddf.mode {cfg.mode!r}; allowed: eddf, random, topk")
         keep[np.flatnonzero(finite)[sub]] = True
     elif n and cfg.mode != "random":

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from covr_ray import columns as C
-from covr_ray.config import EDDFConfig, RALWConfig
+from covr_ray.config import EDDFSection, RALWSection
 from covr_ray.errors import FinetuneDataError, ShardError
 from covr_ray.select.eddf import SIGNAL_COLUMN, eddf_select
 from covr_ray.select.ralw import ralw_weights
@@ -36,7 +36,7 @@ log = get_logger(__name__)
 _SCORE_COLUMNS = [C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY, C.WARMUP, C.BOOTSTRAP_VALUE]
 
 
-def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFConfig, ralw: RALWConfig,
+def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFSection, ralw: RALWSection,
                    action_dim: int, entropy: Optional[float] = None, seed: int = 0,
                    initial_entropy: Optional[float] = None) -> tuple[ShardSet, dict[str, float]]:
     """Filter and weight D_f's shards into a new kept shard set at ``out_dir`` (must not exist).

@@ -8,7 +8,7 @@ move the model), the best sample weight 1. The loss that uses them is
 When every kept return is equal the min-max scaling is undefined; all samples then get weight 1 (none is
 better than another, and a round should not silently train on nothing).
 
-Ablations (``RALWConfig.mode``): ``none`` = all weights 1; ``random`` = uniform in [0, 1).
+Ablations (``RALWSection.mode``): ``none`` = all weights 1; ``random`` = uniform in [0, 1).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from covr_ray.config import RALWConfig
+from covr_ray.config import RALWSection
 from covr_ray.errors import FinetuneDataError
 
 
@@ -32,7 +32,7 @@ def minmax_signed(g: np.ndarray) -> np.ndarray:
     return np.clip(2.0 * (g - lo) / (hi - lo) - 1.0, -1.0, 1.0)
 
 
-def ralw_weights(returns: np.ndarray, cfg: RALWConfig,
+def ralw_weights(returns: np.ndarray, cfg: RALWSection,
                  rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, dict[str, float]]:
     """Sample weights of the kept samples.
 
@@ -55,7 +55,7 @@ def ralw_weights(returns: np.ndarray, cfg: RALWConfig,
         w = np.ones_like(g)
     elif cfg.mode == "random":
         w = (rng if rng is not None else np.random.default_rng()).random(g.size)
-    else:  # pragma: no cover - RALWConfig.mode is a checked Literal
+    else:  # pragma: no cover - RALWSection.mode is a checked Literal
         raise FinetuneDataError(f"ralw.mode {cfg.mode!r}; allowed: ralw, none, random")
     w = w.astype(np.float32)
     sq = float(np.square(w, dtype=np.float64).sum())

@@ -64,16 +64,16 @@ class CarlaEnv(gym.Env):
 
     def __init__(self, name: str, scenario: str, seed: int, image_size: int = 84, action_repeat: int = 1,
                  carla: Any = None, sleep: Optional[Callable[[float], None]] = None, **kwargs: Any) -> None:
-        from covr_ray.config import CarlaConfig, build_dataclass
+        from covr_ray.config import CarlaSection, build_dataclass
 
         if scenario not in SCENARIOS:
             raise EnvError(f"unknown CARLA scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
         if carla is None:
-            carla = CarlaConfig()
+            carla = CarlaSection()
         elif isinstance(carla, dict):
-            carla = build_dataclass(CarlaConfig, carla, "env.carla")
-        if not isinstance(carla, CarlaConfig):
-            raise ConfigError("env.carla", carla, "a CarlaConfig or a mapping of its fields")
+            carla = build_dataclass(CarlaSection, carla, "env.carla")
+        if not isinstance(carla, CarlaSection):
+            raise ConfigError("env.carla", carla, "a CarlaSection or a mapping of its fields")
         carla.validate("env.carla")
         self.cfg = carla
         self.carla = import_carla()
@@ -317,7 +317,7 @@ class CarlaEnv(gym.Env):
 
 def make_carla(spec: EnvSpec, seed: int, image_size: int, action_repeat: int, scenario: str,
                carla: Any = None, **kwargs: Any) -> CarlaEnv:
-    """Factory of ``carla-hw`` / ``carla-gp`` (kwargs: the fields of CarlaParams; ``carla``: CarlaConfig)."""
+    """Factory of ``carla-hw`` / ``carla-gp`` (kwargs: the fields of CarlaParams; ``carla``: CarlaSection)."""
     return CarlaEnv(spec.name, scenario, seed, image_size=image_size, action_repeat=action_repeat, carla=carla,
                     **kwargs)
 

@@ -39,7 +39,7 @@ from covr_ray.errors import ConfigError, EnvError
 from covr_ray.log import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover
-    from covr_ray.config import EnvConfig
+    from covr_ray.config import EnvSection
 
 log = get_logger(__name__)
 
@@ -48,7 +48,7 @@ Codec = Literal["driving", "numeric"]
 
 #: keys of ``make_env`` overrides that shape the env itself; every other key goes to the simulator factory.
 WRAPPER_KEYS = ("image_size", "frame_stack", "action_repeat", "max_episode_steps")
-#: EnvConfig fields that only the prior service reads; accepted (and ignored) by ``make_env``.
+#: EnvSection fields that only the prior service reads; accepted (and ignored) by ``make_env``.
 PRIOR_KEYS = ("prompt", "action_description", "codec", "name")
 
 #: what to do when a user's env module (``gym:<module>:<id>`` or an ``env.imports`` entry) cannot be imported.
@@ -200,7 +200,7 @@ def get_env_spec(name: str) -> EnvSpec:
                    "space and image observations or rgb_array rendering")
 
 
-def load_env_spec(env_cfg: "EnvConfig") -> EnvSpec:
+def load_env_spec(env_cfg: "EnvSection") -> EnvSpec:
     """The env's own spec after importing ``env.imports``: what a driver checks before it starts anything.
 
     Unlike :func:`resolve_env_spec` it needs no prompt (a run without the prior has none to give).
@@ -213,7 +213,7 @@ def load_env_spec(env_cfg: "EnvConfig") -> EnvSpec:
     return get_env_spec(env_cfg.name)
 
 
-def resolve_env_spec(env_cfg: "EnvConfig") -> EnvSpec:
+def resolve_env_spec(env_cfg: "EnvSection") -> EnvSpec:
     """The spec with the config's ``prompt`` / ``action_description`` / ``codec`` applied.
 
     This is what the prior service should read. A ``gym:`` env has no prompt of its own: the config must
@@ -271,7 +271,7 @@ def make_env(name: str, seed: int, **overrides: Any) -> gym.Env:
         seed: 0 <= seed < 2**32. The first ``reset()`` without a seed uses it; same seed, same episodes.
         overrides: ``image_size`` (default 84), ``frame_stack`` (3), ``action_repeat`` (the spec's standard
             one), ``max_episode_steps`` (the spec's default), ``kwargs`` (a dict of simulator arguments),
-            ``carla`` (CarlaConfig or dict, carla envs), ``imports`` (modules imported before ``name`` is
+            ``carla`` (CarlaSection or dict, carla envs), ``imports`` (modules imported before ``name`` is
             looked up, as ``env.imports``). Any other key is a simulator argument, checked by the family's
             factory. ``prompt`` / ``action_description`` / ``codec`` are accepted and ignored.
 
@@ -314,8 +314,8 @@ def make_env(name: str, seed: int, **overrides: Any) -> gym.Env:
     return SeededReset(env, seed)
 
 
-def make_env_from_config(env_cfg: "EnvConfig", seed: int) -> gym.Env:
-    """:func:`make_env` from an ``EnvConfig`` section (``env.kwargs`` become simulator arguments; the modules of
+def make_env_from_config(env_cfg: "EnvSection", seed: int) -> gym.Env:
+    """:func:`make_env` from an ``EnvSection`` section (``env.kwargs`` become simulator arguments; the modules of
     ``env.imports`` are imported first, in this process)."""
     spec = load_env_spec(env_cfg)
     if env_cfg.action_repeat != spec.default_action_repeat:

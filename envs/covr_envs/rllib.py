@@ -1,7 +1,7 @@
 """COVR envs inside RLlib env runners (Ray actors).
 
 :func:`register_covr_env` registers one creator with Ray Tune's registry; RLlib's env runners call it with
-``env_config`` = the ``EnvConfig`` as a dict plus ``"seed"`` (see :func:`env_config_dict`). Every env gets
+``env_config`` = the ``EnvSection`` as a dict plus ``"seed"`` (see :func:`env_config_dict`). Every env gets
 its own seed: ``seed + 1009 * worker_index + k``, ``k`` counting the envs this process created (the vector
 index), so two runners, or two envs of one runner, never replay the same episodes.
 
@@ -29,7 +29,7 @@ from covr_ray.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
-    from covr_ray.config import CovrConfig, EnvConfig
+    from covr_ray.config import CovrConfig, EnvSection
 
 ENV_ID = "covr_env"
 #: distance between the seeds of two env runners (a prime, larger than any envs-per-runner count)
@@ -38,8 +38,8 @@ WORKER_SEED_STRIDE = 1009
 _vector_counter = itertools.count()
 
 
-def env_config_dict(env_cfg: "EnvConfig", seed: int) -> dict[str, Any]:
-    """The ``env_config`` RLlib passes to the creator: the EnvConfig as a plain dict plus ``seed``."""
+def env_config_dict(env_cfg: "EnvSection", seed: int) -> dict[str, Any]:
+    """The ``env_config`` RLlib passes to the creator: the EnvSection as a plain dict plus ``seed``."""
     import dataclasses
 
     out = dataclasses.asdict(env_cfg)
@@ -59,19 +59,19 @@ def create_env(env_config: Mapping[str, Any]) -> gym.Env:
     ``gym:<module>:<id>`` name there (through :func:`~covr_envs.registry.make_env_from_config`).
 
     Raises:
-        ConfigError: no ``seed``, or a bad EnvConfig field.
+        ConfigError: no ``seed``, or a bad EnvSection field.
         EnvError: the env cannot be made here, e.g. its module is not on this process's Python path (the
             message names the module, the env and this process, and says how to ship the module).
     """
     from covr_envs.registry import make_env_from_config
-    from covr_ray.config import EnvConfig, build_dataclass
+    from covr_ray.config import EnvSection, build_dataclass
 
     data = dict(env_config)
     if "seed" not in data:
         raise ConfigError("env_config.seed", None, "an integer seed (use covr_envs.rllib.env_config_dict)")
     base = data.pop("seed")
     data.pop("num_envs", None)  # added by RLlib for vectorised creation
-    env_cfg = build_dataclass(EnvConfig, data, "env")
+    env_cfg = build_dataclass(EnvSection, data, "env")
     env_cfg.validate("env")
     worker = int(getattr(env_config, "worker_index", 0) or 0)
     vector = int(getattr(env_config, "vector_index", 0) or 0) + next(_vector_counter)
