@@ -28,6 +28,10 @@ import numpy as np
 from covr_ray.config import CovrConfig
 from covr_ray.errors import LoRATrainerError
 from covr_ray.log import get_logger
+from covr_ray.lora.actor import train_round_remote
+from covr_ray.prior.service import load_adapter_everywhere
+from covr_ray.select.critic import bootstrap_truncated_shards, score_df_shards
+from covr_ray.select.kept import build_kept_set
 
 log = get_logger(__name__)
 
@@ -66,11 +70,6 @@ def fine_tune_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, ro
         initial_entropy: the run's first measured policy entropy (``eddf.slope=run``).
         timeout_s: the longest wait for the trainer and each hot swap.
     """
-    from covr_ray.lora.actor import train_round_remote
-    from covr_ray.select.kept import build_kept_set
-    from covr_ray.select.critic import bootstrap_truncated_shards, score_df_shards
-    from covr_ray.prior.service import load_adapter_everywhere
-
     metrics: dict[str, float] = {}
     shards, boot_metrics = bootstrap_truncated_shards(df_shards, cfg.env.frame_stack, value_fn, cfg.sac.gamma)
     metrics.update(boot_metrics)

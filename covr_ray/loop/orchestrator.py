@@ -33,13 +33,37 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from tqdm.auto import tqdm
+
+from covr_envs.registry import resolve_env_spec
+from covr_envs.rllib import env_config_dict
 from covr_ray.config import CovrConfig
+from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
+from covr_ray.df.writer import delete_consumed
 from covr_ray.errors import PriorServiceError
+from covr_ray.evaluate import eval_metrics, eval_seed, evaluate_policy, write_eval_result
+from covr_ray.io import atomic_directory
 from covr_ray.log import get_logger
 from covr_ray.loop.actors import lora_actor_name, remove_leftover_actors, run_actor_names
-from covr_ray.run_dir import (RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state)
+from covr_ray.loop.env_factory import register_run_env
+from covr_ray.loop.finetune_round import fine_tune_round
 from covr_ray.loop.resources import check_resources
+from covr_ray.loop.schedule import FinetuneSchedule
+from covr_ray.lora.actor import start_lora_trainer
+from covr_ray.metrics import MetricsSink
+from covr_ray.policy_io import load_policy, policy_meta, save_policy
 from covr_ray.preflight import check_paths
+from covr_ray.prior.client_stats import PriorClientStatsCallback
+from covr_ray.prior.codecs import get_codec
+from covr_ray.prior.metrics import aggregate_replicas
+from covr_ray.prior.prompts import build_instruction
+from covr_ray.prior.service import start_prior_replicas
+from covr_ray.rl.algo import (build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict, q_values,
+                              replay_buffer, restore_checkpoint, save_checkpoint, set_prior_age_limit,
+                              set_prior_weight, state_values)
+from covr_ray.run_dir import RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state
 
 log = get_logger(__name__)
 
@@ -107,17 +131,6 @@ class CovrRun:
 
     def setup(self) -> "CovrRun":
         """Start Ray and every actor (see the module docstring); restore state when resuming."""
-        import ray
-
-        from covr_envs.registry import resolve_env_spec
-        from covr_envs.rllib import env_config_dict
-        from covr_ray.loop.schedule import FinetuneSchedule
-        from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
-        from covr_ray.loop.env_factory import register_run_env
-        from covr_ray.metrics import MetricsSink
-        from covr_ray.prior.client_stats import PriorClientStatsCallback
-        from covr_ray.rl.algo import build_algorithm_config, set_prior_age_limit, set_prior_weight
-
         cfg = self.cfg
         check_paths(cfg)  # bad paths fail here, before the lock, Ray or any actor
         self.run_dir.lock()  # before anything is started or written: one driver per run
@@ -152,13 +165,7 @@ class CovrRun:
         return self
 
     def _start_vlm_actors(self, spec: Any) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-        from covr_ray.lora.actor import start_lora_trainer
-        from covr_ray.prior.codecs import get_codec
-        from covr_ray.prior.prompts import build_instruction
-        from covr_ray.prior.service import start_prior_replicas
 
         cfg = self.cfg
         remove_leftover_actors(run_actor_names(self.run_id, cfg.ray.prior_replicas))
@@ -181,8 +188,6 @@ class CovrRun:
         self.sink.log({"lora/trainable_frac": float(lora_info.get("trainable_frac", math.nan))}, step=self.env_steps)
 
     def _restore(self) -> None:
-        from covr_ray.loop.schedule import FinetuneSchedule
-        from covr_ray.rl.algo import restore_checkpoint
 
         state = read_loop_state(self.checkpoint_path)
         restore_checkpoint(self.algo, self.checkpoint_path / "algorithm")
@@ -209,10 +214,6 @@ class CovrRun:
         final evaluation and checkpoint: what a preempted job or a crash leaves behind (the run continues
         with ``covr train --resume``).
         """
-        from tqdm.auto import tqdm
-
-        from covr_ray.rl.algo import learner_metrics
-
         if self.algo is None:
             self.setup()
         cfg = self.cfg
@@ -269,8 +270,6 @@ class CovrRun:
     def _prior_health(self) -> dict[str, float]:
         """``loop/prior_starved``: 1 while no new prior has reached the replay for ``prior.starved_after_env_steps``
         env steps (a warning is logged when it starts and when priors return); ``loop/priors_added``."""
-        from covr_ray.rl.algo import replay_buffer
-
         if not self.cfg.prior.enabled:
             return {}
         core = replay_buffer(self.algo).core
@@ -294,10 +293,7 @@ class CovrRun:
     def _log_prior_metrics(self) -> None:
         if not self.prior or time.monotonic() - self._last_prior_log < self.cfg.logging.log_every_s:
             return
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-        from covr_ray.prior.metrics import aggregate_replicas
 
         self._last_prior_log = time.monotonic()
         stats = []
@@ -312,9 +308,6 @@ class CovrRun:
         """One round (:func:`covr_ray.loop.finetune_round.fine_tune_round`), then its consequences: a completed
         round consumes D_f, advances the schedule, may switch guidance on and re-ages the priors; a failed one
         keeps D_f and is retried one interval later."""
-        from covr_ray.loop.finetune_round import fine_tune_round
-        from covr_ray.rl.algo import q_values, set_prior_age_limit, set_prior_weight, state_values
-
         cfg = self.cfg
         c = self.schedule.round
         outcome = fine_tune_round(
@@ -325,10 +318,8 @@ class CovrRun:
             action_dim=self.env_spec.action_dim, entropy=self.entropy, initial_entropy=self.initial_entropy,
             timeout_s=self.timeout_s)
         metrics = dict(outcome.metrics)
-        if outcome.completed:
-            for path in outcome.df_shards:  # D_f is cleared only now that its round has completed
-                path.unlink(missing_ok=True)
-            metrics["df/cleared_shards"] = float(len(outcome.df_shards))
+        if outcome.completed:  # D_f is cleared only now that its round has completed
+            metrics["df/cleared_shards"] = float(delete_consumed(outcome.df_shards))
             metrics.update(self.schedule.complete_round(self.env_steps))
         else:
             metrics["df/cleared_shards"] = 0.0
@@ -349,18 +340,13 @@ class CovrRun:
     # --- checkpoints, policy, eval ------------------------------------------------------------------
 
     def save_policy(self) -> Path:
-        from covr_ray.policy_io import policy_meta, save_policy
-        from covr_ray.rl.algo import network_spec_for, policy_state_dict
-
+        """Write the deployable policy (encoder + actor) of the learner now; returns its path."""
         state = policy_state_dict(self.algo, timeout_s=self.timeout_s)
         meta = policy_meta(self.cfg, self.env_steps, self.env_spec.action_dim)
         return save_policy(self.run_dir.policy, network_spec_for(self.algo), state, meta)
 
     def checkpoint(self) -> Path:
         """Write a complete checkpoint (algorithm + replay, loop state, RNG) and point LATEST at it."""
-        from covr_ray.io import atomic_directory
-        from covr_ray.rl.algo import save_checkpoint
-
         path = self.run_dir.checkpoints / f"ckpt-{self.env_steps:010d}"
         if (path / "loop_state.json").is_file():
             return path  # already saved at these env steps
@@ -378,9 +364,6 @@ class CovrRun:
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the policy network alone (no VLM) and log ``eval/*``."""
-        from covr_ray.evaluate import eval_metrics, eval_seed, evaluate_policy, write_eval_result
-        from covr_ray.policy_io import load_policy
-
         policy, _meta = load_policy(self.save_policy())
         result = evaluate_policy(policy, self.cfg.env, self.cfg.schedule.eval_episodes,
                                  seed=(eval_seed(self.cfg) + self.env_steps) % 2**32)
@@ -392,8 +375,6 @@ class CovrRun:
 
     def close(self) -> None:
         """Stop the algorithm and actors, flush metrics (Ray itself is left running for the caller)."""
-        import ray
-
         if self.algo is not None:
             self.algo.stop()
             self.algo = None
