@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from covr_ray.io import atomic_directory
 
 #: LLaVA / Llama special tokens of the tiny tokenizer.
 LLAVA_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -102,11 +101,3 @@ def _nest_vision_tower_keys(path: Path) -> None:
     renamed = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.")
                 and not k.startswith("vision_tower.vision_model.") else k): v for k, v in tensors.items()}
     save_file(renamed, str(path), metadata={"format": "pt"})
-
-
-def build_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
-    """Build the tiny LLaVA into ``out_dir`` atomically (refuses an existing directory); returns it."""
-    out = Path(out_dir)
-    with atomic_directory(out) as tmp:
-        build_tiny_llava_into(tmp, seed=seed)
-    return out
