@@ -7,6 +7,12 @@ columns of the train batch; the fine-tune path writes the D_f columns into Arrow
 
 from __future__ import annotations
 
+# --- actions ------------------------------------------------------------------------------------------
+#: Every action COVR stores (a_r, a_v) is in the normalised space [-1, 1]. Values beyond the bounds by at
+#: most this much are float32 round-off of ``tanh`` / the codecs' arithmetic: they are accepted and
+#: clipped; anything further out is refused with a typed error naming it.
+ACTION_BOUND_TOLERANCE = 1e-4
+
 # --- train batch columns (learner side) -------------------------------------------------------------
 #: float32 (B, action_dim): the VLM's action a_v in the policy's normalised action space [-1, 1].
 PRIOR_ACTION = "prior_action"
@@ -36,7 +42,7 @@ RL_ACTION = "rl_action"
 RETURN_TO_GO = "return_to_go"
 #: float32: immediate reward r_i (EDDF ablation `signal=reward`).
 REWARD = "reward"
-#: float32: Q(o_i, a_r_i), NaN when not provided (EDDF ablation `signal=q_value`; see loop.df_q_scoring).
+#: float32: Q(o_i, a_r_i), NaN when not provided (EDDF ablation `signal=q_value`; see select.critic).
 Q_VALUE = "q_value"
 #: float32: policy entropy estimate when the episode was collected.
 ENTROPY = "entropy"
@@ -50,7 +56,7 @@ SAMPLE_WEIGHT = "sample_weight"
 WARMUP = "warmup"
 #: float32: the critic's value V(o_T) of the observation after the episode's last step, already added to
 #: ``return_to_go`` as ``gamma^(T-i) V(o_T)``; 0.0 for a true termination; NaN for a time-limit truncation
-#: not bootstrapped yet (the round fills it, see loop.df_q_scoring).
+#: not bootstrapped yet (the round fills it, see select.critic).
 BOOTSTRAP_VALUE = "bootstrap_value"
 #: binary (nullable): PNG of the newest frame of o_T, on the last row of a truncated episode only (the
 #: observation the bootstrap value is computed on); null everywhere else.

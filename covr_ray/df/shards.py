@@ -12,7 +12,7 @@ column               arrow type              meaning
 ``rl_action``        list<float32>           the RL agent's action a_r in [-1, 1], ``action_dim`` long
 ``return_to_go``     float32                 discounted return-to-go g_i (bootstrapped, see below)
 ``reward``           float32                 immediate reward r_i
-``q_value``          float32                 Q(o_i, a_r_i); NaN when not provided (see loop.df_q_scoring)
+``q_value``          float32                 Q(o_i, a_r_i); NaN when not provided (see select.critic)
 ``entropy``          float32                 policy entropy estimate at collection time, nats
 ``sample_weight``    float32                 RALW weight w_b; NaN in raw D_f shards (not yet weighted)
 ``warmup``           bool                    a uniform-random warm-up step: never selected for fine-tuning

@@ -201,7 +201,7 @@ class FilterBuffer:
 
     def _check_action(self, action: np.ndarray, episode_id: str) -> np.ndarray:
         a = np.asarray(action, dtype=np.float32).reshape(-1)
-        if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)) or np.any(np.abs(a) > 1 + 1e-5):
+        if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)) or np.any(np.abs(a) > 1 + C.ACTION_BOUND_TOLERANCE):
             raise FinetuneDataError(f"episode {episode_id!r}: action {np.asarray(action).tolist()}; expected "
                                     f"{self.action_dim} finite values in [-1, 1]")
         return np.clip(a, -1.0, 1.0)

@@ -159,7 +159,7 @@ def eddf_select(scores: np.ndarray, entropy: float, cfg: EDDFSection, action_dim
     elif n and cfg.mode != "random":
         raise FinetuneDataError(f"no sample of {n} has a finite {cfg.signal!r} score "
                                 f"(column {SIGNAL_COLUMN[cfg.signal]!r}); with eddf.signal=q_value the "
-                                "collector must pass Q-values or the round score them (loop.df_q_scoring)")
+                                "collector must pass Q-values or the round score them (select.critic)")
     kept = int(keep.sum())
     metrics = {"eddf/keep_frac": kept / n if n else 0.0, "eddf/kept": float(kept), "eddf/n": float(n),
                "eddf/tau": tau, "eddf/s": s, "eddf/entropy": float(entropy),
