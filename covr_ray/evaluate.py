@@ -10,10 +10,10 @@ The orchestrator calls::
     result = evaluate_policy(policy, cfg.env, episodes=cfg.schedule.eval_episodes, seed=eval_seed(cfg))
     result["env_steps"] = env_steps                       # training env steps of this policy
     sink.log(eval_metrics(result), step=env_steps)        # eval/return_mean, eval/distance_m_mean, ...
-    write_eval_result(run_dir, result)                    # <run_dir>/eval/eval-<env_steps>.json
+    write_eval_result(run_dir, result)                    # RunDir(run_dir).eval_result(env_steps)
 
-``covr eval RUN_DIR`` does the same from ``<run_dir>/policy/policy.pt`` and ``<run_dir>/config.yaml``
-(:func:`evaluate_run`).
+``covr eval RUN_DIR`` does the same from the run's policy artifact and config (:func:`evaluate_run`). Every
+path comes from :class:`covr_ray.run_dir.RunDir`.
 
 Result dict (JSON-serialisable): ``env``, ``actor``, ``episodes``, ``seed``, ``returns`` / ``return_mean`` /
 ``return_std``, ``lengths`` / ``length_mean`` / ``length_std`` (agent steps), ``episode_env_steps``
@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
-import yaml
 
 from covr_ray.errors import CheckpointError, ConfigError, EnvError
 from covr_ray.io import atomic_write_text
 from covr_ray.log import get_logger
+from covr_ray.run_dir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from covr_ray.config import CovrConfig, EnvSection
@@ -49,8 +49,6 @@ ActFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ``frame`` is the newest RGB frame (what the VLM sees), ``obs`` the stacked observation (what the policy
 sees)."""
 
-EVAL_DIR = "eval"
-"""Sub-directory of a run directory holding ``eval-<env_steps>.json`` files (and videos)."""
 EVAL_SEED_OFFSET = 100_000
 """Default eval seed = run seed + this, so evaluation episodes are not the training episodes."""
 MAX_EPISODES = 10_000
@@ -188,13 +186,8 @@ def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
     return {f"eval/{k}": float(result[k]) for k in keys if k in result}
 
 
-def eval_result_path(run_dir: str | Path, env_steps: int) -> Path:
-    """``<run_dir>/eval/eval-<env_steps>.json``."""
-    return Path(run_dir) / EVAL_DIR / f"eval-{int(env_steps)}.json"
-
-
 def write_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
-    """Write ``result`` (which must hold ``env_steps``) to :func:`eval_result_path`, atomically.
+    """Write ``result`` (which must hold ``env_steps``) to :meth:`RunDir.eval_result`, atomically.
 
     Raises:
         ConfigError: ``result`` lacks ``env_steps`` or holds a non-finite number.
@@ -205,63 +198,45 @@ def write_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
     for key in ("return_mean", "return_std", "distance_m_mean", "distance_m_std"):
         if key in result and not math.isfinite(float(result[key])):
             raise ConfigError(f"result.{key}", result[key], "a finite number")
-    path = eval_result_path(run_dir, steps)
+    path = RunDir(Path(run_dir)).eval_result(steps)
     atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def read_run_config(run_dir: str | Path) -> "CovrConfig":
-    """The validated config of a run directory (``<run_dir>/config.yaml``).
-
-    Raises:
-        CheckpointError: no ``config.yaml`` or unreadable YAML.
-        ConfigError: the YAML does not make a valid config.
-    """
-    from covr_ray.config import config_from_dict
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory: {path.name} is missing (written by `covr train`)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a config mapping")
-    return config_from_dict(data)
-
-
 def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = None, *, video: bool = False,
                  video_format: str = "auto", fps: float = 15.0) -> tuple[dict[str, Any], Path]:
-    """``covr eval``: evaluate ``<run_dir>/policy/policy.pt`` on the run's env; write the result JSON.
+    """``covr eval``: evaluate the run's policy artifact (``policy/policy.pt``) on the run's env; write the
+    result JSON (:meth:`RunDir.eval_result`).
 
-    The env comes from ``<run_dir>/config.yaml``; the policy's meta must agree with it. ``seed`` defaults to
-    :func:`eval_seed`. With ``video``, the first episode goes to ``<run_dir>/eval/video-<env_steps>.<ext>``.
+    The env comes from the run's ``config.yaml``; the policy's meta must agree with it. ``seed`` defaults to
+    :func:`eval_seed`. With ``video``, the first episode goes to :meth:`RunDir.eval_video`.
 
     Returns:
         ``(result, json_path)``; ``result["env_steps"]`` is the policy's training env steps.
 
     Raises:
-        CheckpointError: missing config or policy, or a policy made for another env.
+        CheckpointError: ``run_dir`` is not a run directory (no ``config.yaml``), a missing policy, or a
+            policy made for another env.
+        ConfigError: the run's config is invalid.
     """
     from covr_ray.policy_io import load_policy
 
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    policy, meta = load_policy(run_dir)
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    policy, meta = load_policy(run.root)
     if meta["env"] != cfg.env.name:
-        raise CheckpointError(f"policy in {run_dir} was trained on {meta['env']!r} but config.yaml names "
-                              f"{cfg.env.name!r}")
+        raise CheckpointError(f"policy in {run_dir} was trained on {meta['env']!r} but {run.config_path.name} "
+                              f"names {cfg.env.name!r}")
     steps = int(meta["env_steps"])
     video_path = None
     if video:
         from covr_ray.video import resolve_format
 
-        video_path = run_dir / EVAL_DIR / f"video-{steps}.{resolve_format(video_format)}"
+        video_path = run.eval_video(steps, resolve_format(video_format))
     result = evaluate_policy(policy, cfg.env, episodes, eval_seed(cfg) if seed is None else seed,
                              video_path=video_path, fps=fps)
     result.update({"env_steps": steps, "preset": cfg.preset, "run_seed": int(cfg.seed)})
-    path = write_eval_result(run_dir, result)
+    path = write_eval_result(run.root, result)
     log.info("eval %s: return %.1f +- %.1f over %d episodes -> %s", run_dir, result["return_mean"],
              result["return_std"], episodes, path)
     return result, path

@@ -37,11 +37,10 @@ from covr_ray.errors import DependencyMissingError, ExportError
 from covr_ray.io import atomic_write_text
 from covr_ray.log import get_logger
 from covr_ray.rl.networks import PixelPolicy
+from covr_ray.run_dir import RunDir
 
 log = get_logger(__name__)
 
-EXPORT_DIR = "export"
-"""Default artifact directory inside a run directory."""
 DEFAULT_ATOL = 1e-4
 """Largest accepted |exported - torch| action difference."""
 ONNX_OPSET = 17
@@ -185,8 +184,8 @@ def export_policy(policy: PixelPolicy, meta: Mapping[str, Any], out_dir: str | P
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: Optional[str | Path] = None,
                **kwargs: Any) -> tuple[dict[str, Any], Path]:
-    """``covr export``: export ``<run_dir>/policy/policy.pt`` to ``out_dir`` (default ``<run_dir>/export``;
-    when ``run_dir`` is a ``policy.pt`` file, ``export/`` beside it).
+    """``covr export``: export the run's policy artifact (:attr:`RunDir.policy`) to ``out_dir`` (default
+    :attr:`RunDir.export`; when ``run_dir`` is a ``policy.pt`` file, ``export/`` beside it).
 
     Returns:
         ``(manifest, out_dir)``.
@@ -195,5 +194,5 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out_dir: Optional[str | P
 
     policy, meta = load_policy(run_dir)
     base = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent
-    target = Path(out_dir) if out_dir is not None else base / EXPORT_DIR
+    target = Path(out_dir) if out_dir is not None else RunDir(base).export
     return export_policy(policy, meta, target, fmt, **kwargs), target

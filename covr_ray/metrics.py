@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 from covr_ray.config import LoggingSection
 from covr_ray.errors import MetricsError
 from covr_ray.log import get_logger
+from covr_ray.run_dir import RunDir
 
 log = get_logger(__name__)
 
@@ -55,8 +56,8 @@ class MetricsSink:
     """Writes namespaced scalar metrics to every enabled backend.
 
     Args:
-        run_dir: the run directory; TensorBoard files go to ``run_dir/tb``, CSV to ``run_dir/metrics.csv``
-            (long format: step, key, value, wall time), W&B files to ``run_dir/wandb``.
+        run_dir: the run directory; CSV goes to :attr:`RunDir.metrics_csv` (long format: step, key, value,
+            wall time), TensorBoard files to :attr:`RunDir.tensorboard`, W&B files to :attr:`RunDir.wandb`.
         cfg: which backends are on.
         run_name: name shown in W&B.
         config: the resolved run config, stored with the W&B run.
@@ -68,6 +69,7 @@ class MetricsSink:
                  config: Optional[dict[str, Any]] = None, ray_metrics: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        paths = RunDir(self.run_dir)
         self.cfg = cfg
         self._tb = None
         self._wandb_run = None
@@ -76,7 +78,7 @@ class MetricsSink:
         self._gauges: dict[str, Any] = {}
         self._ray = False
         if cfg.csv:
-            path = self.run_dir / "metrics.csv"
+            path = paths.metrics_csv
             new = not path.exists()
             self._csv_file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
             self._csv = csv.writer(self._csv_file)
@@ -85,7 +87,7 @@ class MetricsSink:
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            self._tb = SummaryWriter(log_dir=str(paths.tensorboard))
         if cfg.wandb:
             self._wandb_run = self._start_wandb(run_name, config)
         if ray_metrics:
@@ -101,10 +103,12 @@ class MetricsSink:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        run = wandb.init(project=self.cfg.wandb_project, name=run_name, dir=str(self.run_dir),
+        wandb_dir = RunDir(self.run_dir).wandb
+        # W&B writes to <dir>/wandb: pass the parent of the run's wandb/ directory.
+        run = wandb.init(project=self.cfg.wandb_project, name=run_name, dir=str(wandb_dir.parent),
                          config=config or {}, mode=mode, reinit="finish_previous")
         log.info("W&B run %s (%s)%s", run.name, mode,
-                 "; upload later with `wandb sync " + str(self.run_dir / "wandb") + "`" if mode == "offline" else "")
+                 "; upload later with `wandb sync " + str(wandb_dir) + "`" if mode == "offline" else "")
         return run
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:

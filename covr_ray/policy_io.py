@@ -1,4 +1,4 @@
-"""The policy artifact of a run: ``<run_dir>/policy/policy.pt``.
+"""The policy artifact of a run: ``policy/policy.pt`` in the run directory (:attr:`RunDir.policy`).
 
 One file holds everything needed to rebuild and run the deployable policy (encoder + actor, see
 :class:`covr_ray.rl.networks.PixelPolicy`) with no Ray, no RLlib and no VLM::
@@ -8,10 +8,11 @@ One file holds everything needed to rebuild and run the deployable policy (encod
      "state_dict": {"encoder.*": tensor, "actor.*": tensor},
      "meta": {"env", "image_size", "frame_stack", "action_dim", "env_steps", "preset", "seed", ...}}
 
-The orchestrator writes it at each checkpoint and at the end of a run::
+The orchestrator writes it at each checkpoint and at the end of a run (``run`` is its
+:class:`~covr_ray.run_dir.RunDir`)::
 
-    from covr_ray.policy_io import policy_meta, run_policy_path, save_policy
-    save_policy(run_policy_path(run_dir), network_spec_for(algo), policy_state_dict(algo),
+    from covr_ray.policy_io import policy_meta, save_policy
+    save_policy(run.policy, network_spec_for(algo), policy_state_dict(algo),
                 policy_meta(cfg, env_steps=n, action_dim=spec.action_dim))
 
 and eval / export read it back with :func:`load_policy`. It is written atomically (temp file + rename) and
@@ -30,16 +31,13 @@ import torch
 from covr_ray.errors import CheckpointError
 from covr_ray.io import atomic_write_bytes
 from covr_ray.rl.networks import NetworkSpec, PixelPolicy, build_policy
+from covr_ray.run_dir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from covr_ray.config import CovrConfig
 
 POLICY_FORMAT_VERSION = 1
 """Version of the ``policy.pt`` layout; bump it when the layout changes."""
-POLICY_DIR = "policy"
-"""Sub-directory of a run directory holding the policy artifact."""
-POLICY_FILE = "policy.pt"
-"""File name of the policy artifact."""
 REQUIRED_META: dict[str, type] = {
     "env": str, "image_size": int, "frame_stack": int, "action_dim": int, "env_steps": int,
     "preset": str, "seed": int,
@@ -49,24 +47,20 @@ lists of those) are kept as they are."""
 _META_SCALARS = (str, int, float, bool, type(None))
 
 
-def run_policy_path(run_dir: str | Path) -> Path:
-    """``<run_dir>/policy/policy.pt``: where the orchestrator writes the run's policy."""
-    return Path(run_dir) / POLICY_DIR / POLICY_FILE
-
-
 def resolve_policy_path(path: str | Path) -> Path:
-    """Accept a ``policy.pt`` file, a directory holding one, or a run directory (``policy/policy.pt``).
+    """Accept a ``policy.pt`` file, a directory holding one, or a run directory (:attr:`RunDir.policy`).
 
     Raises:
         CheckpointError: none of these exists.
     """
     path = Path(path)
-    for candidate in (path, path / POLICY_FILE, path / POLICY_DIR / POLICY_FILE):
+    in_run = RunDir(path).policy
+    for candidate in (path, path / in_run.name, in_run):
         if candidate.is_file():
             return candidate
-    raise CheckpointError(f"no policy artifact at {path}: expected a {POLICY_FILE} file, a directory holding "
-                          f"one, or a run directory with {POLICY_DIR}/{POLICY_FILE} (written by `covr train` "
-                          "at each checkpoint)")
+    relative = in_run.relative_to(path)
+    raise CheckpointError(f"no policy artifact at {path}: expected a {in_run.name} file, a directory holding "
+                          f"one, or a run directory with {relative} (written by `covr train` at each checkpoint)")
 
 
 def policy_meta(cfg: "CovrConfig", env_steps: int, action_dim: int, **extra: Any) -> dict[str, Any]:
@@ -131,7 +125,7 @@ def save_policy(path: str | Path, spec: NetworkSpec, state_dict: Mapping[str, An
     """Write the policy artifact atomically and return its path.
 
     Args:
-        path: the ``policy.pt`` file to write (parents are created), e.g. :func:`run_policy_path`.
+        path: the ``policy.pt`` file to write (parents are created), e.g. :attr:`RunDir.policy`.
         spec: shapes of the networks; ``spec.obs_shape`` must be ``(3 * frame_stack, S, S)``.
         state_dict: ``encoder.*`` and ``actor.*`` weights (torch tensors or numpy arrays, as returned by
             :func:`covr_ray.rl.algo.policy_state_dict`); must load strictly into ``build_policy(spec)``.
@@ -199,8 +193,3 @@ def load_policy(path: str | Path) -> tuple[PixelPolicy, dict[str, Any]]:
     policy = _build(spec, state_dict, f"policy artifact {resolve_policy_path(path)}")
     meta["network"] = spec.to_dict()
     return policy, meta
-
-
-def count_policy_parameters(policy: torch.nn.Module) -> int:
-    """Parameters of a policy network (encoder + actor)."""
-    return int(sum(p.numel() for p in policy.parameters()))

@@ -14,10 +14,14 @@ Layout of ``RUN_DIR``::
     checkpoints/LATEST       name of the newest complete checkpoint (replaced atomically)
     adapters/v<N>/           LoRA adapters by version (PEFT format)
     df/runner-<i>/           D_f shards written by each env runner
-    rounds/round-<c>/        the kept (EDDF-filtered, RALW-weighted) shard set of fine-tune round c
+    rounds/round-<c>-step<steps>/  the kept (EDDF-filtered, RALW-weighted) shard set of fine-tune round c
     policy/policy.pt         the deployable policy (encoder + actor), refreshed at every checkpoint
-    eval/eval-<steps>.json   evaluations;  export/  exported artifacts
-    metrics.csv, tb/, wandb/ metrics
+    eval/eval-<steps>.json   evaluations (``covr eval``, the loop's periodic ones);
+    eval/video-<steps>.<ext> the first evaluation episode as mp4 or gif (``covr eval --video``)
+    export/                  exported artifacts (``covr export``)
+    metrics.csv, tb/, wandb/ metrics: CSV (step, key, value, time), TensorBoard, W&B
+
+:class:`RunDir` is the one place these names are spelled: every other module asks ``RunDir(path)`` for them.
 
 A checkpoint directory is written under a temporary name and renamed when complete, then ``LATEST`` is
 replaced; a crash at any point leaves the previous checkpoint as the newest complete one.
@@ -44,7 +48,9 @@ from covr_ray.errors import CheckpointError
 from covr_ray.io import atomic_write_text
 
 LOOP_STATE_FORMAT = 1
+_RUNNER_PREFIX = "runner-"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_EVAL_RESULT_RE = re.compile(r"^eval-(\d+)\.json$")
 
 
 def new_run_id(root: Path) -> str:
@@ -55,14 +61,22 @@ def new_run_id(root: Path) -> str:
 
 @dataclass
 class RunDir:
-    """Paths of one run."""
+    """Paths of one run (the layout in the module docstring). ``RunDir(path)`` only names paths: nothing is
+    read or made; :meth:`open` and :meth:`create` are the checked entries."""
 
     root: Path
     _lock_fd: Optional[int] = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def checkpoints(self) -> Path:
@@ -80,13 +94,56 @@ class RunDir:
     def rounds(self) -> Path:
         return self.root / "rounds"
 
+    def checkpoint(self, env_steps: int) -> Path:
+        """``checkpoints/ckpt-<env steps, 10 digits>``: the checkpoint taken at ``env_steps``."""
+        return self.checkpoints / f"ckpt-{int(env_steps):010d}"
+
+    def round_dir(self, round_index: int, env_steps: int) -> Path:
+        """``rounds/round-<c, 3 digits>-step<env steps>``: the kept shard set of fine-tune round ``c``."""
+        return self.rounds / f"round-{int(round_index):03d}-step{int(env_steps)}"
+
     @property
     def policy(self) -> Path:
+        """``policy/policy.pt``: the deployable policy artifact (:mod:`covr_ray.policy_io`)."""
         return self.root / "policy" / "policy.pt"
 
     @property
     def eval(self) -> Path:
         return self.root / "eval"
+
+    def eval_result(self, env_steps: int) -> Path:
+        """``eval/eval-<env_steps>.json``: the evaluation of the policy trained for ``env_steps``."""
+        return self.eval / f"eval-{int(env_steps)}.json"
+
+    def eval_results(self) -> list[tuple[int, Path]]:
+        """Every :meth:`eval_result` file present, as ``(env_steps, path)`` sorted by steps (none when
+        ``eval/`` is absent)."""
+        if not self.eval.is_dir():
+            return []
+        found = ((_EVAL_RESULT_RE.match(p.name), p) for p in self.eval.iterdir())
+        return sorted((int(m.group(1)), p) for m, p in found if m)
+
+    def eval_video(self, env_steps: int, ext: str) -> Path:
+        """``eval/video-<env_steps>.<ext>`` (``mp4`` or ``gif``): the first evaluation episode."""
+        return self.eval / f"video-{int(env_steps)}.{ext}"
+
+    @property
+    def export(self) -> Path:
+        """``export/``: the default directory of ``covr export`` artifacts."""
+        return self.root / "export"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def wandb(self) -> Path:
+        """``wandb/``: where W&B puts its files when ``wandb.init(dir=root)``; ``wandb sync`` reads it."""
+        return self.root / "wandb"
 
     @property
     def run_id_path(self) -> Path:
@@ -121,8 +178,7 @@ class RunDir:
         """
         if self._lock_fd is not None:
             return
-        path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -157,19 +213,41 @@ class RunDir:
 
     @classmethod
     def open(cls, root: str | Path) -> tuple["RunDir", CovrConfig]:
-        """An existing run and its config."""
+        """An existing run (path made absolute, see :meth:`create`) and its config (:meth:`read_config`)."""
+        run = cls(Path(root).resolve())
+        return run, run.read_config()
+
+    def read_config(self) -> CovrConfig:
+        """The run's validated config (``config.yaml``).
+
+        Raises:
+            CheckpointError: no ``config.yaml`` (``root`` is not a run directory), unreadable YAML, or YAML
+                that is not a mapping.
+            ConfigError: the mapping does not make a valid config.
+        """
         import yaml
 
-        run = cls(Path(root).resolve())
-        if not run.config_path.is_file():
-            raise CheckpointError(f"{run.root} is not a run directory (no config.yaml)")
-        return run, config_from_dict(yaml.safe_load(run.config_path.read_text()))
+        path = self.config_path
+        if not path.is_file():
+            raise CheckpointError(f"{self.root} is not a run directory: {path.name} is missing (written by "
+                                  "`covr train`)")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise CheckpointError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path} does not hold a config mapping")
+        return config_from_dict(data)
+
+    def df_runner(self, index: int) -> Path:
+        """D_f directory of env runner ``index`` (its recorder's :class:`~covr_ray.df.writer.FilterBuffer`)."""
+        return self.df / f"{_RUNNER_PREFIX}{int(index)}"
 
     def df_shards(self) -> list[Path]:
         """Complete D_f shards of every env runner (temp files of writers mid-write are excluded)."""
         from covr_ray.df.shards import SHARD_SUFFIX
 
-        return sorted(p for p in self.df.glob(f"runner-*/df-*{SHARD_SUFFIX}") if not p.name.startswith("."))
+        return sorted(p for p in self.df.glob(f"{_RUNNER_PREFIX}*/df-*{SHARD_SUFFIX}") if not p.name.startswith("."))
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest complete checkpoint, or None."""

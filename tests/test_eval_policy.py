@@ -152,4 +152,4 @@ def test_cli_eval_human_output_and_errors(tmp_path: Path, capsys: pytest.Capture
     text = capsys.readouterr().out
     assert "episode return" in text and "driving distance" in text
     assert main(["eval", str(tmp_path / "missing"), "--episodes", "1"]) == 2
-    assert "config.yaml is missing" in capsys.readouterr().err
+    assert "is not a run directory: config.yaml is missing" in capsys.readouterr().err

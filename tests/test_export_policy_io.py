@@ -16,9 +16,9 @@ import torch
 
 from covr_ray.config import CovrConfig, load_config, save_config
 from covr_ray.errors import CheckpointError
-from covr_ray.policy_io import (POLICY_FORMAT_VERSION, load_policy, policy_meta, read_policy_artifact,
-                                run_policy_path, save_policy)
+from covr_ray.policy_io import POLICY_FORMAT_VERSION, load_policy, policy_meta, read_policy_artifact, save_policy
 from covr_ray.rl.networks import NetworkSpec, PixelPolicy, build_policy
+from covr_ray.run_dir import RunDir
 
 IMAGE = 32
 
@@ -46,10 +46,11 @@ def make_run_dir(root: Path, preset: str = "driving-hw", env_steps: int = 123, s
     cfg = load_config(preset, [f"env.image_size={IMAGE}", "env.max_episode_steps=5", f"seed={seed}",
                                *(overrides or [])])
     run_dir = root / f"{preset}-{seed}"
-    save_config(cfg, run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    save_config(cfg, run.config_path)
     action_dim = get_env_spec(cfg.env.name).action_dim
     spec, policy = small_policy(policy_seed, action_dim=action_dim, frame_stack=cfg.env.frame_stack)
-    save_policy(run_policy_path(run_dir), spec, policy.state_dict(), policy_meta(cfg, env_steps, action_dim))
+    save_policy(run.policy, spec, policy.state_dict(), policy_meta(cfg, env_steps, action_dim))
     return run_dir, cfg, policy
 
 
@@ -124,7 +125,7 @@ def test_save_refuses_weights_of_another_network_and_nan(tmp_path: Path) -> None
 
 
 def test_load_refuses_missing_truncated_foreign_and_future_files(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no policy artifact"):
+    with pytest.raises(CheckpointError, match="no policy artifact.*run directory with policy/policy.pt"):
         load_policy(tmp_path / "nowhere")
     spec, policy = small_policy()
     path = save_policy(tmp_path / "policy.pt", spec, policy.state_dict(), _meta())

@@ -103,3 +103,46 @@ def test_driver_lock_refuses_a_second_driver_and_dies_with_a_killed_one(tmp_path
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_layout_is_the_documented_one(tmp_path):
+    """Every path of a run directory comes from RunDir; these are the names the module docstring documents
+    (and `covr eval`, `covr export`, `covr report`, the metrics sink and older run directories rely on)."""
+    root = tmp_path / "r"
+    run = RunDir(str(root))  # a str root works too
+    assert run.root == root
+    assert {name: getattr(run, name).relative_to(root).as_posix() for name in (
+        "config_path", "lock_path", "run_id_path", "checkpoints", "adapters", "df", "rounds", "policy", "eval",
+        "export", "metrics_csv", "tensorboard", "wandb")} == {
+        "config_path": "config.yaml", "lock_path": ".lock", "run_id_path": "run_id", "checkpoints": "checkpoints",
+        "adapters": "adapters", "df": "df", "rounds": "rounds", "policy": "policy/policy.pt", "eval": "eval",
+        "export": "export", "metrics_csv": "metrics.csv", "tensorboard": "tb", "wandb": "wandb"}
+    assert run.checkpoint(1500) == root / "checkpoints" / "ckpt-0000001500"
+    assert run.round_dir(3, 1500) == root / "rounds" / "round-003-step1500"
+    assert run.eval_result(1500) == root / "eval" / "eval-1500.json"
+    assert run.eval_video(1500, "gif") == root / "eval" / "video-1500.gif"
+
+
+def test_eval_results_lists_only_result_files_by_steps(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.eval_results() == []  # no eval/ yet
+    for steps in (1000, 200, 30):
+        run.eval_result(steps).parent.mkdir(exist_ok=True)
+        run.eval_result(steps).write_text("{}")
+    run.eval_video(1000, "mp4").write_bytes(b"")
+    (run.eval / "eval-x.json").write_text("{}")
+    assert run.eval_results() == [(s, run.eval_result(s)) for s in (30, 200, 1000)]
+
+
+def test_read_config_errors_are_typed_and_name_the_run(tmp_path):
+    cfg = load_config("smoke")
+    run = RunDir.create(tmp_path / "r", cfg)
+    assert run.read_config() == cfg
+    with pytest.raises(CheckpointError, match="is not a run directory: config.yaml is missing"):
+        RunDir.open(tmp_path / "nothing")
+    run.config_path.write_text("a: [1\n")
+    with pytest.raises(CheckpointError, match="config.yaml is not valid YAML"):
+        run.read_config()
+    run.config_path.write_text("- 1\n")
+    with pytest.raises(CheckpointError, match="does not hold a config mapping"):
+        RunDir.open(run.root)

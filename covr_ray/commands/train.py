@@ -66,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=str))
     else:
         ev = summary.get("eval") or {}
-        print(f"\nrun directory : {root}\nconfig        : {root / 'config.yaml'}\n"
+        print(f"\nrun directory : {root}\nconfig        : {job.run_dir.config_path}\n"
               f"checkpoint    : {job.run_dir.latest_checkpoint()}\npolicy        : {job.run_dir.policy}\n"
-              f"adapters      : {root / 'adapters'} (newest v{summary['adapter_version']})\n"
-              f"metrics       : {root / 'metrics.csv'}, {root / 'tb'}, {root / 'wandb'}\n"
+              f"adapters      : {job.run_dir.adapters} (newest v{summary['adapter_version']})\n"
+              f"metrics       : {job.run_dir.metrics_csv}, {job.run_dir.tensorboard}, {job.run_dir.wandb}\n"
               f"env steps     : {summary['env_steps']} in {summary['wall_s']:.0f} s, {summary['rounds']} rounds\n"
               f"final eval    : {ev.get('return_mean', float('nan')):.2f} +- {ev.get('return_std', float('nan')):.2f}")
     return 0

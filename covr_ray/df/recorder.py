@@ -26,7 +26,6 @@ round from complete files at any time; no env runner state has to be gathered.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -34,11 +33,14 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
 
 from covr_ray.columns import EXTRA_WARMUP
+from covr_ray.df.writer import FilterBuffer
+from covr_ray.frames import latest_frame
 from covr_ray.log import get_logger
+from covr_ray.run_dir import RunDir
 
 log = get_logger(__name__)
 
-#: key of ``env_config`` holding the recorder's settings (dict: dir, gamma, action_dim).
+#: key of ``env_config`` holding the recorder's settings (dict: run_dir, gamma, action_dim).
 ENV_CONFIG_KEY = "covr_df"
 _HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
 
@@ -92,8 +94,6 @@ def episode_rows(chunks: list[Any], action_dim: int
 
 def final_frame(episode: Any) -> np.ndarray:
     """Newest RGB frame ``(S, S, 3)`` uint8 of the episode's last observation (o_T, after its last step)."""
-    from covr_ray.frames import latest_frame
-
     return latest_frame(np.asarray(episode.get_observations(-1)))
 
 
@@ -111,10 +111,8 @@ class DfRecorderCallback(RLlibCallback):
         settings = (env_runner.config.env_config or {}).get(ENV_CONFIG_KEY) if env_runner else None
         if not settings:
             return None  # not a COVR run (e.g. a bare algorithm in a test): nothing to record
-        from covr_ray.df.writer import FilterBuffer
-
         index = getattr(env_runner, "worker_index", 0)
-        directory = Path(settings["dir"]) / f"runner-{index}"
+        directory = RunDir(settings["run_dir"]).df_runner(index)
         self._buffer = FilterBuffer(directory, action_dim=int(settings["action_dim"]),
                                     gamma=float(settings["gamma"]), rows_per_shard=1 << 30)
         self._settings = settings

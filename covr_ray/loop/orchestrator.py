@@ -146,7 +146,7 @@ class CovrRun:
         if cfg.prior.enabled:
             self._start_vlm_actors(spec)
         env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": self.run_id,
-                      ENV_CONFIG_KEY: ({"dir": str(self.run_dir.df.resolve()), "gamma": cfg.sac.gamma,
+                      ENV_CONFIG_KEY: ({"run_dir": str(self.run_dir.root), "gamma": cfg.sac.gamma,
                                         "action_dim": spec.action_dim} if cfg.prior.enabled else None)}
         # Always built from the run's config (never from the config pickled in a checkpoint): the env
         # runners get this run's env_config, so they query the prior service started just above.
@@ -312,7 +312,7 @@ class CovrRun:
         c = self.schedule.round
         outcome = fine_tune_round(
             cfg, df_shards=self.run_dir.df_shards(),
-            out_dir=self.run_dir.rounds / f"round-{c:03d}-step{self.env_steps}", round_index=c, lora=self.lora,
+            out_dir=self.run_dir.round_dir(c, self.env_steps), round_index=c, lora=self.lora,
             prior=self.prior, value_fn=lambda obs: state_values(self.algo, obs, self.timeout_s),
             q_fn=lambda obs, act: q_values(self.algo, obs, act, self.timeout_s),
             action_dim=self.env_spec.action_dim, entropy=self.entropy, initial_entropy=self.initial_entropy,
@@ -347,7 +347,7 @@ class CovrRun:
 
     def checkpoint(self) -> Path:
         """Write a complete checkpoint (algorithm + replay, loop state, RNG) and point LATEST at it."""
-        path = self.run_dir.checkpoints / f"ckpt-{self.env_steps:010d}"
+        path = self.run_dir.checkpoint(self.env_steps)
         if (path / "loop_state.json").is_file():
             return path  # already saved at these env steps
         with atomic_directory(path) as tmp:

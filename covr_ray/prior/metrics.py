@@ -2,7 +2,8 @@
 
 :class:`PriorStats` is updated by the service's batching loop and read by :meth:`PriorService.metrics`,
 which the orchestrator hands to the project's metrics sink. The same figures are exported as Ray metrics
-(``covr_prior_*``, tagged with the replica) so the Ray dashboard / Prometheus shows them live.
+(``covr_prior_replica_*``, tagged with the replica; named apart from the driver's ``covr_prior_*`` gauges of the
+run totals, so one Prometheus page never declares one name twice) so the Ray dashboard / Prometheus shows them live.
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ class _RayMetrics:
 
         tags = {"replica": replica}
         keys = ("replica",)
-        self.queries = metrics.Counter("covr_prior_queries", "Prior queries answered", tag_keys=keys)
-        self.parse_failures = metrics.Counter("covr_prior_parse_failures",
+        self.queries = metrics.Counter("covr_prior_replica_queries", "Prior queries answered", tag_keys=keys)
+        self.parse_failures = metrics.Counter("covr_prior_replica_parse_failures",
                                               "Answers that did not parse into an action", tag_keys=keys)
-        self.timeouts = metrics.Counter("covr_prior_timeouts", "Queries dropped after timeout_s", tag_keys=keys)
-        self.latency = metrics.Histogram("covr_prior_latency_ms", "Query latency, enqueue to answer (ms)",
+        self.timeouts = metrics.Counter("covr_prior_replica_timeouts", "Queries dropped after timeout_s", tag_keys=keys)
+        self.latency = metrics.Histogram("covr_prior_replica_latency_ms", "Query latency, enqueue to answer (ms)",
                                          boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
                                          tag_keys=keys)
-        self.batch = metrics.Histogram("covr_prior_batch_size", "Requests per engine call",
+        self.batch = metrics.Histogram("covr_prior_replica_batch_size", "Requests per engine call",
                                        boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256], tag_keys=keys)
-        self.version = metrics.Gauge("covr_prior_adapter_version", "Serving adapter version (-1 = base)",
+        self.version = metrics.Gauge("covr_prior_replica_adapter_version", "Serving adapter version (-1 = base)",
                                      tag_keys=keys)
         for m in (self.queries, self.parse_failures, self.timeouts, self.latency, self.batch, self.version):
             m.set_default_tags(tags)

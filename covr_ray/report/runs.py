@@ -1,0 +1,146 @@
+"""Run discovery and each run's results: the final evaluation and the learning curve (:class:`RunRecord`).
+
+Every path inside a run directory comes from :class:`covr_ray.run_dir.RunDir`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from covr_ray.errors import CheckpointError, ConfigError, CovrError, ReportError
+from covr_ray.report.groups import check_group_key, group_label
+from covr_ray.run_dir import RunDir
+
+RETURN_KEY = "eval/return_mean"
+DISTANCE_KEY = "eval/distance_m_mean"
+
+
+@dataclass
+class RunRecord:
+    """One run's results."""
+
+    path: Path
+    preset: str
+    seed: int
+    env: str
+    group: str
+    env_steps: int
+    """Training env steps of the final evaluation."""
+    return_mean: float
+    """Final evaluation's mean episode return."""
+    distance_m: Optional[float]
+    """Final evaluation's mean driving distance (metres); None for non-driving envs."""
+    source: str
+    """Where the final numbers came from: ``eval json`` or ``metrics.csv``."""
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    """(env steps, eval return mean) points, sorted by steps."""
+
+
+def find_run_dirs(runs_dir: str | Path) -> list[Path]:
+    """Directories under ``runs_dir`` (itself included) holding ``config.yaml``, sorted; not descending into
+    a run directory once found.
+
+    Raises:
+        ReportError: ``runs_dir`` is not a directory.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise ReportError(f"runs directory {root} does not exist or is not a directory")
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        if RunDir(current).config_path.is_file():
+            found.append(current)
+            continue
+        stack.extend(sorted((p for p in current.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                            reverse=True))
+    return sorted(found)
+
+
+def _final_from_eval_files(run: RunDir) -> Optional[tuple[int, float, Optional[float], list[tuple[int, float]]]]:
+    files = run.eval_results()
+    if not files:
+        return None
+    series: list[tuple[int, float]] = []
+    last: Optional[tuple[int, float, Optional[float]]] = None
+    for steps, path in files:
+        try:
+            data = json.loads(path.read_text())
+            ret = float(data["return_mean"])
+            dist = float(data["distance_m_mean"]) if "distance_m_mean" in data else None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ReportError(f"{path} is not an eval result (needs a numeric 'return_mean'): {exc}") from exc
+        if not math.isfinite(ret) or (dist is not None and not math.isfinite(dist)):
+            raise ReportError(f"{path} holds a non-finite return or distance")
+        series.append((steps, ret))
+        last = (steps, ret, dist)
+    assert last is not None
+    return last[0], last[1], last[2], series
+
+
+def load_run(run_dir: str | Path, group_by: Optional[str] = None) -> RunRecord:
+    """Read one run directory's config and results.
+
+    Raises:
+        ReportError: no config or an unreadable one, no results (no eval files, no eval rows in
+            metrics.csv), a malformed eval file or metrics.csv, or an unknown ``group_by`` key.
+        ConfigError: ``config.yaml`` does not make a valid config.
+    """
+    from covr_ray.metrics import read_csv_metrics
+
+    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    try:
+        cfg = run.read_config()
+    except CheckpointError as exc:
+        raise ReportError(str(exc)) from exc
+    group = group_label(cfg.to_dict(), group_by)
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    metrics_path = run.metrics_csv
+    if metrics_path.is_file():
+        try:
+            metrics = read_csv_metrics(metrics_path)
+        except (KeyError, ValueError, csv.Error) as exc:
+            raise ReportError(f"{metrics_path} is not a metrics.csv (step,key,value,time): {exc}") from exc
+    curve = sorted((int(s), float(v)) for s, v in metrics.get(RETURN_KEY, []) if math.isfinite(v))
+    final = _final_from_eval_files(run)
+    if final is not None:
+        steps, ret, dist, series = final
+        source = "eval json"
+        curve = curve or series
+    elif curve:
+        steps, ret = curve[-1]
+        dists = sorted((int(s), float(v)) for s, v in metrics.get(DISTANCE_KEY, []) if math.isfinite(v))
+        dist = dists[-1][1] if dists else None
+        source = metrics_path.name
+    else:
+        raise ReportError(f"{run_dir} has no results: no eval/eval-<steps>.json and no {RETURN_KEY!r} rows "
+                          "in metrics.csv (did the run reach its first evaluation?)")
+    return RunRecord(path=run_dir, preset=cfg.preset, seed=int(cfg.seed), env=cfg.env.name, group=group,
+                     env_steps=int(steps), return_mean=float(ret), distance_m=dist, source=source, curve=curve)
+
+
+def collect_runs(runs_dir: str | Path, group_by: Optional[str] = None
+                 ) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """Load every run under ``runs_dir``; return ``(runs, skipped)`` with a reason per skipped run.
+
+    An unknown ``group_by`` key is an error for the whole report, not a skip.
+    """
+    if group_by:
+        check_group_key(group_by)
+    runs: list[RunRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    for run_dir in find_run_dirs(runs_dir):
+        try:
+            runs.append(load_run(run_dir, group_by))
+        except ReportError as exc:
+            skipped.append((run_dir, str(exc)))
+        except (ConfigError, CovrError, OSError) as exc:
+            skipped.append((run_dir, f"{type(exc).__name__}: {exc}"))
+    return runs, skipped
