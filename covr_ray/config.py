@@ -20,7 +20,10 @@ from typing import Any, Literal, Optional
 import yaml
 
 from covr_ray.errors import ConfigError, PresetNotFoundError
+from covr_ray.log import get_logger
 from covr_ray.typed_data import build_dataclass, merge_dicts
+
+log = get_logger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -266,9 +269,6 @@ class SACSection:
     rollout_fragment_length: int = 8
     """Agent steps each env of each env runner collects per training iteration; the iteration then
     runs ``updates_per_step`` updates per collected step."""
-    sample_path: Literal["columns", "episodes"] = "columns"
-    """How train batches leave the replay: ``columns`` (arrays straight into the learner; fast) or
-    ``episodes`` (RLlib's 1-step episodes through the learner connector; 9x slower data path at batch 512)."""
 
     def validate(self, path: str) -> None:
         _check(f"{path}.lam", self.lam, self.lam >= 0 and math.isfinite(self.lam), "a finite number >= 0")
@@ -614,12 +614,33 @@ def load_config(preset: str = "driving-hw", overrides: Optional[list[str]] = Non
                 node[k] = child
             node = child
         node[keys[-1]] = value
-    return build_dataclass(CovrConfig, data).validate()
+    return build_dataclass(CovrConfig, _check_removed(data, drop=False)).validate()
+
+
+#: Fields that existed in earlier releases, with what replaced them. A run directory's config.yaml written
+#: then still loads (:func:`config_from_dict` drops them with a warning); asking for one in a preset or with
+#: ``--set`` is a ConfigError saying it was removed.
+REMOVED_FIELDS: dict[tuple[str, str], str] = {
+    ("sac", "sample_path"): "removed: replay batches always go to the learner as columns (the 'episodes' "
+                            "path existed only for a parity test)",
+}
+
+
+def _check_removed(data: dict[str, Any], drop: bool) -> dict[str, Any]:
+    out = dict(data)
+    for (section, name), why in REMOVED_FIELDS.items():
+        if isinstance(out.get(section), dict) and name in out[section]:
+            if not drop:
+                raise ConfigError(f"{section}.{name}", out[section][name], "nothing: this field was " + why)
+            log.warning("config: %s.%s=%r ignored (%s)", section, name, out[section][name], why)
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def config_from_dict(data: dict[str, Any]) -> CovrConfig:
-    """Rebuild a validated config from ``to_dict()`` output (e.g. a run directory's config.yaml)."""
-    return build_dataclass(CovrConfig, data).validate()
+    """Rebuild a validated config from ``to_dict()`` output (e.g. a run directory's config.yaml); fields of
+    :data:`REMOVED_FIELDS` a run written by an earlier release carries are dropped with a warning."""
+    return build_dataclass(CovrConfig, _check_removed(data, drop=True)).validate()
 
 
 def save_config(cfg: CovrConfig, path: str | Path) -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from covr_ray.config import load_config
-from covr_ray.errors import CheckpointError, LearnerError
+from covr_ray.config import config_from_dict, load_config
+from covr_ray.errors import CheckpointError, ConfigError, LearnerError
 from test_rl_testenv import make_prior_dot_env, torch_one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -131,6 +131,47 @@ def test_checkpoint_restores_weights_optimizers_lambda_and_replay(trained: Any, 
         set_prior_weight(algo, 2.0)
 
 
+def test_checkpoint_from_before_the_episode_sample_path_was_removed_still_restores(trained: Any,
+                                                                                   tmp_path: Path) -> None:
+    """Algorithm checkpoints written while ``sac.sample_path`` existed pickle a config whose learner-connector
+    factory is ``covr_ray.rl.algo.prior_columns_connector`` and whose learner_config_dict has ``sample_path``;
+    restore_algorithm unpickles that config. Such a checkpoint is made here from a new one by putting both
+    back (a real one written before the change restored and trained the same way)."""
+    import pickle
+
+    from covr_ray.rl.algo import (learner_metrics, prior_columns_connector, replay_buffer, restore_algorithm,
+                                  save_checkpoint)
+
+    algo, _ = trained
+    path = save_checkpoint(algo, tmp_path / "ckpt")
+    ctor_file = path / "class_and_ctor_args.pkl"
+    ctor = pickle.loads(ctor_file.read_bytes())
+    state = ctor["ctor_args_and_kwargs"][0][0]
+    assert state["_learner_connector"] is None and "sample_path" not in state["learner_config_dict"]
+    state["_learner_connector"] = prior_columns_connector
+    state["learner_config_dict"] = {**state["learner_config_dict"], "sample_path": "episodes"}
+    ctor_file.write_bytes(pickle.dumps(ctor))
+    restored = restore_algorithm(path)
+    try:
+        assert restored.config._learner_connector is prior_columns_connector
+        assert len(replay_buffer(restored)) == len(replay_buffer(algo)) > 0
+        metrics = learner_metrics(restored.train())  # trains on replay columns, whatever the old config said
+        assert metrics["learner/samples_trained"] > 0 and metrics["learner/prior_coverage"] > 0
+    finally:
+        restored.stop()
+
+
+def test_removed_sample_path_option_is_refused_by_name_and_old_run_configs_still_load(caplog) -> None:
+    with pytest.raises(ConfigError, match="this field was removed") as err:
+        load_config("smoke", overrides=["sac.sample_path=columns"])
+    assert err.value.field == "sac.sample_path"
+    old = load_config("smoke").to_dict()
+    old["sac"]["sample_path"] = "episodes"  # a run directory's config.yaml written before the removal
+    caplog.set_level("WARNING", logger="covr_ray")
+    assert config_from_dict(old).to_dict() == load_config("smoke").to_dict()
+    assert "sac.sample_path='episodes' ignored" in caplog.text
+
+
 def test_restore_refuses_a_directory_that_is_no_checkpoint(tmp_path: Path) -> None:
     from covr_ray.rl.algo import restore_algorithm
 
@@ -208,7 +249,7 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
         f"sac.learning_starts={LEARNING_STARTS}", "sac.rollout_fragment_length=4", "sac.buffer_capacity=500",
         "ray.num_env_runners=0", "env.image_size=24"])
     env_config = {"size": 24, "max_steps": 20,
-                  ENV_CONFIG_KEY: {"dir": str(tmp_path / "df"), "gamma": 0.9, "action_dim": 2}}
+                  ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}  # D_f: tmp_path/df
     config = build_algorithm_config(cfg, env="covr_test_prior_dot", env_config=env_config)
     config.callbacks(DfRecorderCallback)
     algo = config.build_algo()
@@ -247,9 +288,9 @@ def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_
         "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16", "sac.learning_starts=24",
         "sac.rollout_fragment_length=8", "sac.buffer_capacity=500", "ray.num_env_runners=1", "env.image_size=24",
         "env.max_episode_steps=8", "prior.enabled=false"])
-    df_dir = tmp_path / "df"
+    df_dir = tmp_path / "df"  # the recorder writes <run_dir>/df/runner-<index>/
     env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": "warmup-test",
-                  ENV_CONFIG_KEY: {"dir": str(df_dir), "gamma": 0.9, "action_dim": 2}}
+                  ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}
 
     def build() -> Any:
         config = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config)

@@ -1,7 +1,10 @@
-"""The plain-PyTorch reference update equals the RLlib learner's update, and `covr bench learner --json`
-prints its figures.
+"""The plain-PyTorch reference update equals the RLlib learner's update on the columnar path, and
+`covr bench learner --json` prints its figures.
 
-The two updates are the same maths summed in a different order (RLlib's loss code vs
+The RLlib side is fed exactly as ``CovrSAC``'s training step feeds it: replay columns
+(``CovrEpisodeReplayBuffer.sample``) -> :func:`covr_ray.rl.training_step.columns_batch` ->
+``Learner.update(batch=...)``; the plain side gets the same arrays as tensors. The two updates are the
+same maths summed in a different order (RLlib's loss code vs
 ``covr_ray/rl/plain.py``), so their results agree only up to rounding, and Adam amplifies rounding: it
 normalises each element's step, ``lr * m / (sqrt(v) + eps)``, so a gradient element near 0 whose float32
 value is mostly rounding noise (a conv-weight gradient sums ``B * H' * W'`` terms that cancel) gets a step
@@ -49,8 +52,9 @@ import torch
 from torch import nn
 
 from covr_ray.cli import main
-from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.plain import PlainPixelSAC
+from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
+from covr_ray.rl.training_step import columns_batch
 from numerics import (accumulation_lengths, adam_sensitivity, assert_close_within, cast_atol, chain_atol,
                       unit_roundoff)
 from test_rl_learner import MID, TS, collect_from, make_learner, tiny_cfg
@@ -138,8 +142,8 @@ def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, c
                                       critic_loss=s.critic_loss)
     buf = _collect(60, seed=9)
     batch_size = 16
-    terminals = 0
-    example = buf.core.sample(batch_size)
+    terminals = priors = 0
+    example = buf.sample(batch_size)
     lengths = accumulation_lengths(_UpdateNets(module), torch.as_tensor(example["obs"]),
                                    torch.as_tensor(example["actions"], dtype=torch.float64))
     n, depth = max(lengths.values()), 2 * len(lengths) + 2
@@ -151,13 +155,11 @@ def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, c
         if step:
             _sync(plain, learner)
         before = {k: v.detach().clone() for k, v in _params(module).items()}
-        rng_state = buf.core._rng.bit_generator.state
-        episodes = buf.sample(batch_size, n_step=1)
-        buf.core._rng.bit_generator.state = rng_state  # the same transitions as arrays
-        arrays = buf.core.sample(batch_size)
+        arrays = buf.sample(batch_size)
         terminals += int(arrays["terminateds"].sum())
+        priors += int(arrays["prior_mask"].sum())
         torch.manual_seed(step)
-        results = learner.update(episodes=episodes, timesteps=TS)
+        results = learner.update(batch=columns_batch(arrays, MID), timesteps=TS)
         torch.manual_seed(step)
         metrics = plain.update({k: torch.as_tensor(v) for k, v in arrays.items()})
 
@@ -193,6 +195,7 @@ def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, c
         # the bounds are tight: nearly every weight the update moved, moved by > 100x its tolerance
         assert far[1] > 1000 and far[0] >= 0.99 * far[1], f"step {step}: {far[0]} of {far[1]} moved weights"
     assert terminals > 0  # the batches did exercise the terminal mask
+    assert 0 < priors < 3 * batch_size  # and the prior columns, rows with and without a prior
 
 
 def _weight_tol(p: torch.Tensor, optimizer: torch.optim.Adam, grad_tol: float, u: float) -> torch.Tensor:

@@ -1,6 +1,8 @@
-"""The SAC learners on tiny pixel batches (local Learner objects, no Ray cluster): prior columns reach
-the loss, the regulariser's value and direction, lambda = 0 equals the base learner bit for bit, the
-actor loss never reaches the encoder, lambda switches at run time."""
+"""The SAC learners on tiny pixel batches (local Learner objects, no Ray cluster), fed as CovrSAC's
+training step feeds them: replay columns -> ``columns_batch`` -> ``Learner.update(batch=...)``. Covered:
+the env's step-info priors reach the loss, the regulariser's value and direction, lambda = 0 equals the
+base learner bit for bit, the actor loss never reaches the encoder, lambda switches at run time. The
+update itself is checked against the plain-PyTorch reference in test_rl_bench.py."""
 
 from __future__ import annotations
 
@@ -9,17 +11,19 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 import torch
+import gymnasium as gym
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import POLICY_LOSS_KEY
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
-from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_MASK, PRIOR_ACTION, PRIOR_MASK
+from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_MASK, INFO_STEP_ID, PRIOR_ACTION, PRIOR_MASK
 from covr_ray.config import load_config
 from covr_ray.errors import LearnerError
 from covr_ray.rl.algo import build_algorithm_config
-from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.learner import CovrSACLearner, PixelSACLearner
 from covr_ray.rl.networks import NetworkSpec, build_policy
+from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
+from covr_ray.rl.training_step import columns_batch
 from numerics import ELEMENTARY_FUNCTION_ULPS, assert_close_within, unit_roundoff
 from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
 
@@ -80,21 +84,29 @@ def params(learner: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in learner.module[MID].state_dict().items()}
 
 
-def set_prior(episodes: list, prior: Any) -> list:
-    """Same transitions with the prior replaced (``prior`` callable per episode or fixed list)."""
-    out = []
-    for ep in episodes:
-        infos = ep.get_infos()
-        a = prior(ep) if callable(prior) else prior
-        infos[1] = {**infos[1], INFO_PRIOR_ACTION: np.asarray(a, np.float32), INFO_PRIOR_MASK: 1.0}
-        out.append(SingleAgentEpisode(observations=list(ep.get_observations()), actions=list(ep.get_actions()),
-                                      rewards=list(ep.get_rewards()), infos=infos, terminated=ep.is_terminated,
-                                      truncated=ep.is_truncated, observation_space=ep.observation_space,
-                                      action_space=ep.action_space,
-                                      extra_model_outputs={k: list(ep.get_extra_model_outputs(k))
-                                                           for k in ep.extra_model_outputs},
-                                      len_lookback_buffer=0))
-    return out
+def update(learner: Any, arrays: dict) -> Any:
+    """One update on replay arrays, as CovrSAC's training step makes it; returns the module's results."""
+    return learner.update(batch=columns_batch(arrays, MID), timesteps=TS)[MID]
+
+
+def set_prior(arrays: dict, prior: Any) -> dict:
+    """The same transitions with a prior on every row: ``prior`` fixed ``(A,)`` or ``(B, A)``."""
+    b = len(arrays["rewards"])
+    return {**arrays, PRIOR_ACTION: np.broadcast_to(np.asarray(prior, np.float32), (b, 2)).copy(),
+            PRIOR_MASK: np.ones(b, np.float32)}
+
+
+class _InfoLog(gym.Wrapper):
+    """Keeps every step info by its step id (what the env said about each transition)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.by_id: dict[int, dict] = {}
+
+    def step(self, action: Any) -> Any:
+        out = self.env.step(action)
+        self.by_id[out[4][INFO_STEP_ID]] = out[4]
+        return out
 
 
 class SpyLearner(CovrSACLearner):
@@ -108,45 +120,45 @@ class SpyLearner(CovrSACLearner):
 
 
 def test_prior_columns_reach_the_loss() -> None:
-    buf = collect(40, seed=1, every=2)
-    episodes = buf.sample(16, n_step=1)
-    expected_mask = np.array([ep.get_infos()[1][INFO_PRIOR_MASK] for ep in episodes], np.float32)
-    expected_prior = np.stack([ep.get_infos()[1][INFO_PRIOR_ACTION] for ep in episodes]).astype(np.float32)
+    """The env's step-info priors, stored by the replay, arrive in the loss's batch for the right rows."""
+    env = _InfoLog(PriorInfoWrapper(DotEnv({"size": 24}), every=2))
+    buf = collect_from(env, 40, seed=1)
+    arrays = buf.sample(16)
+    infos = [env.by_id[int(sid)] for sid in arrays["step_ids"]]
+    expected_mask = np.array([info[INFO_PRIOR_MASK] for info in infos], np.float32)
+    expected_prior = np.array([info.get(INFO_PRIOR_ACTION, [0.0, 0.0]) if info[INFO_PRIOR_MASK] else [0.0, 0.0]
+                               for info in infos], np.float32)
     assert 0 < expected_mask.sum() < 16
     SpyLearner.seen = []
     learner = make_learner(tiny_cfg(), SpyLearner)
-    results = learner.update(episodes=episodes, timesteps=TS)
+    results = update(learner, arrays)
     batch = SpyLearner.seen[-1]
     assert batch[PRIOR_ACTION].shape == (16, 2) and batch[PRIOR_ACTION].dtype == torch.float32
     assert batch[PRIOR_MASK].shape == (16,) and batch[PRIOR_MASK].dtype == torch.float32
     np.testing.assert_array_equal(batch[PRIOR_MASK].numpy(), expected_mask)
-    np.testing.assert_allclose(batch[PRIOR_ACTION].numpy(), expected_prior)
-    assert results[MID]["prior_coverage"].peek() == pytest.approx(expected_mask.mean())
+    np.testing.assert_array_equal(batch[PRIOR_ACTION].numpy(), expected_prior)
+    np.testing.assert_array_equal(batch[Columns.OBS].numpy(), arrays["obs"])
+    assert results["prior_coverage"].peek() == pytest.approx(expected_mask.mean())
 
 
 def test_prior_equal_to_policy_action_gives_zero_term() -> None:
     learner = make_learner(tiny_cfg(base="sac"))  # no augmentation: a_r is the policy's mean on obs
     module = learner.module[MID]
-    episodes = collect(30, seed=2).sample(16, n_step=1)
-
-    def own_action(ep: SingleAgentEpisode) -> np.ndarray:
-        obs = torch.as_tensor(ep.get_observations()[0][None])
-        with torch.no_grad():
-            return torch.tanh(module.actor(module.encoder(obs))[0, :2]).numpy()
-
-    results = learner.update(episodes=set_prior(episodes, own_action), timesteps=TS)
-    assert results[MID]["prior_coverage"].peek() == 1.0
-    assert results[MID]["prior_loss"].peek() < 1e-10
-    # a different prior gives a clearly non-zero term
-    results = learner.update(episodes=set_prior(episodes, [0.9, -0.9]), timesteps=TS)
-    assert results[MID]["prior_loss"].peek() > 0.1
-
-
-def _distance_to(learner: Any, episodes: list, target: np.ndarray) -> float:
-    module = learner.module[MID]
-    obs = torch.as_tensor(np.stack([ep.get_observations()[0] for ep in episodes]))
+    arrays = collect(30, seed=2).sample(16)
     with torch.no_grad():
-        act = torch.tanh(module.actor(module.encoder(obs))[:, :2]).numpy()
+        own = torch.tanh(module.actor(module.encoder(torch.as_tensor(arrays["obs"])))[:, :2]).numpy()
+    results = update(learner, set_prior(arrays, own))
+    assert results["prior_coverage"].peek() == 1.0
+    assert results["prior_loss"].peek() < 1e-10
+    # a different prior gives a clearly non-zero term
+    results = update(learner, set_prior(arrays, [0.9, -0.9]))
+    assert results["prior_loss"].peek() > 0.1
+
+
+def _distance_to(learner: Any, arrays: dict, target: np.ndarray) -> float:
+    module = learner.module[MID]
+    with torch.no_grad():
+        act = torch.tanh(module.actor(module.encoder(torch.as_tensor(arrays["obs"])))[:, :2]).numpy()
     return float(np.linalg.norm(act - target, axis=1).mean())
 
 
@@ -154,26 +166,26 @@ def _distance_to(learner: Any, episodes: list, target: np.ndarray) -> float:
 def test_fixed_prior_pulls_the_policy_toward_it(source: str) -> None:
     target = np.array([0.8, -0.6], np.float32)
     buf = collect(40, seed=3)
-    episodes = set_prior(buf.sample(16, n_step=1), target.tolist())
+    arrays = set_prior(buf.sample(16), target)
     guided = make_learner(tiny_cfg(lam=5.0, source=source, actor_lr=1e-2))
     free = make_learner(tiny_cfg(lam=0.0, actor_lr=1e-2))
-    start = _distance_to(guided, episodes, target)
-    assert start == pytest.approx(_distance_to(free, episodes, target))
+    start = _distance_to(guided, arrays, target)
+    assert start == pytest.approx(_distance_to(free, arrays, target))
     losses = []
     for i in range(20):
         torch.manual_seed(i)
-        losses.append(guided.update(episodes=episodes, timesteps=TS)[MID]["prior_loss"].peek())
+        losses.append(update(guided, arrays)["prior_loss"].peek())
         torch.manual_seed(i)
-        free.update(episodes=episodes, timesteps=TS)
+        update(free, arrays)
     if source == "mean":  # deterministic a_r: the term falls at every update
         assert all(b < a for a, b in zip(losses, losses[1:]))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
-    assert _distance_to(guided, episodes, target) < 0.8 * start
-    assert _distance_to(guided, episodes, target) < 0.85 * _distance_to(free, episodes, target)
+    assert _distance_to(guided, arrays, target) < 0.8 * start
+    assert _distance_to(guided, arrays, target) < 0.85 * _distance_to(free, arrays, target)
 
 
 def test_lambda_zero_is_bit_identical_to_the_base_learner() -> None:
-    episodes = collect(40, seed=4).sample(16, n_step=1)
+    arrays = collect(40, seed=4).sample(16)
     covr = make_learner(tiny_cfg(lam=0.0), CovrSACLearner, seed=7)
     base = make_learner(tiny_cfg(lam=0.0), PixelSACLearner, seed=7)
     guided = make_learner(tiny_cfg(lam=1.0), CovrSACLearner, seed=7)
@@ -181,7 +193,7 @@ def test_lambda_zero_is_bit_identical_to_the_base_learner() -> None:
     for i in range(3):
         for learner in (covr, base, guided):
             torch.manual_seed(100 + i)
-            learner.update(episodes=episodes, timesteps=TS)
+            update(learner, arrays)
     p_covr, p_base, p_guided = params(covr), params(base), params(guided)
     start = params(make_learner(tiny_cfg(lam=0.0), PixelSACLearner, seed=7))
     assert any(not torch.equal(p_base[k], start[k]) for k in p_base)  # the updates did change weights
@@ -197,9 +209,9 @@ def test_lambda_zero_is_bit_identical_to_the_base_learner() -> None:
 def test_actor_loss_never_reaches_the_encoder() -> None:
     learner = make_learner(tiny_cfg(lam=2.0))
     module = learner.module[MID]
-    episodes = set_prior(collect(30, seed=5).sample(16, n_step=1), [0.5, 0.5])
+    arrays = set_prior(collect(30, seed=5).sample(16), [0.5, 0.5])
     batch = learner._make_batch_if_necessary(
-        type("TD", (), {"batch": None, "episodes": episodes})()).policy_batches
+        type("TD", (), {"batch": columns_batch(arrays, MID), "episodes": None})()).policy_batches
     batch = {mid: {k: v for k, v in b.items()} for mid, b in batch.items()}
     fwd = learner.module.forward_train(batch)
     learner.compute_losses(fwd_out=fwd, batch=batch)
@@ -216,12 +228,20 @@ def test_actor_loss_never_reaches_the_encoder() -> None:
     learner._temp_losses.clear()
 
 
+def test_batch_without_prior_columns_is_refused() -> None:
+    learner = make_learner(tiny_cfg(lam=1.0))
+    batch = columns_batch(collect(30, seed=6).sample(16), MID)
+    del batch.policy_batches[MID][PRIOR_MASK]
+    with pytest.raises(LearnerError, match=r"prior columns \['prior_mask'\]"):
+        learner.update(batch=batch, timesteps=TS)
+
+
 def test_prior_weight_switches_at_run_time_and_is_validated() -> None:
     learner = make_learner(tiny_cfg(lam=1.0))
-    episodes = set_prior(collect(30, seed=6).sample(16, n_step=1), [0.3, 0.3])
-    assert learner.update(episodes=episodes, timesteps=TS)[MID]["prior_weight"].peek() == 1.0
+    arrays = set_prior(collect(30, seed=6).sample(16), [0.3, 0.3])
+    assert update(learner, arrays)["prior_weight"].peek() == 1.0
     learner.set_prior_weight(0.0)
-    assert learner.update(episodes=episodes, timesteps=TS)[MID]["prior_weight"].peek() == 0.0
+    assert update(learner, arrays)["prior_weight"].peek() == 0.0
     assert learner.set_prior_weight(2.5) == 2.5 and learner.get_prior_weight() == 2.5
     for bad in (-1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(LearnerError):
@@ -250,23 +270,3 @@ def test_policy_state_q_values_and_exported_policy_match_the_module() -> None:
     assert q.shape == (5,) and np.all(np.isfinite(q))
     with pytest.raises(LearnerError):
         learner.q_values(obs, np.zeros((4, 2), np.float32), MID)
-
-
-def test_columns_and_episode_sample_paths_give_the_same_update() -> None:
-    from covr_ray.rl.training_step import columns_batch
-
-    buf = collect(60, seed=8, every=2)
-    by_episodes, by_columns = make_learner(tiny_cfg(lam=1.5), seed=5), make_learner(tiny_cfg(lam=1.5), seed=5)
-    for step in range(2):
-        rng_state = buf.core._rng.bit_generator.state
-        episodes = buf.sample(16, n_step=1)  # priors via step infos + the PriorColumns connector
-        buf.core._rng.bit_generator.state = rng_state
-        batch = columns_batch(buf.core.sample(16), MID)  # the same transitions as replay columns
-        torch.manual_seed(step)
-        a = by_episodes.update(episodes=episodes, timesteps=TS)[MID]
-        torch.manual_seed(step)
-        b = by_columns.update(batch=batch, timesteps=TS)[MID]
-        assert a["prior_coverage"].peek() == b["prior_coverage"].peek() > 0
-        assert a["prior_loss"].peek() == b["prior_loss"].peek()
-    pa, pb = params(by_episodes), params(by_columns)
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)

@@ -3,7 +3,8 @@
 model, -1, counts as version 0). Covered: the mask as the serving version advances (max_age 0, 1, None),
 stored data untouched (a later limit reverses it), late priors with their version (wrapper -> infos ->
 replay), save/load with versions, format-1 replays still loading, the RLlib adapter and the learner's
-train batch on both sample paths, the algorithm-level setter and its metrics."""
+train batch (replay columns, as CovrSAC's training step makes it), the algorithm-level setter and its
+metrics."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from covr_ray.columns import (
     PRIOR_MASK,
 )
 from covr_ray.errors import CheckpointError, ReplayError
-from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer, late_priors, parse_step_infos
-from covr_ray.rl.replay import FORMAT_VERSION, PixelReplay
+from covr_ray.rl.replay import FORMAT_VERSION, PixelReplay, late_priors, parse_step_infos
+from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 from test_rl_learner import collect_from
 from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
 
@@ -292,13 +293,12 @@ def test_episode_adapter_applies_a_limit_set_before_its_buffer_exists(tmp_path: 
     infos[-1][INFO_PRIOR_LATE] = [(14, [-0.5, -0.5], 3)]  # the step without a prior gets a late v3 one
     buf.add([_chunk(episode_obs(5, np.random.default_rng(2)), infos)])
     assert buf.core.prior_age_limit == (3, 1)
-    episodes = buf.sample(300)
-    usable = {ep.get_infos()[1][INFO_STEP_ID] for ep in episodes if ep.get_infos()[1][INFO_PRIOR_MASK] == 1.0}
+    s = buf.sample(300)
+    assert set(s["step_ids"].tolist()) == {10, 11, 12, 13, 14}
+    usable = set(s["step_ids"][s[PRIOR_MASK] == 1.0].tolist())
     assert usable == {12, 13, 14}  # versions 2, 3 and the late 3; -1 and 1 are too old for version 3
-    for ep in episodes:
-        info = ep.get_infos()[1]
-        if info[INFO_PRIOR_MASK] == 0.0:
-            assert list(info[INFO_PRIOR_ACTION]) == [0.0, 0.0]
+    assert np.all(s[PRIOR_ACTION][s[PRIOR_MASK] == 0.0] == 0.0)
+    assert np.all(s[PRIOR_ACTION][s["step_ids"] == 14] == -0.5)  # the late prior's action
     metrics = learner_metrics({"replay_buffer": buf.get_metrics()})
     assert metrics["replay/usable_prior_coverage"] == pytest.approx(3 / 5)
     assert metrics["replay/prior_coverage"] == pytest.approx(5 / 5)
@@ -332,7 +332,7 @@ def _collect_versioned(steps: int, seed: int) -> CovrEpisodeReplayBuffer:
 
 
 @pytest.mark.usefixtures("torch_one_thread")
-def test_learner_train_batch_is_masked_on_both_sample_paths() -> None:
+def test_learner_train_batch_is_masked_by_age() -> None:
     from covr_ray.rl.learner import CovrSACLearner
     from covr_ray.rl.training_step import columns_batch
     from test_rl_learner import MID, TS, make_learner, tiny_cfg
@@ -349,22 +349,20 @@ def test_learner_train_batch_is_masked_on_both_sample_paths() -> None:
     assert core._prior_mask[core._live_rows()].min() == 1.0  # every step has a prior, versions -1..3
     buf.set_prior_age_limit(3, 1)  # version 3 serves: -1 and 1 are too old
     learner = make_learner(tiny_cfg(lam=1.0), Spy)
-    for path in ("columns", "episodes"):
-        rng_state = core._rng.bit_generator.state
-        probe = core.sample(16)  # which rows this draw picks (stored versions, step ids)
-        core._rng.bit_generator.state = rng_state
-        expected = np.isin(probe["prior_version"], [2, 3]).astype(np.float32)
-        assert 0 < expected.sum() < 16  # the draw holds both usable and aged priors
-        Spy.seen = []
-        if path == "columns":
-            results = learner.update(batch=columns_batch(core.sample(16), MID), timesteps=TS)
-        else:
-            results = learner.update(episodes=buf.sample(16, n_step=1), timesteps=TS)
-        batch = Spy.seen[-1]
-        np.testing.assert_array_equal(batch[PRIOR_MASK], expected)
-        assert np.all(batch[PRIOR_ACTION][expected == 0.0] == 0.0)
-        assert np.all(np.abs(batch[PRIOR_ACTION][expected == 1.0]).sum(axis=1) > 0)
-        assert results[MID]["prior_coverage"].peek() == pytest.approx(expected.mean())
+    arrays = buf.sample(16)  # what CovrSAC's training step samples and hands the learner
+    # expected from the stored rows themselves (by step id), not from the sampled mask
+    rows = [core._id_to_row[int(sid)] for sid in arrays["step_ids"]]
+    expected = np.isin(core._prior_version[rows], [2, 3]).astype(np.float32)
+    assert 0 < expected.sum() < 16  # the draw holds both usable and aged priors
+    Spy.seen = []
+    results = learner.update(batch=columns_batch(arrays, MID), timesteps=TS)
+    batch = Spy.seen[-1]
+    np.testing.assert_array_equal(batch[PRIOR_MASK], expected)
+    assert np.all(batch[PRIOR_ACTION][expected == 0.0] == 0.0)
+    np.testing.assert_array_equal(batch[PRIOR_ACTION][expected == 1.0], core._prior[rows][expected == 1.0])
+    assert np.all(np.abs(batch[PRIOR_ACTION][expected == 1.0]).sum(axis=1) > 0)
+    assert results[MID]["prior_coverage"].peek() == pytest.approx(expected.mean())
+    assert core.counters["stale_priors_masked"] == int(16 - expected.sum())
 
 
 @pytest.fixture(scope="module")
@@ -427,7 +425,7 @@ def test_replay_metrics_report_the_stale_count_of_the_latest_samples() -> None:
     buf.add([_chunk(episode_obs(4, np.random.default_rng(0)), infos)])
     assert learner_metrics({"replay_buffer": buf.get_metrics()})["replay/stale_priors_masked"] == 0
     buf.set_prior_age_limit(3, 1)
-    buf.core.sample(10)  # the columns path samples the core after the add, then reads the metrics
+    buf.sample(10)  # the training step samples after the add, then reads the metrics
     assert learner_metrics({"replay_buffer": buf.get_metrics()})["replay/stale_priors_masked"] == 10
-    buf.sample(6)
+    buf.core.sample(6)  # straight from the core counts too
     assert learner_metrics({"replay_buffer": buf.get_metrics()})["replay/stale_priors_masked"] == 16

@@ -1,5 +1,6 @@
 """Compact pixel replay: frames stored once, exact reconstruction, chunked episodes, eviction, late priors
-by step id, typed errors, save/load and the RLlib episode adapter (no Ray cluster needed)."""
+by step id, typed errors, save/load and the RLlib adapter (episode chunks in, columns out; no Ray cluster
+needed)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_LATE, INFO_PRIOR_MASK, INFO_STEP_ID, PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import CheckpointError, ReplayError
-from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.replay import PixelReplay
+from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 
 K, C, S, A = 3, 3, 16, 2
 
@@ -171,7 +172,7 @@ def episode_chunk(obs: np.ndarray, infos: list, first_t: int = 0, eps_id: str = 
         action_space=gym.spaces.Box(-1, 1, (A,), np.float32))
 
 
-def test_episode_adapter_reads_step_infos_and_returns_priors_in_sampled_episodes() -> None:
+def test_episode_adapter_reads_step_infos_and_samples_priors_as_columns() -> None:
     rng = np.random.default_rng(7)
     obs = stacked_episode(8, rng)
     infos = [{INFO_STEP_ID: -1, INFO_PRIOR_MASK: 0.0}]
@@ -192,20 +193,24 @@ def test_episode_adapter_reads_step_infos_and_returns_priors_in_sampled_episodes
     core = buf.core
     assert len(buf) == 9 and core.counters["late_priors_attached"] == 2 and core.counters["late_priors_missed"] == 0
     expected = {52: [0.3, 0.4], 53: [-0.5, 0.5], 57: [1.0, 1.0]}
-    episodes = buf.sample(60, n_step=1)
-    assert all(isinstance(e, SingleAgentEpisode) and len(e) == 1 for e in episodes)
-    for ep in episodes:
-        info = ep.get_infos()[1]
-        sid = info[INFO_STEP_ID]
-        assert info[INFO_PRIOR_MASK] == (1.0 if sid in expected else 0.0)
-        if sid in expected:
-            np.testing.assert_allclose(info[INFO_PRIOR_ACTION], expected[sid])
+    s = buf.sample(60)
+    assert s[PRIOR_ACTION].shape == (60, A) and s[PRIOR_MASK].shape == (60,) and s["obs"].shape == (60, K * C, S, S)
+    assert {int(sid) for sid in s["step_ids"]} == set(range(50, 58)) | {-1}  # all drawn (-1: the "next" step)
+    for i, sid in enumerate(s["step_ids"].tolist()):
+        assert s[PRIOR_MASK][i] == (1.0 if sid in expected else 0.0)
+        np.testing.assert_allclose(s[PRIOR_ACTION][i], expected.get(sid, [0.0, 0.0]))
         if sid >= 50:
-            np.testing.assert_array_equal(ep.get_observations()[0], obs[sid - 50])
-            np.testing.assert_array_equal(ep.get_observations()[1], obs[sid - 50 + 1])
-        assert ep.get_extra_model_outputs("n_step")[0] == 1 and ep.get_extra_model_outputs("weights")[0] == 1.0
-    with pytest.raises(ReplayError, match="n_step"):
-        buf.sample(4, n_step=3)
+            np.testing.assert_array_equal(s["obs"][i], obs[sid - 50])
+            np.testing.assert_array_equal(s["next_obs"][i], obs[sid - 50 + 1])
+            assert s["terminateds"][i] == 0 and s["truncateds"][i] == (sid == 57)
+    # RLlib's other sample forms: there is no episode sampling path
+    for kwargs in ({"n_step": 3}, {"sample_episodes": True}, {"batch_length_T": 4}):
+        with pytest.raises(ReplayError, match="columns only"):
+            buf.sample(4, **kwargs)
+    with pytest.raises(ReplayError, match="num_items"):
+        buf.sample(0)
+    with pytest.raises(ReplayError, match="empty"):
+        CovrEpisodeReplayBuffer(10, frame_stack=K).sample(4)
     bad = [{}, {INFO_STEP_ID: 1, INFO_PRIOR_ACTION: [float("nan"), 0.0], INFO_PRIOR_MASK: 1.0}]
     with pytest.raises(ReplayError, match="step 1"):
         buf.add([episode_chunk(stacked_episode(1, rng), bad, 0, eps_id="bad")])

@@ -1,19 +1,16 @@
 """``covr bench learner``: SAC updates per second through RLlib, and the same update in plain PyTorch.
 
-All paths run in this process on the same networks (the plain trainer copies the RLlib module's
+Both paths run in this process on the same networks (the plain trainer copies the RLlib module's
 weights) and draw batches of the same size from the same compact replay, filled with synthetic
 frame-stacked episodes (random pixels: speed does not depend on the content):
 
-- RLlib, columns (the default ``sac.sample_path``): ``replay.sample`` arrays -> ``MultiAgentBatch`` ->
-  ``Learner.update`` (tensors, module forward, SAC + COVR losses, three backward passes, Adam steps,
-  metrics);
-- RLlib, episodes (``sac.sample_path: episodes``): ``replay.sample`` -> 1-step episodes -> learner connector
-  (prior columns from infos, batching, tensors) -> ``Learner.update``;
+- RLlib (what ``CovrSAC``'s training step runs): ``replay.sample`` arrays -> ``MultiAgentBatch``
+  (:func:`covr_ray.rl.training_step.columns_batch`) -> ``Learner.update`` (tensors, module forward,
+  SAC + COVR losses, three backward passes, Adam steps, metrics);
 - plain: ``replay.sample`` arrays -> tensors -> :class:`covr_ray.rl.plain.PlainPixelSAC.update`.
 
-``rllib_over_plain`` = time per RLlib (columns) update / time per plain update (1.0 = no overhead),
-``episode_path_over_plain`` the same for the episode path; all are medians of interleaved calls, so a
-change of machine load hits every path alike.
+``rllib_over_plain`` = time per RLlib update / time per plain update (1.0 = no overhead); both are
+medians of interleaved calls, so a change of machine load hits both paths alike.
 
 How to run::
 
@@ -91,7 +88,7 @@ def _fill_replay(buf: Any, obs_shape: tuple[int, int, int], frame_stack: int, ac
 def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None = None, batch_size: int = 64,
               image_size: int = 84, action_dim: int | None = None, updates: int = 10, warmup: int = 2,
               device: str = "auto", threads: int | None = None) -> Dict[str, Any]:
-    """Measure both paths; returns the figures (see the module docstring)."""
+    """Measure both paths (RLlib and plain PyTorch); returns the figures (see the module docstring)."""
     import gymnasium as gym
     import numpy as np
     import torch
@@ -99,9 +96,9 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
     from covr_ray.config import load_config
     from covr_ray.errors import ConfigError
     from covr_ray.rl.algo import MODULE_ID, build_algorithm_config
-    from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
     from covr_ray.rl.networks import count_parameters
     from covr_ray.rl.plain import PlainPixelSAC
+    from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
     from covr_ray.rl.training_step import columns_batch
 
     if threads is not None:
@@ -136,11 +133,8 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
                  cfg.seed)
     timesteps = {"num_env_steps_sampled_lifetime": cfg.sac.learning_starts + 1}
 
-    def rllib_columns_update() -> None:
-        learner.update(batch=columns_batch(buf.core.sample(batch_size), MODULE_ID), timesteps=timesteps)
-
-    def rllib_episodes_update() -> None:
-        learner.update(episodes=buf.sample(batch_size, n_step=1), timesteps=timesteps)
+    def rllib_update() -> None:
+        learner.update(batch=columns_batch(buf.sample(batch_size), MODULE_ID), timesteps=timesteps)
 
     s = cfg.sac
     plain = PlainPixelSAC.from_module(module, gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr,
@@ -151,14 +145,14 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
     learner.set_prior_weight(s.lam)
 
     def plain_update() -> None:
-        arrays = buf.core.sample(batch_size)
+        arrays = buf.sample(batch_size)
         plain.update({k: torch.as_tensor(v).to(dev, non_blocking=True) for k, v in arrays.items()})
 
-    paths = [rllib_columns_update, rllib_episodes_update, plain_update]
+    paths = [rllib_update, plain_update]
     for fn in paths:
         for _ in range(warmup):
             fn()
-    rllib_s, episodes_s, plain_s = _timed(paths, updates, sync)
+    rllib_s, plain_s = _timed(paths, updates, sync)
     return {
         "updates_per_s": round(1.0 / rllib_s, 3),
         "batch_size": batch_size,
@@ -166,8 +160,6 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
         "device": str(dev),
         "plain_updates_per_s": round(1.0 / plain_s, 3),
         "rllib_over_plain": round(rllib_s / plain_s, 3),
-        "episode_path_updates_per_s": round(1.0 / episodes_s, 3),
-        "episode_path_over_plain": round(episodes_s / plain_s, 3),
         "base": cfg.sac.base,
         "action_dim": action_dim,
         "threads": torch.get_num_threads(),

@@ -1,11 +1,13 @@
 """Pixel SAC on RLlib's new API stack, with COVR's VLM-regularised actor loss.
 
 Modules (one concept each): ``augment`` (random shift), ``encoder`` (shared conv encoder), ``networks``
-(actor, critic, exportable policy), ``rl_module`` (the RLlib RLModule), ``learner`` (SAC loss + the
-prior regulariser), ``connectors`` (prior columns, random warm-up actions), ``replay`` (compact uint8
-replay with priors), ``episode_replay`` (its RLlib face), ``algo`` (RLlib config from a CovrConfig,
-checkpoints, signals for the loop), ``plain`` (the same update in plain PyTorch, for the overhead
-bench), ``bench`` (``covr bench learner``).
+(actor, critic, exportable policy), ``rl_module`` (the RLlib RLModule, random warm-up actions),
+``regulariser`` (the prior term), ``learner`` (SAC loss + the prior regulariser), ``replay`` (compact
+uint8 replay with priors, step-info parsing; no RLlib), ``rllib_replay`` (its RLlib face),
+``training_step`` (SAC's iteration on columnar batches from the replay), ``algo`` (RLlib config from a
+CovrConfig, checkpoints, signals for the loop), ``plain`` (the same update in plain PyTorch: the
+reference the tests compare the learner with, and ``covr bench learner``'s baseline), ``plain_train``
+(a one-process trainer on it, no Ray).
 
 Torch and Ray are imported by the submodules, not here, so ``import covr_ray.rl`` stays cheap.
 """

@@ -5,16 +5,15 @@ into RLlib's ``SACConfig`` with our parts:
 
 - module :class:`~covr_ray.rl.rl_module.PixelSACModule` (shared conv encoder; augmentation when
   ``sac.base == "rad"``), learner :class:`~covr_ray.rl.learner.CovrSACLearner`;
-- learner connector :class:`~covr_ray.rl.connectors.PriorColumns` (prior columns from step infos);
-  the module acts uniformly at random for the first ``sac.learning_starts`` agent steps (its
+- the module acts uniformly at random for the first ``sac.learning_starts`` agent steps (its
   ``forward_exploration``);
-- replay :class:`~covr_ray.rl.episode_replay.CovrEpisodeReplayBuffer`, created by :class:`CovrSAC`
+- replay :class:`~covr_ray.rl.rllib_replay.CovrEpisodeReplayBuffer`, created by :class:`CovrSAC`
   (``SACConfig.validate`` accepts only built-in buffer names, so the config names one and the
-  algorithm builds ours); :class:`CovrSAC` also saves and restores the replay with each checkpoint,
-  which RLlib's new stack does not do;
-- training iteration: RLlib's, with batches taken from the replay as columns (``sac.sample_path:
-  columns``, :mod:`covr_ray.rl.training_step`) or, with ``episodes``, as RLlib's 1-step episodes
-  through the learner connector (same update, 9x slower data path at batch 512).
+  algorithm builds ours); it reads the priors from the env runners' step infos and stores them as
+  columns. :class:`CovrSAC` also saves and restores the replay with each checkpoint, which RLlib's new
+  stack does not do;
+- training iteration: RLlib's, with each train batch taken from the replay as columns, prior columns
+  included (:mod:`covr_ray.rl.training_step`); RLlib's learner connector never runs on them.
 
 How to run (a short pixel SAC run on the embedded driving env, CPU)::
 
@@ -41,11 +40,10 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from covr_ray.config import CovrConfig
 from covr_ray.errors import CheckpointError, ConfigError, LearnerError
-from covr_ray.rl.connectors import PriorColumns
-from covr_ray.rl.episode_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
 from covr_ray.rl.networks import NetworkSpec
 from covr_ray.rl.rl_module import PixelSACModule, network_spec
+from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.training_step import columnar_training_step
 
 #: sub-directory of an algorithm checkpoint holding the replay buffer.
@@ -67,10 +65,8 @@ class CovrSAC(SAC):
                                        seed=config.seed, frame_slack=float(rb.get("frame_slack", 0.125)))
 
     def training_step(self) -> None:
-        """RLlib's SAC iteration; with ``sac.sample_path: columns`` the batches skip the episode path."""
-        if self.config.learner_config_dict.get("sample_path", "columns") == "columns":
-            return columnar_training_step(self, MODULE_ID)
-        return super().training_step()
+        """RLlib's SAC iteration with train batches taken from the replay as columns."""
+        columnar_training_step(self, MODULE_ID)
 
     def save_to_path(self, path: Optional[Union[str, Path]] = None, **kwargs: Any) -> str:
         """RLlib's checkpoint (module, optimizers, connectors, metrics) plus ``covr_replay/``."""
@@ -93,9 +89,11 @@ class CovrSACConfig(SACConfig):
         super().__init__(algo_class=algo_class or CovrSAC)
 
 
-def prior_columns_connector(input_observation_space: Any = None, input_action_space: Any = None) -> PriorColumns:
-    """Learner-connector factory (module level so the config pickles by reference)."""
-    return PriorColumns()
+def prior_columns_connector(input_observation_space: Any = None, input_action_space: Any = None) -> List[Any]:
+    """No learner-connector pieces. Kept because the config pickled in algorithm checkpoints written while
+    COVR also had an episode sample path names this factory (it built a connector turning step infos
+    into prior columns); :func:`restore_algorithm` unpickles that config. New configs do not use it."""
+    return []
 
 
 def training_intensity(updates_per_step: float, batch_size: int, num_env_runners: int) -> float:
@@ -151,11 +149,11 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
         .environment(normalize_actions=True, clip_actions=False)
         .env_runners(rollout_fragment_length=s.rollout_fragment_length, batch_mode="truncate_episodes")
         .learners(num_learners=0, num_gpus_per_learner=r.num_gpus_learner if use_gpu else 0,
-                  learner_class=CovrSACLearner, learner_connector=prior_columns_connector,
+                  learner_class=CovrSACLearner,
                   learner_config_dict={"alpha_beta": s.alpha_beta, "encoder_tau": s.encoder_tau,
                                        "target_update_every": s.target_update_every, "prior_weight": lam0,
                                        "prior_action_source": s.prior_action_source,
-                                       "sample_path": s.sample_path, "critic_loss": s.critic_loss})
+                                       "critic_loss": s.critic_loss})
         .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelSACModule, model_config=module_config(cfg)))
         .training(gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr, alpha_lr=s.alpha_lr,
                   initial_alpha=s.init_alpha, tau=s.tau, twin_q=True, n_step=1, target_entropy="auto",

@@ -18,8 +18,9 @@ encoder:
 
     L_pi  +  lambda * sum_b m_b ||a_v,b - a_r,b||^2 / max(1, sum_b m_b)
 
-with ``a_v`` = ``prior_action`` and ``m`` = ``prior_mask`` (columns from
-:class:`covr_ray.rl.connectors.PriorColumns`), i.e. the mean over the samples that carry a prior.
+with ``a_v`` = ``prior_action`` and ``m`` = ``prior_mask`` (columns of the train batch, read from the
+replay by :func:`covr_ray.rl.training_step.columns_batch`), i.e. the mean over the samples that carry a
+prior.
 The term goes into the ``(module_id, "policy_loss")`` entry of ``self._temp_losses``, the only one
 the policy optimizer back-propagates (RLlib's returned total is only logged).
 
@@ -223,9 +224,8 @@ class CovrSACLearner(PixelSACLearner):
         total = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
         missing = [c for c in (PRIOR_ACTION, PRIOR_MASK) if c not in batch]
         if missing:
-            raise LearnerError(f"train batch lacks the prior columns {missing}; add "
-                               "covr_ray.rl.connectors.PriorColumns to the learner connector "
-                               "(build_algorithm_config does)")
+            raise LearnerError(f"train batch lacks the prior columns {missing}; train on replay columns "
+                               "(covr_ray.rl.training_step.columns_batch, as CovrSAC's training step does)")
         prior_loss, coverage = prior_regulariser(fwd_out[self._prior_source_key], batch[PRIOR_ACTION],
                                                  batch[PRIOR_MASK])
         lam = self._prior_weight

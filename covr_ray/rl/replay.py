@@ -32,7 +32,12 @@ Memory: ``capacity * c * H * W`` bytes of frames plus ~50 bytes per transition: 
 84x84 RGB frames = 2.1 GB (RLlib's episode buffer keeps every 9x84x84 observation: 6.4 GB).
 The pool is allocated with ``np.zeros`` (pages are committed only when first written).
 
-Plain numpy, no RLlib: :mod:`covr_ray.rl.episode_replay` is the RLlib-facing adapter.
+What enters: :func:`parse_step_infos` reads a chunk's per-step infos (keys in :mod:`covr_ray.columns`)
+into the step-id and prior columns of :meth:`PixelReplay.add_chunk`, and :func:`late_priors` the late
+``(step_id, a_v, version)`` triples for :meth:`PixelReplay.attach_priors`.
+
+Plain numpy, no RLlib (the plain-PyTorch trainer uses it without Ray): :mod:`covr_ray.rl.rllib_replay`
+is the RLlib-facing adapter.
 """
 
 from __future__ import annotations
@@ -42,11 +47,19 @@ import os
 import shutil
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Hashable, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
+from covr_ray.columns import (
+    INFO_PRIOR_ACTION,
+    INFO_PRIOR_LATE,
+    INFO_PRIOR_MASK,
+    INFO_PRIOR_VERSION,
+    INFO_STEP_ID,
+    PRIOR_ACTION,
+    PRIOR_MASK,
+)
 from covr_ray.errors import CheckpointError, ReplayError
 from covr_ray.io import atomic_directory, atomic_write_text
 from covr_ray.log import get_logger
@@ -98,6 +111,62 @@ def check_prior(action: Any, action_dim: int, where: str) -> np.ndarray:
         raise ReplayError(f"{where}: prior action {np.asarray(action).tolist()!r} is not {action_dim} finite "
                           "floats in [-1, 1] (the policy's normalised action space)")
     return np.clip(arr, -1.0, 1.0)
+
+
+#: a late prior: ``(step_id, a_v (A,), adapter version)``.
+LatePrior = Tuple[int, Any, int]
+
+
+def parse_step_infos(infos: List[Dict[str, Any]], action_dim: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                              np.ndarray, List[LatePrior]]:
+    """Per-transition step ids and priors from the ``T`` step infos (``infos[t]`` from ``step(a_t)``),
+    plus the late ``(step_id, a_v, version)`` triples found in them.
+
+    The info returned by ``step(a_t)`` describes transition ``t`` = ``(o_t, a_t, r_t, o_t+1)``:
+    ``INFO_STEP_ID`` is its id, ``INFO_PRIOR_ACTION`` / ``INFO_PRIOR_MASK`` / ``INFO_PRIOR_VERSION`` its
+    prior ``a_v`` for ``o_t`` and the adapter version that answered it. Envs without the prior wrapper
+    carry none of these keys: mask 0.
+
+    Returns ``step_ids: (T,)`` int64 (-1 = none), ``prior_actions: (T, A)``, ``prior_masks: (T,)``,
+    ``prior_versions: (T,)`` int32 (the adapter that answered; -1 = base model, and where there is no
+    prior or the info has no ``INFO_PRIOR_VERSION``), late triples. A malformed prior or version raises
+    ReplayError naming the step.
+    """
+    n = len(infos)
+    step_ids = np.full(n, -1, np.int64)
+    actions = np.zeros((n, action_dim), np.float32)
+    masks = np.zeros(n, np.float32)
+    versions = np.full(n, BASE_VERSION, np.int32)
+    for t, info in enumerate(infos):
+        if not info:
+            continue
+        if INFO_STEP_ID in info:
+            step_ids[t] = int(info[INFO_STEP_ID])
+        mask = float(info.get(INFO_PRIOR_MASK, 0.0))
+        if mask not in (0.0, 1.0):
+            raise ReplayError(f"step {step_ids[t]}: {INFO_PRIOR_MASK} must be 0.0 or 1.0, got {mask!r}")
+        if mask == 1.0:
+            if INFO_PRIOR_ACTION not in info:
+                raise ReplayError(f"step {step_ids[t]}: {INFO_PRIOR_MASK} is 1 but {INFO_PRIOR_ACTION} is missing")
+            actions[t] = check_prior(info[INFO_PRIOR_ACTION], action_dim, f"step {step_ids[t]}")
+            masks[t] = 1.0
+            versions[t] = check_version(info.get(INFO_PRIOR_VERSION, BASE_VERSION), f"step {step_ids[t]}")
+    return step_ids, actions, masks, versions, late_priors(infos)
+
+
+def late_priors(infos: List[Dict[str, Any]]) -> List[LatePrior]:
+    """All late priors under ``INFO_PRIOR_LATE`` in the given infos, as ``(step_id, a_v, version)``
+    triples; a ``(step_id, a_v)`` pair (older wrappers) gets version -1. Raises ReplayError on any other
+    entry or a version that is not an integer >= -1."""
+    out: List[LatePrior] = []
+    for info in infos:
+        for item in (info or {}).get(INFO_PRIOR_LATE, ()) or ():
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                raise ReplayError(f"{INFO_PRIOR_LATE} entries must be (step_id, action, version) triples "
+                                  f"(or (step_id, action) pairs), got {item!r}")
+            version = check_version(item[2], f"late prior for step {item[0]}") if len(item) == 3 else BASE_VERSION
+            out.append((int(item[0]), item[1], version))
+    return out
 
 
 class PixelReplay:

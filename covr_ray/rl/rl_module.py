@@ -25,6 +25,12 @@ the plain torch modules of :mod:`covr_ray.rl.encoder` and :mod:`covr_ray.rl.netw
 mean and reparameterised sample for COVR's regulariser (:data:`ACTION_MEAN`, :data:`ACTION_SAMPLE`).
 
 Env runners build the module with ``inference_only=True``: encoder + actor only.
+
+RLlib 2.60's ``RLModule.__init__`` always builds the deprecated ``RLModuleConfig`` for old subclasses, so
+every process that builds any RLModule (ours is built with the keyword constructor, through
+``RLModuleSpec``) logged "``RLModule(config=[RLModuleConfig object])`` has been deprecated" once. Importing
+this module marks that one-time notice as given (:func:`_skip_rlmodule_config_notice`); the old call it
+is about raises in 2.60 anyway.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ray.rllib.core.distribution.torch.torch_distribution import TorchDeterminis
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.core.learner.utils import make_target_network
+from ray.util import log_once
 from torch import nn
 
 from covr_ray.columns import EXTRA_WARMUP
@@ -56,6 +63,21 @@ ACTION_SAMPLE = "covr_action_sample"
 LOGP_CURR = "logp_resampled"
 LOGP_NEXT = "logp_next_resampled"
 Q_CURR = "q_curr"
+
+#: ``log_once`` key of RLlib 2.60's notice on ``RLModuleConfig`` (``@Deprecated(old=...)`` on the class in
+#: ``ray/rllib/core/rl_module/rl_module.py``), which ``RLModule.__init__`` itself instantiates.
+RLMODULE_CONFIG_NOTICE = "RLModule(config=[RLModuleConfig object])"
+
+
+def _skip_rlmodule_config_notice() -> None:
+    """Use up RLlib's one-time ``RLModuleConfig`` deprecation notice in this process (see the module
+    docstring): RLlib prints it only when ``log_once`` of its key is true for the first time. Called at
+    import, which happens in every Ray process before it builds a :class:`PixelSACModule` (or the
+    ``MultiRLModule`` around it, which would log the notice first)."""
+    log_once(RLMODULE_CONFIG_NOTICE)
+
+
+_skip_rlmodule_config_notice()
 
 #: model_config keys (set by :func:`covr_ray.rl.algo.build_algorithm_config`) and their defaults.
 MODEL_DEFAULTS: Dict[str, Any] = {

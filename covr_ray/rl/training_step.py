@@ -1,17 +1,19 @@
-"""SAC's training iteration with train batches taken from the replay as columns (the fast path).
+"""SAC's training iteration with train batches taken from the replay as columns.
 
-RLlib's SAC iteration samples its replay as a list of 1-step episodes and runs the learner connector
-over them (episode slicing, per-episode batching, stacking). For pixel batches this dominates a GPU
-update: at batch 512 of 9x84x84 observations the episode path cost 158 ms per update on the 2-core CPU
-box versus 17 ms for the same transitions taken as arrays (``sac.sample_path: columns``).
+RLlib's own SAC iteration samples its replay as a list of 1-step episodes and runs the learner
+connector over them (episode slicing, per-episode batching, stacking). For pixel batches that data
+path dominates a GPU update: at batch 512 of 9x84x84 observations it cost 158 ms per update on the
+2-core CPU box versus 17 ms for the same transitions taken as arrays. COVR uses only the columnar one.
 
 This iteration is RLlib's (DQN/SAC ``_training_step_new_api_stack``: sample the env runners, add the
 episodes to the replay, then ``round(updates_per_step * sampled steps)`` updates once learning has
 started, then sync weights) with one change: each update's batch is
-:meth:`~covr_ray.rl.replay.PixelReplay.sample` output, already columnar, with the prior columns read
-straight from the replay (``prior_action`` / ``prior_mask``) instead of through step infos and
-:class:`~covr_ray.rl.connectors.PriorColumns`. The learner and its loss are the same; the tests check
-both paths give the same update.
+:meth:`~covr_ray.rl.rllib_replay.CovrEpisodeReplayBuffer.sample` output (the arrays of
+:meth:`~covr_ray.rl.replay.PixelReplay.sample`), with the prior columns ``prior_action`` /
+``prior_mask`` read straight from the replay, made into a ``MultiAgentBatch`` by :func:`columns_batch`
+and handed to ``Learner.update(batch=...)`` (RLlib's learner connector does not run on a batch).
+``tests/test_rl_bench.py`` checks that update against the plain-PyTorch reference
+(:mod:`covr_ray.rl.plain`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from covr_ray.errors import LearnerError
 
 
 def columns_batch(arrays: Dict[str, np.ndarray], module_id: str) -> MultiAgentBatch:
-    """Train batch for SAC's loss from :meth:`PixelReplay.sample` arrays (1-step transitions)."""
+    """Train batch for SAC's loss from :meth:`PixelReplay.sample` arrays (1-step transitions): RLlib's
+    columns plus ``weights`` (ones: uniform replay), ``n_step`` (ones) and the prior columns."""
     b = len(arrays["rewards"])
     cols = {
         Columns.OBS: arrays["obs"], Columns.NEXT_OBS: arrays["next_obs"], Columns.ACTIONS: arrays["actions"],
@@ -80,7 +83,7 @@ def columnar_training_step(algo: Any, module_id: str) -> None:
     learner_results = None
     for _ in range(sample_and_train_weight):
         with algo.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
-            batch = columns_batch(replay.core.sample(config.total_train_batch_size), module_id)
+            batch = columns_batch(replay.sample(config.total_train_batch_size), module_id)
         algo.metrics.aggregate([replay.get_metrics()], key=REPLAY_BUFFER_RESULTS)
         with algo.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = algo.learner_group.update(batch=batch, timesteps=timesteps)

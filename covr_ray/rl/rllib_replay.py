@@ -1,21 +1,20 @@
-"""RLlib face of :class:`covr_ray.rl.replay.PixelReplay`: episodes in, 1-step episodes with priors out.
+"""RLlib face of :class:`covr_ray.rl.replay.PixelReplay`: env-runner episode chunks in, columns out.
 
-RLlib's SAC ``training_step`` calls ``add(episodes)`` with the env runners' episode chunks and
-``sample(num_items=B, n_step=1, ..., sample_episodes=True)`` for a list of 1-step episodes that the
-learner connector turns into the train batch. This adapter:
+:class:`~covr_ray.rl.algo.CovrSAC` creates this buffer as its ``local_replay_buffer`` (RLlib's
+``SACConfig.validate`` accepts only built-in buffer names, so the config names one and the algorithm
+builds this one). Its training iteration (:mod:`covr_ray.rl.training_step`) calls ``add(episodes)``
+with the env runners' episode chunks and ``sample(B)`` for a train batch's arrays. This adapter:
 
-- reads each chunk's per-step infos (keys in :mod:`covr_ray.columns`): the info returned by
-  ``step(a_t)`` describes transition ``t`` = ``(o_t, a_t, r_t, o_t+1)``: ``INFO_STEP_ID`` is its id,
-  ``INFO_PRIOR_ACTION`` / ``INFO_PRIOR_MASK`` / ``INFO_PRIOR_VERSION`` its prior ``a_v`` for ``o_t``
-  and the adapter version that answered it; ``INFO_PRIOR_LATE`` in any info lists
-  ``(step_id, a_v, version)`` for earlier steps (a ``(step_id, a_v)`` pair from older code means version
-  -1), attached after the chunk is stored. Envs without the prior wrapper carry none of these keys:
-  mask 0.
-- returns sampled transitions as 1-step episodes whose step info holds the *stored* prior (late ones
-  included) after the age mask (:meth:`CovrEpisodeReplayBuffer.set_prior_age_limit`: a prior too old
-  for the serving adapter carries mask 0), with ``n_step`` and ``weights`` extra outputs as RLlib's own
-  buffer does; the learner connector :class:`covr_ray.rl.connectors.PriorColumns` makes the
-  ``prior_action`` / ``prior_mask`` columns from it.
+- reads each chunk's per-step infos with :func:`~covr_ray.rl.replay.parse_step_infos` (step ids,
+  priors and their adapter versions) and stores the chunk; late priors (``INFO_PRIOR_LATE`` in any
+  info, :func:`~covr_ray.rl.replay.late_priors`) are attached by step id after every chunk of the call
+  is stored;
+- samples uniform 1-step transitions as the columns of :meth:`PixelReplay.sample
+  <covr_ray.rl.replay.PixelReplay.sample>`, ``prior_action`` / ``prior_mask`` after the age mask
+  (:meth:`CovrEpisodeReplayBuffer.set_prior_age_limit`: a prior too old for the serving adapter
+  carries mask 0 and a zero action);
+- reports the buffer's metrics to RLlib (``get_metrics``) and saves / loads it with algorithm
+  checkpoints (``save`` / ``load``; RLlib's new stack does not checkpoint replay buffers).
 
 The buffer is created at the first ``add`` (or ``load``), when the observation shape is known.
 """
@@ -32,66 +31,15 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.replay_buffers.base import ReplayBufferInterface
 
-from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_LATE, INFO_PRIOR_MASK, INFO_PRIOR_VERSION, INFO_STEP_ID
 from covr_ray.errors import CheckpointError, ReplayError
 from covr_ray.rl.replay import (
-    BASE_VERSION,
+    LatePrior,
     PixelReplay,
-    check_prior,
     check_prior_age_limit,
-    check_version,
+    late_priors,
+    parse_step_infos,
     saved_replay_meta,
 )
-
-#: a late prior: ``(step_id, a_v (A,), adapter version)``.
-LatePrior = Tuple[int, Any, int]
-
-
-def parse_step_infos(infos: List[Dict[str, Any]], action_dim: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                              np.ndarray, List[LatePrior]]:
-    """Per-transition step ids and priors from the ``T`` step infos (``infos[t]`` from ``step(a_t)``),
-    plus the late ``(step_id, a_v, version)`` triples found in them.
-
-    Returns ``step_ids: (T,)`` int64 (-1 = none), ``prior_actions: (T, A)``, ``prior_masks: (T,)``,
-    ``prior_versions: (T,)`` int32 (the adapter that answered; -1 = base model, and where there is no
-    prior or the info has no ``INFO_PRIOR_VERSION``), late triples. A malformed prior or version raises
-    ReplayError naming the step.
-    """
-    n = len(infos)
-    step_ids = np.full(n, -1, np.int64)
-    actions = np.zeros((n, action_dim), np.float32)
-    masks = np.zeros(n, np.float32)
-    versions = np.full(n, BASE_VERSION, np.int32)
-    for t, info in enumerate(infos):
-        if not info:
-            continue
-        if INFO_STEP_ID in info:
-            step_ids[t] = int(info[INFO_STEP_ID])
-        mask = float(info.get(INFO_PRIOR_MASK, 0.0))
-        if mask not in (0.0, 1.0):
-            raise ReplayError(f"step {step_ids[t]}: {INFO_PRIOR_MASK} must be 0.0 or 1.0, got {mask!r}")
-        if mask == 1.0:
-            if INFO_PRIOR_ACTION not in info:
-                raise ReplayError(f"step {step_ids[t]}: {INFO_PRIOR_MASK} is 1 but {INFO_PRIOR_ACTION} is missing")
-            actions[t] = check_prior(info[INFO_PRIOR_ACTION], action_dim, f"step {step_ids[t]}")
-            masks[t] = 1.0
-            versions[t] = check_version(info.get(INFO_PRIOR_VERSION, BASE_VERSION), f"step {step_ids[t]}")
-    return step_ids, actions, masks, versions, late_priors(infos)
-
-
-def late_priors(infos: List[Dict[str, Any]]) -> List[LatePrior]:
-    """All late priors under ``INFO_PRIOR_LATE`` in the given infos, as ``(step_id, a_v, version)``
-    triples; a ``(step_id, a_v)`` pair (older wrappers) gets version -1. Raises ReplayError on any other
-    entry or a version that is not an integer >= -1."""
-    out: List[LatePrior] = []
-    for info in infos:
-        for item in (info or {}).get(INFO_PRIOR_LATE, ()) or ():
-            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-                raise ReplayError(f"{INFO_PRIOR_LATE} entries must be (step_id, action, version) triples "
-                                  f"(or (step_id, action) pairs), got {item!r}")
-            version = check_version(item[2], f"late prior for step {item[0]}") if len(item) == 3 else BASE_VERSION
-            out.append((int(item[0]), item[1], version))
-    return out
 
 
 class CovrEpisodeReplayBuffer(ReplayBufferInterface):
@@ -166,38 +114,21 @@ class CovrEpisodeReplayBuffer(ReplayBufferInterface):
         if self.core is not None:
             self.metrics.log_dict({k.split("/", 1)[1]: v for k, v in self.core.stats().items()}, window=1)
 
-    def sample(self, num_items: Optional[int] = None, *, batch_size_B: Optional[int] = None,
-               n_step: Union[int, Tuple[int, int], None] = 1, batch_length_T: Optional[int] = None,
-               sample_episodes: bool = True, **kwargs: Any) -> List[SingleAgentEpisode]:
-        """``num_items`` uniform transitions as 1-step episodes (only ``n_step == 1``, no sequences)."""
-        b = num_items or batch_size_B
-        if not b:
+    def sample(self, num_items: Optional[int] = None, **kwargs: Any) -> Dict[str, np.ndarray]:
+        """``num_items`` uniform 1-step transitions as columns (:meth:`PixelReplay.sample`'s arrays, the
+        priors after the age mask). Raises ReplayError for an empty buffer and for RLlib's other sample
+        forms (``n_step`` other than 1, ``batch_length_T``, ``sample_episodes``): there is no episode
+        sampling path."""
+        n_step, length = kwargs.get("n_step", 1), kwargs.get("batch_length_T")
+        as_episodes = kwargs.get("sample_episodes")
+        if n_step not in (None, 1) or length or as_episodes:
+            raise ReplayError(f"CovrEpisodeReplayBuffer samples 1-step transitions as columns only; got "
+                              f"n_step={n_step!r}, batch_length_T={length!r}, sample_episodes={as_episodes!r}")
+        if not num_items or num_items < 1:
             raise ReplayError(f"sample needs num_items >= 1, got {num_items!r}")
-        if n_step not in (None, 1) or batch_length_T or not sample_episodes:
-            raise ReplayError(f"CovrEpisodeReplayBuffer samples 1-step transitions as episodes only; got "
-                              f"n_step={n_step!r}, batch_length_T={batch_length_T!r}, sample_episodes={sample_episodes!r}")
         if self.core is None or len(self.core) == 0:
             raise ReplayError("cannot sample from an empty replay buffer")
-        s = self.core.sample(int(b))
-        one, n1 = np.ones(1, np.float32), np.ones(1, np.int64)
-        return [
-            SingleAgentEpisode(
-                observations=[s["obs"][i], s["next_obs"][i]],
-                actions=[s["actions"][i]],
-                rewards=[float(s["rewards"][i])],
-                infos=[{}, {INFO_STEP_ID: int(s["step_ids"][i]), INFO_PRIOR_ACTION: s["prior_action"][i],
-                            INFO_PRIOR_MASK: float(s["prior_mask"][i]),
-                            INFO_PRIOR_VERSION: int(s["prior_version"][i])}],
-                terminated=bool(s["terminateds"][i]),
-                truncated=bool(s["truncateds"][i]),
-                observation_space=self.observation_space,
-                action_space=self.action_space,
-                extra_model_outputs={"n_step": n1, "weights": one},
-                t_started=0,
-                len_lookback_buffer=0,
-            )
-            for i in range(int(b))
-        ]
+        return self.core.sample(int(num_items))
 
     def get_metrics(self) -> Dict[str, Any]:
         """The buffer's metrics as of the last ``add`` (sizes, coverages), with the counters refreshed
