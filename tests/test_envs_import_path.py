@@ -328,15 +328,13 @@ def _probe(module: str) -> Callable[[Any], tuple[int, str, int]]:
 
 def test_covr_train_env_runner_imports_the_module_of_the_env_name(
         on_driver_path: dict[str, Path], ray_session: None) -> None:
-    """The `covr train` path: the orchestrator's creator (make_run_env) in a remote env runner."""
-    from covr_envs.rllib import env_config_dict
-    from covr_ray.loop.env_factory import register_run_env
+    """The `covr train` path: the one registered creator with a run context, in a remote env runner."""
     from covr_ray.rl.algo import build_algorithm_config
 
     cfg = _config(f"gym:{IMAGE_MOD}:{IMAGE_ID}")
     assert resolve_env_spec(cfg.env).action_dim == 2  # the driver's check, as CovrRun.setup does it
-    env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": "byo-test"}
-    algo = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config).build_algo()
+    run_context = {"covr": cfg.to_dict(), "run_id": "byo-test"}
+    algo = build_algorithm_config(cfg, run_context=run_context).build_algo()
     try:
         results = algo.env_runner_group.foreach_env_runner(_probe(IMAGE_MOD), local_env_runner=False,
                                                            timeout_seconds=TIMEOUT_S)

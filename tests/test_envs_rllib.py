@@ -78,3 +78,23 @@ def test_killed_env_runner_is_replaced_and_sampling_continues() -> None:
             group.stop()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_every_env_path_gets_the_same_runners_and_fault_tolerance() -> None:
+    """The run's env (with or without a run context) and an explicit env (tests, benches) get the ray
+    section the same way: one creator registered for the run's env, sub-environments restarted, the delay."""
+    from covr_envs.rllib import RUN_CONTEXT_KEY
+    from covr_ray.rl.algo import build_algorithm_config
+
+    cfg = load_config("smoke", overrides=["ray.num_env_runners=2", "ray.num_envs_per_env_runner=3"])
+    context = {"covr": cfg.to_dict(), "run_id": "t"}
+    configs = [build_algorithm_config(cfg), build_algorithm_config(cfg, run_context=context),
+               build_algorithm_config(cfg, env="some_other_env", env_config={})]
+    for config in configs:
+        assert (config.num_env_runners, config.num_envs_per_env_runner) == (2, 3)
+        assert config.restart_failed_env_runners and config.restart_failed_sub_environments
+        assert config.delay_between_env_runner_restarts_s == 60.0
+    assert configs[0].env == configs[1].env == ENV_ID
+    assert RUN_CONTEXT_KEY not in configs[0].env_config and configs[1].env_config[RUN_CONTEXT_KEY] == context
+    with pytest.raises(ConfigError, match="run_context"):
+        build_algorithm_config(cfg, env="some_other_env", run_context=context)

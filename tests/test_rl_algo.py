@@ -241,6 +241,7 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
     from covr_ray import columns as C
     from covr_ray.df.shards import read_shard
     from covr_ray.frames import decode_frame
+    from covr_envs.rllib import RUN_CONTEXT_KEY
     from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
     from covr_ray.rl.algo import build_algorithm_config, replay_buffer
 
@@ -248,8 +249,8 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
         "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16",
         f"sac.learning_starts={LEARNING_STARTS}", "sac.rollout_fragment_length=4", "sac.buffer_capacity=500",
         "ray.num_env_runners=0", "env.image_size=24"])
-    env_config = {"size": 24, "max_steps": 20,
-                  ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}  # D_f: tmp_path/df
+    env_config = {"size": 24, "max_steps": 20,  # D_f: tmp_path/df
+                  RUN_CONTEXT_KEY: {ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}}
     config = build_algorithm_config(cfg, env="covr_test_prior_dot", env_config=env_config)
     config.callbacks(DfRecorderCallback)
     algo = config.build_algo()
@@ -277,11 +278,9 @@ def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_
     warm-up never ended and the agent acted uniformly at random for the whole run. Through the orchestrator's
     env path (a remote env runner, the D_f recorder): exactly the first `learning_starts` agent steps are
     warm-up, none after, and none after a checkpoint restore into a freshly built algorithm (a resumed run)."""
-    from covr_envs.rllib import env_config_dict
     from covr_ray import columns as C
-    from covr_ray.df.shards import read_shard
     from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
-    from covr_ray.loop.env_factory import register_run_env
+    from covr_ray.df.shards import read_shard
     from covr_ray.rl.algo import build_algorithm_config, restore_checkpoint, save_checkpoint
 
     cfg = load_config("smoke", overrides=[
@@ -289,11 +288,11 @@ def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_
         "sac.rollout_fragment_length=8", "sac.buffer_capacity=500", "ray.num_env_runners=1", "env.image_size=24",
         "env.max_episode_steps=8", "prior.enabled=false"])
     df_dir = tmp_path / "df"  # the recorder writes <run_dir>/df/runner-<index>/
-    env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": "warmup-test",
-                  ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}
+    run_context = {"covr": cfg.to_dict(), "run_id": "warmup-test",
+                   ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}
 
     def build() -> Any:
-        config = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config)
+        config = build_algorithm_config(cfg, run_context=run_context)
         config.callbacks(DfRecorderCallback)
         return config.build_algo()
 

@@ -32,6 +32,7 @@ import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
 
+from covr_envs.rllib import RUN_CONTEXT_KEY
 from covr_ray.columns import EXTRA_WARMUP
 from covr_ray.df.writer import FilterBuffer
 from covr_ray.frames import latest_frame
@@ -40,7 +41,8 @@ from covr_ray.run_dir import RunDir
 
 log = get_logger(__name__)
 
-#: key of ``env_config`` holding the recorder's settings (dict: run_dir, gamma, action_dim).
+#: key of the run context (``env_config[covr_envs.rllib.RUN_CONTEXT_KEY]``) holding the recorder's settings
+#: (dict: run_dir, gamma, action_dim).
 ENV_CONFIG_KEY = "covr_df"
 _HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
 
@@ -108,7 +110,8 @@ class DfRecorderCallback(RLlibCallback):
     def _buffer_for(self, env_runner: Any) -> Optional[Any]:
         if self._buffer is not None:
             return self._buffer
-        settings = (env_runner.config.env_config or {}).get(ENV_CONFIG_KEY) if env_runner else None
+        run_context = (env_runner.config.env_config or {}).get(RUN_CONTEXT_KEY) if env_runner else None
+        settings = (run_context or {}).get(ENV_CONFIG_KEY)
         if not settings:
             return None  # not a COVR run (e.g. a bare algorithm in a test): nothing to record
         index = getattr(env_runner, "worker_index", 0)

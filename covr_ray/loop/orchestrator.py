@@ -38,7 +38,6 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
 from covr_envs.registry import resolve_env_spec
-from covr_envs.rllib import env_config_dict
 from covr_ray.config import CovrConfig
 from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
 from covr_ray.df.writer import delete_consumed
@@ -47,7 +46,6 @@ from covr_ray.evaluate import eval_metrics, eval_seed, evaluate_policy, write_ev
 from covr_ray.io import atomic_directory
 from covr_ray.log import get_logger
 from covr_ray.loop.actors import lora_actor_name, remove_leftover_actors, run_actor_names
-from covr_ray.loop.env_factory import register_run_env
 from covr_ray.loop.finetune_round import fine_tune_round
 from covr_ray.loop.resources import check_resources
 from covr_ray.loop.schedule import FinetuneSchedule
@@ -145,12 +143,12 @@ class CovrRun:
         self.schedule = FinetuneSchedule(cfg.schedule, start_at=cfg.sac.learning_starts * cfg.env.action_repeat)
         if cfg.prior.enabled:
             self._start_vlm_actors(spec)
-        env_config = {"env": env_config_dict(cfg.env, cfg.seed), "covr": cfg.to_dict(), "run_id": self.run_id,
-                      ENV_CONFIG_KEY: ({"run_dir": str(self.run_dir.root), "gamma": cfg.sac.gamma,
-                                        "action_dim": spec.action_dim} if cfg.prior.enabled else None)}
+        run_context = {"covr": cfg.to_dict(), "run_id": self.run_id,
+                       ENV_CONFIG_KEY: ({"run_dir": str(self.run_dir.root), "gamma": cfg.sac.gamma,
+                                         "action_dim": spec.action_dim} if cfg.prior.enabled else None)}
         # Always built from the run's config (never from the config pickled in a checkpoint): the env
-        # runners get this run's env_config, so they query the prior service started just above.
-        algo_config = build_algorithm_config(cfg, env=register_run_env(), env_config=env_config)
+        # runners get this run's context, so they query the prior service started just above.
+        algo_config = build_algorithm_config(cfg, run_context=run_context)
         algo_config.callbacks([DfRecorderCallback, PriorClientStatsCallback])
         self.algo = algo_config.build_algo()
         if self.checkpoint_path is not None:

@@ -38,6 +38,7 @@ import numpy as np
 from ray.rllib.algorithms.sac.sac import SAC, SACConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from covr_envs.rllib import apply_ray_section, configure_env_runners
 from covr_ray.config import CovrConfig
 from covr_ray.errors import CheckpointError, ConfigError, LearnerError
 from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
@@ -130,14 +131,17 @@ def initial_prior_weight(cfg: CovrConfig) -> float:
 
 
 def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optional[Dict[str, Any]] = None,
-                           prior_weight: Optional[float] = None) -> SACConfig:
+                           prior_weight: Optional[float] = None,
+                           run_context: Optional[Dict[str, Any]] = None) -> SACConfig:
     """RLlib ``SACConfig`` (a :class:`CovrSACConfig`) for this run.
 
     Args:
         cfg: the validated run config (sections ``sac``, ``env``, ``ray``, ``prior``, ``schedule``).
-        env: RLlib env (registered id or gymnasium.Env class), e.g. the orchestrator's env wrapped with
-            the prior client; None = the run's env through ``covr_envs.rllib.configure_env_runners``.
+        env: an RLlib env (registered id or gymnasium.Env class) instead of the run's env (tests, benches);
+            None = the run's env through ``covr_envs.rllib.configure_env_runners``.
         env_config: passed to the env creator with an explicit ``env``.
+        run_context: the run's context for its env runners (``covr train``: config dict, run id, D_f
+            recorder settings; see :mod:`covr_ray.loop.env_factory`); with the run's env only.
         prior_weight: starting lambda; None = :func:`initial_prior_weight`.
     """
     s, r = cfg.sac, cfg.ray
@@ -167,14 +171,11 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
         .debugging(seed=cfg.seed)
     )
     if env is None:  # the run's env through covr_envs: env id, env_config with seeds, runners, fault tolerance
-        from covr_envs.rllib import configure_env_runners
-
-        return configure_env_runners(config, cfg)
+        return configure_env_runners(config, cfg, run_context=run_context)
+    if run_context is not None:
+        raise ConfigError("run_context", "...", "None with an explicit env (the run context wraps the run's env)")
     config.environment(env=env, env_config=env_config or {})
-    config.env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=r.num_envs_per_env_runner,
-                       num_cpus_per_env_runner=r.num_cpus_per_env_runner)
-    config.fault_tolerance(restart_failed_env_runners=r.restart_failed_env_runners)
-    return config
+    return apply_ray_section(config, cfg)
 
 
 # --- signals for the loop -----------------------------------------------------------------------------

@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from covr_ray.config import CovrConfig, EnvSection
 
 ENV_ID = "covr_env"
+#: key of ``env_config`` holding a COVR run's context (the run's config dict, run id, D_f recorder settings);
+#: with it, :func:`create_env` also wraps the env for the run (:func:`covr_ray.loop.env_factory.wrap_for_run`:
+#: the prior client).
+RUN_CONTEXT_KEY = "covr_run"
 #: distance between the seeds of two env runners (a prime, larger than any envs-per-runner count)
 WORKER_SEED_STRIDE = 1009
 
@@ -67,6 +71,7 @@ def create_env(env_config: Mapping[str, Any]) -> gym.Env:
     from covr_ray.config import EnvSection, build_dataclass
 
     data = dict(env_config)
+    run_context = data.pop(RUN_CONTEXT_KEY, None)
     if "seed" not in data:
         raise ConfigError("env_config.seed", None, "an integer seed (use covr_envs.rllib.env_config_dict)")
     base = data.pop("seed")
@@ -75,7 +80,12 @@ def create_env(env_config: Mapping[str, Any]) -> gym.Env:
     env_cfg.validate("env")
     worker = int(getattr(env_config, "worker_index", 0) or 0)
     vector = int(getattr(env_config, "vector_index", 0) or 0) + next(_vector_counter)
-    return make_env_from_config(env_cfg, env_seed(base, worker, vector))
+    env = make_env_from_config(env_cfg, env_seed(base, worker, vector))
+    if run_context:
+        from covr_ray.loop.env_factory import wrap_for_run
+
+        env = wrap_for_run(env, run_context, worker)
+    return env
 
 
 def register_covr_env() -> str:
@@ -86,14 +96,16 @@ def register_covr_env() -> str:
     return ENV_ID
 
 
-def configure_env_runners(algo_config: "AlgorithmConfig", cfg: "CovrConfig",
-                          restart_delay_s: float = 60.0) -> "AlgorithmConfig":
+def configure_env_runners(algo_config: "AlgorithmConfig", cfg: "CovrConfig", restart_delay_s: float = 60.0,
+                          run_context: "Mapping[str, Any] | None" = None) -> "AlgorithmConfig":
     """Point ``algo_config`` at the run's env and apply its ``ray`` section; returns ``algo_config``.
 
     Args:
         algo_config: an RLlib AlgorithmConfig (e.g. the SAC config of the learner).
         cfg: the run's config; ``cfg.env`` is the env, ``cfg.seed`` its base seed, ``cfg.ray`` the counts.
         restart_delay_s: pause before a failed env runner exits to be restarted (RLlib's default is 60 s).
+        run_context: a COVR run's context (``covr train``), passed to every env runner under
+            :data:`RUN_CONTEXT_KEY`; None for the bare env.
 
     Raises:
         ConfigError: a negative ``restart_delay_s``, or a bad ``env.imports`` entry.
@@ -102,11 +114,24 @@ def configure_env_runners(algo_config: "AlgorithmConfig", cfg: "CovrConfig",
     """
     from covr_envs.registry import load_env_spec
 
+    load_env_spec(cfg.env)  # in the driver, before any runner starts: a missing module fails here, typed
+    env_config = env_config_dict(cfg.env, cfg.seed)
+    if run_context is not None:
+        env_config[RUN_CONTEXT_KEY] = dict(run_context)
+    algo_config.environment(env=register_covr_env(), env_config=env_config)
+    return apply_ray_section(algo_config, cfg, restart_delay_s)
+
+
+def apply_ray_section(algo_config: "AlgorithmConfig", cfg: "CovrConfig",
+                      restart_delay_s: float = 60.0) -> "AlgorithmConfig":
+    """Env runners, envs per runner, CPUs per runner and fault tolerance from ``cfg.ray`` (whatever the env).
+
+    Raises:
+        ConfigError: a negative ``restart_delay_s``.
+    """
     ray_cfg = cfg.ray
     if restart_delay_s < 0:
         raise ConfigError("restart_delay_s", restart_delay_s, ">= 0 seconds")
-    load_env_spec(cfg.env)  # in the driver, before any runner starts: a missing module fails here, typed
-    algo_config.environment(env=register_covr_env(), env_config=env_config_dict(cfg.env, cfg.seed))
     algo_config.env_runners(
         num_env_runners=ray_cfg.num_env_runners,
         num_envs_per_env_runner=ray_cfg.num_envs_per_env_runner,
