@@ -34,7 +34,7 @@ import numpy as np
 
 from covr_ray.config import CovrConfig, PriorSection
 from covr_ray.errors import AdapterError, ConfigError, PriorServiceError
-from covr_ray.log import get_logger
+from covr_ray.log import get_logger, setup_worker_logging
 from covr_ray.lora.versions import list_adapters
 from covr_ray.prior.adapters import AdapterRegistry
 from covr_ray.prior.backend import backend_options, create_backend, resolve_backend
@@ -88,6 +88,7 @@ class PriorService:
                  replica: int = 0) -> None:
         from covr_ray.vlm.loader import resolve_family
 
+        setup_worker_logging()  # in a Ray actor: its INFO lines (start, adapter swaps) reach the run log
         cfg.validate("prior")
         self.cfg = cfg
         self.codec = get_codec(codec, action_dim)

