@@ -4,7 +4,7 @@
     python -c "from covr_deploy import Policy; print(Policy.load('runs/driving-hw-0/export'))"
 
 Writes the model file and ``manifest.json`` to ``<run_dir>/export/`` (or ``--out``) after checking that the
-exported model reproduces the torch policy's actions (max abs diff < 1e-4).
+exported model reproduces the torch policy's actions (max abs diff < ``--atol``, default :data:`covr_ray.export.DEFAULT_ATOL`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="run directory (holds policy/policy.pt), or a policy.pt file")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="model format")
     parser.add_argument("--out", default=None, help="artifact directory (default: RUN_DIR/export)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="max accepted action difference")
+    parser.add_argument("--atol", type=float, default=None,
+                        help="max accepted action difference (default: covr_ray.export.DEFAULT_ATOL)")
     parser.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    from covr_ray.export import export_run
+    from covr_ray.export import DEFAULT_ATOL, export_run
 
-    manifest, out_dir = export_run(args.run_dir, args.format, args.out, atol=args.atol)
+    atol = DEFAULT_ATOL if args.atol is None else args.atol
+    manifest, out_dir = export_run(args.run_dir, args.format, args.out, atol=atol)
     if args.json:
         print(json.dumps({**manifest, "artifact_dir": str(out_dir)}, sort_keys=True))
         return 0

@@ -48,7 +48,7 @@ from covr_ray.log import get_logger
 from covr_ray.loop.actors import lora_actor_name, remove_leftover_actors, run_actor_names
 from covr_ray.loop.finetune_round import fine_tune_round
 from covr_ray.loop.resources import check_resources
-from covr_ray.loop.schedule import FinetuneSchedule
+from covr_ray.loop.schedule import FinetuneSchedule, prior_weight
 from covr_ray.lora.actor import start_lora_trainer
 from covr_ray.metrics import MetricsSink
 from covr_ray.policy_io import load_policy, policy_meta, save_policy
@@ -59,7 +59,7 @@ from covr_ray.prior.metrics import aggregate_replicas
 from covr_ray.prior.prompts import build_instruction
 from covr_ray.prior.service import start_prior_replicas
 from covr_ray.rl.algo import (build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict, q_values,
-                              replay_buffer, restore_checkpoint, save_checkpoint, set_prior_age_limit,
+                              replay_buffer, restore_checkpoint, result_value, save_checkpoint, set_prior_age_limit,
                               set_prior_weight, state_values)
 from covr_ray.run_dir import RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state
 
@@ -202,8 +202,8 @@ class CovrRun:
     # --- the loop -----------------------------------------------------------------------------------
 
     def current_lambda(self) -> float:
-        """lambda of the regulariser now: ``sac.lam`` once guidance is on, else 0."""
-        return self.cfg.sac.lam if (self.cfg.prior.enabled and self.schedule.guidance_on) else 0.0
+        """lambda of the regulariser now (:func:`covr_ray.loop.schedule.prior_weight`)."""
+        return prior_weight(self.cfg, self.schedule.guidance_on)
 
     def run(self, stop_at_env_steps: Optional[int] = None) -> dict[str, Any]:
         """Train until ``schedule.total_env_steps``; returns a summary dict.
@@ -223,7 +223,7 @@ class CovrRun:
         try:
             while self.env_steps < total:
                 result = self.algo.train()
-                agent_steps = int(_dig(result, "env_runners", "num_env_steps_sampled_lifetime") or 0)
+                agent_steps = int(result_value(result, "env_runners", "num_env_steps_sampled_lifetime") or 0)
                 new_steps = agent_steps * cfg.env.action_repeat
                 bar.update(max(0, min(new_steps, total) - self.env_steps))
                 self.env_steps = max(self.env_steps, new_steps)
@@ -382,13 +382,3 @@ class CovrRun:
         if self.sink is not None:
             self.sink.close()
         self.run_dir.unlock()
-
-
-def _dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    if hasattr(d, "peek"):
-        d = d.peek()
-    return d

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from covr_ray.config import ScheduleSection
+from covr_ray.config import CovrConfig, ScheduleSection
 from covr_ray.errors import CheckpointError, FinetuneDataError
 
 
@@ -57,6 +57,13 @@ def round_points(first_interval: int, n: int, max_interval: Optional[int] = None
         psi = next_interval(psi, c, max_interval)
         at += psi
     return points
+
+
+def prior_weight(cfg: CovrConfig, guidance_on: bool) -> float:
+    """lambda of the regulariser: ``sac.lam`` while guidance is on and the prior enabled, else 0 (the update is
+    then the base algorithm's). The one rule; the learner starts with ``prior_weight(cfg, cold_start_rounds
+    == 0)`` and the loop re-applies it after every round."""
+    return cfg.sac.lam if (cfg.prior.enabled and guidance_on) else 0.0
 
 
 class FinetuneSchedule:

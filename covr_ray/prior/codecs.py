@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from covr_ray.columns import ACTION_BOUND_TOLERANCE
 from covr_ray.errors import CodecError
 
 #: Codec names accepted by :func:`get_codec`.
@@ -39,7 +40,6 @@ MAX_TEXT_CHARS = 4096
 #: Largest action dimension of the numeric codec (longer answers would not fit a short generation).
 MAX_NUMERIC_DIM = 64
 #: Slack for float round-off when checking that an action lies in [-1, 1].
-_EPS = 1e-6
 
 
 class ActionCodec(abc.ABC):
@@ -101,7 +101,7 @@ class ActionCodec(abc.ABC):
         if arr.shape != (self.action_dim,):
             raise CodecError(f"{self.name} codec: action of shape {arr.shape} ({action!r}); allowed: shape "
                              f"({self.action_dim},) in [-1, 1]")
-        if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1.0 + _EPS):
+        if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1.0 + ACTION_BOUND_TOLERANCE):
             raise CodecError(f"{self.name} codec: action {arr.tolist()} has values outside [-1, 1] or "
                              "non-finite ones; allowed: finite values in [-1, 1] (the policy's normalised "
                              "action space)")

@@ -41,6 +41,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from covr_envs.rllib import apply_ray_section, configure_env_runners
 from covr_ray.config import CovrConfig
 from covr_ray.errors import CheckpointError, ConfigError, LearnerError
+from covr_ray.loop.schedule import prior_weight as schedule_prior_weight
 from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
 from covr_ray.rl.networks import NetworkSpec
 from covr_ray.rl.rl_module import PixelSACModule, network_spec
@@ -123,13 +124,6 @@ def learner_uses_gpu(cfg: CovrConfig) -> bool:
     return cfg.ray.num_gpus_learner > 0 and (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()))
 
 
-def initial_prior_weight(cfg: CovrConfig) -> float:
-    """lambda at the start of a run: 0 while the cold start lasts or when the prior is off."""
-    if not cfg.prior.enabled or cfg.schedule.cold_start_rounds > 0:
-        return 0.0
-    return cfg.sac.lam
-
-
 def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optional[Dict[str, Any]] = None,
                            prior_weight: Optional[float] = None,
                            run_context: Optional[Dict[str, Any]] = None) -> SACConfig:
@@ -142,10 +136,11 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
         env_config: passed to the env creator with an explicit ``env``.
         run_context: the run's context for its env runners (``covr train``: config dict, run id, D_f
             recorder settings; see :mod:`covr_ray.loop.env_factory`); with the run's env only.
-        prior_weight: starting lambda; None = :func:`initial_prior_weight`.
+        prior_weight: starting lambda; None = :func:`covr_ray.loop.schedule.prior_weight` before any round.
     """
     s, r = cfg.sac, cfg.ray
-    lam0 = initial_prior_weight(cfg) if prior_weight is None else check_prior_weight(prior_weight)
+    lam0 = (schedule_prior_weight(cfg, guidance_on=cfg.schedule.cold_start_rounds == 0) if prior_weight is None
+            else check_prior_weight(prior_weight))
     use_gpu = learner_uses_gpu(cfg)
     config = (
         CovrSACConfig()
@@ -295,15 +290,21 @@ def learner_metrics(results: Dict[str, Any]) -> Dict[str, float]:
     if steps:
         out["prior_client/with_prior_frac"] = (with_prior or 0.0) / steps
     for path, name in METRIC_PATHS.items():
-        node: Any = results
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-            if node is None:
-                break
-        value = _peek(node) if node is not None else None
+        value = result_value(results, *path)
         if value is not None:
             out[name] = value
     return out
+
+
+def result_value(results: Any, *path: str) -> Optional[float]:
+    """The finite scalar at ``path`` of an ``algo.train()`` result (RLlib stats objects peeked, arrays
+    averaged), or None when the path is absent or holds no finite number."""
+    node: Any = results
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return _peek(node)
 
 
 def replay_buffer(algo: Any) -> CovrEpisodeReplayBuffer:
@@ -349,5 +350,5 @@ def restore_checkpoint(algo: CovrSAC, path: Union[str, os.PathLike]) -> CovrSAC:
 
 __all__ = ["CovrSAC", "CovrSACConfig", "build_algorithm_config", "set_prior_weight", "set_prior_age_limit",
            "get_prior_weight", "policy_state_dict", "network_spec_for", "q_values", "state_values",
-           "learner_metrics", "replay_buffer", "save_checkpoint", "restore_algorithm",
-           "restore_checkpoint", "initial_prior_weight", "training_intensity"]
+           "learner_metrics", "result_value", "replay_buffer", "save_checkpoint", "restore_algorithm",
+           "restore_checkpoint", "training_intensity"]

@@ -52,6 +52,7 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from covr_ray.columns import (
+    ACTION_BOUND_TOLERANCE,
     INFO_PRIOR_ACTION,
     INFO_PRIOR_LATE,
     INFO_PRIOR_MASK,
@@ -107,7 +108,7 @@ def version_ordinal(version: Any) -> Any:
 def check_prior(action: Any, action_dim: int, where: str) -> np.ndarray:
     """A prior must be ``action_dim`` finite floats in [-1, 1] (float round-off beyond is clipped)."""
     arr = np.asarray(action, dtype=np.float32).reshape(-1)
-    if arr.shape != (action_dim,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1.0 + 1e-4):
+    if arr.shape != (action_dim,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1.0 + ACTION_BOUND_TOLERANCE):
         raise ReplayError(f"{where}: prior action {np.asarray(action).tolist()!r} is not {action_dim} finite "
                           "floats in [-1, 1] (the policy's normalised action space)")
     return np.clip(arr, -1.0, 1.0)
