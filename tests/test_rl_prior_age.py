@@ -29,7 +29,8 @@ from covr_ray.columns import (
     PRIOR_MASK,
 )
 from covr_ray.errors import CheckpointError, ReplayError
-from covr_ray.rl.replay import FORMAT_VERSION, PixelReplay, late_priors, parse_step_infos
+from covr_ray.rl.prior_infos import late_priors, parse_step_infos
+from covr_ray.rl.replay import FORMAT_VERSION, PixelReplay
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 from test_rl_learner import collect_from
 from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)

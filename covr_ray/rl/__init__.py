@@ -2,12 +2,12 @@
 
 Modules (one concept each): ``augment`` (random shift), ``encoder`` (shared conv encoder), ``networks``
 (actor, critic, exportable policy), ``rl_module`` (the RLlib RLModule, random warm-up actions),
-``regulariser`` (the prior term), ``learner`` (SAC loss + the prior regulariser), ``replay`` (compact
-uint8 replay with priors, step-info parsing; no RLlib), ``rllib_replay`` (its RLlib face),
-``training_step`` (SAC's iteration on columnar batches from the replay), ``algo`` (RLlib config from a
-CovrConfig, checkpoints, signals for the loop), ``plain`` (the same update in plain PyTorch: the
-reference the tests compare the learner with, and ``covr bench learner``'s baseline), ``plain_train``
-(a one-process trainer on it, no Ray).
+``regulariser`` (the prior term), ``learner`` (SAC loss + the prior regulariser), ``prior_infos`` (the
+prior's step-info contract and adapter versions), ``replay`` (compact uint8 replay with priors; no RLlib),
+``rllib_replay`` (its RLlib face), ``training_step`` (SAC's iteration on columnar batches from the
+replay), ``algo`` (RLlib config from a CovrConfig, checkpoints, signals for the loop), ``plain`` (the same
+update in plain PyTorch: the reference the tests compare the learner with, and ``covr bench learner``'s
+baseline), ``plain_train`` (a one-process trainer on it, no Ray).
 
 Torch and Ray are imported by the submodules, not here, so ``import covr_ray.rl`` stays cheap.
 """

@@ -32,14 +32,8 @@ from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.replay_buffers.base import ReplayBufferInterface
 
 from covr_ray.errors import CheckpointError, ReplayError
-from covr_ray.rl.replay import (
-    LatePrior,
-    PixelReplay,
-    check_prior_age_limit,
-    late_priors,
-    parse_step_infos,
-    saved_replay_meta,
-)
+from covr_ray.rl.prior_infos import LatePrior, check_prior_age_limit, late_priors, parse_step_infos
+from covr_ray.rl.replay import PixelReplay, saved_replay_meta
 
 
 class CovrEpisodeReplayBuffer(ReplayBufferInterface):
