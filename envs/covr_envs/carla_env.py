@@ -64,7 +64,8 @@ class CarlaEnv(gym.Env):
 
     def __init__(self, name: str, scenario: str, seed: int, image_size: int = 84, action_repeat: int = 1,
                  carla: Any = None, sleep: Optional[Callable[[float], None]] = None, **kwargs: Any) -> None:
-        from covr_ray.config import CarlaSection, build_dataclass
+        from covr_ray.config import CarlaSection
+        from covr_ray.typed_data import build_dataclass
 
         if scenario not in SCENARIOS:
             raise EnvError(f"unknown CARLA scenario {scenario!r}; one of {', '.join(SCENARIOS)}")

@@ -68,7 +68,8 @@ def create_env(env_config: Mapping[str, Any]) -> gym.Env:
             message names the module, the env and this process, and says how to ship the module).
     """
     from covr_envs.registry import make_env_from_config
-    from covr_ray.config import EnvSection, build_dataclass
+    from covr_ray.config import EnvSection
+    from covr_ray.typed_data import build_dataclass
 
     data = dict(env_config)
     run_context = data.pop(RUN_CONTEXT_KEY, None)
