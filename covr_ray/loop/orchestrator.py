@@ -376,6 +376,11 @@ class CovrRun:
         if self.algo is not None:
             self.algo.stop()
             self.algo = None
+        if self.prior:  # a clean engine stop first (it flushes the engine's log summaries), bounded
+            try:
+                ray.get([h.shutdown.remote() for h in self.prior], timeout=min(self.timeout_s, 30.0))
+            except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+                log.warning("prior service did not stop cleanly (%s); killing it", exc)
         for handle in self.prior + ([self.lora] if self.lora is not None else []):
             ray.kill(handle, no_restart=True)
         self.prior, self.lora = [], None

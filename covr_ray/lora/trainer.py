@@ -40,7 +40,7 @@ from covr_ray.lora.data import IGNORE_INDEX, collate, load_examples
 from covr_ray.lora.loss import weighted_answer_nll
 from covr_ray.lora.versions import META_FILE, adapter_path, adapter_versions
 from covr_ray.io import atomic_directory, atomic_write_text
-from covr_ray.log import get_logger
+from covr_ray.log import get_logger, setup_worker_logging
 
 log = get_logger(__name__)
 
@@ -83,6 +83,8 @@ class LoRATrainer:
                  adapter_root: Union[str, Path], *, device: str = "auto", dtype: str = "auto",
                  family: str = "auto", seed: int = 0, progress: bool = True, resume: bool = True) -> None:
         import torch
+
+        setup_worker_logging()  # inside the Ray actor: its INFO lines reach the driver's log
         from peft import LoraConfig as PeftLoraConfig
         from peft import PeftModel, get_peft_model
 

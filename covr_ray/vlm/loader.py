@@ -222,7 +222,10 @@ def vllm_logging_defaults() -> Optional[str]:
         return None  # the user's own file
     if os.environ.get("VLLM_CONFIGURE_LOGGING", "1").strip().lower() in ("0", "false"):
         return None
-    text = json.dumps(vllm_logging_config(), indent=1, sort_keys=True)
+    try:
+        text = json.dumps(vllm_logging_config(), indent=1, sort_keys=True)
+    except ImportError:  # no vLLM here: nothing to configure
+        return None
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"covr-vllm-logging-{digest}.json"
     if not path.is_file() or path.read_text() != text:
