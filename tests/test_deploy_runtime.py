@@ -15,8 +15,8 @@ from covr_deploy import DeployError, FrameStacker, ObservationError, Policy, mea
 from covr_ray.cli import main
 from covr_ray.bench.deploy import preset_policy
 from covr_ray.export import export_policy
-from numerics import assert_close_within, export_verification_atol, policy_error_bound
-from test_export_policy_io import IMAGE, small_policy
+from support.numerics import assert_close_within, export_verification_atol, policy_error_bound
+from support.policies import IMAGE, small_policy
 
 META = {"env": "driving-hw", "image_size": IMAGE, "frame_stack": 3, "action_dim": 2, "env_steps": 42,
         "preset": "driving-hw", "seed": 0}

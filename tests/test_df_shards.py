@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ from covr_ray import columns as C
 from covr_ray.errors import FinetuneDataError, ShardError
 from covr_ray import frames as F
 from covr_ray.df import shards as S
+from support.ray_local import local_ray
 
 
 def make_rows(n: int, action_dim: int = 2, seed: int = 0) -> dict:
@@ -153,16 +152,11 @@ def test_shard_set_atomic_manifest_and_readers(tmp_path):
 
 
 def test_ray_data_reads_a_shard_set(tmp_path):
-    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray")
     out = S.write_shard_set(tmp_path / "set", [S.build_table(make_rows(5), kind="kept", action_dim=2)],
                             kind="kept", action_dim=2)
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
-    try:
+    with local_ray(num_cpus=1) as ray:
         rows = ray.data.read_parquet(str(out.path)).take_all()
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert len(rows) == 5 and rows[0][C.EPISODE_ID] == "ep0"
     assert len(rows[0][C.RL_ACTION]) == 2
 

@@ -2,14 +2,14 @@
 
 Checked for each: observation and action spaces, dtypes and shapes, the single-frame render, info keys,
 seeded determinism (same seed: same first frames and rewards), time-limit truncation, bad actions refused.
-CARLA envs run against the fake server of ``test_envs_carla`` behind the real ``carla`` client's value types
-(no server exists on these machines; without the ``carla`` wheel they are skipped).
+CARLA envs run against the fake server of support/carla_fake.py (the ``fake_carla`` fixture) behind the real
+``carla`` client's value types (no server exists on these machines; without the ``carla`` wheel they are
+skipped).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from typing import Any
 
 import gymnasium as gym
@@ -27,16 +27,6 @@ GYM_ENVS = [
     pytest.param("gym:CarRacing-v3", marks=pytest.mark.skipif(importlib.util.find_spec("Box2D") is None,
                                                             reason="Box2D not installed (dev extra)")),
 ]
-
-
-@pytest.fixture
-def fake_carla(monkeypatch: pytest.MonkeyPatch) -> Any:
-    pytest.importorskip("carla", reason="the carla client wheel is not installed (pip install 'covr-ray[dev]')")
-    from test_envs_carla import FakeServer, fake_carla_module
-
-    server = FakeServer()
-    monkeypatch.setitem(sys.modules, "carla", fake_carla_module(server))
-    return server
 
 
 def _make(name: str, seed: int, **kw: Any) -> gym.Env:

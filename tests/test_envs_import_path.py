@@ -24,6 +24,7 @@ from covr_envs import make_env, make_env_from_config, resolve_env_spec
 from covr_envs.gym_env import gym_spec
 from covr_ray.config import EnvSection, load_config
 from covr_ray.errors import ConfigError, EnvError
+from support.ray_local import local_ray
 
 S = 24
 TIMEOUT_S = 180
@@ -150,18 +151,10 @@ def on_driver_path(user_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture(scope="module")
-def ray_session(user_dirs: dict[str, Path]) -> Iterator[None]:
+def ray_user_path(user_dirs: dict[str, Path]) -> Iterator[None]:
     """A fresh Ray whose workers see only the ``workers`` dir, through PYTHONPATH, as a user would set it."""
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="covr_ray_")  # own temp dir: no stale cluster file from another session
-    ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(user_dirs["workers"]), "MUJOCO_GL": "egl"}})
-    try:
+    with local_ray(runtime_env={"env_vars": {"PYTHONPATH": str(user_dirs["workers"]), "MUJOCO_GL": "egl"}}):
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _config(name: str, *extra: str) -> Any:
@@ -327,7 +320,7 @@ def _probe(module: str) -> Callable[[Any], tuple[int, str, int]]:
 
 
 def test_covr_train_env_runner_imports_the_module_of_the_env_name(
-        on_driver_path: dict[str, Path], ray_session: None) -> None:
+        on_driver_path: dict[str, Path], ray_user_path: None) -> None:
     """The `covr train` path: the one registered creator with a run context, in a remote env runner."""
     from covr_ray.rl.algo import build_algorithm_config
 
@@ -347,7 +340,7 @@ def test_covr_train_env_runner_imports_the_module_of_the_env_name(
     assert steps >= 6
 
 
-def test_env_runner_imports_env_imports(on_driver_path: dict[str, Path], ray_session: None) -> None:
+def test_env_runner_imports_env_imports(on_driver_path: dict[str, Path], ray_user_path: None) -> None:
     """The covr_envs creator (configure_env_runners) with ``env.imports``, in a remote env runner."""
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
     from ray.rllib.env.env_runner_group import EnvRunnerGroup
@@ -367,7 +360,7 @@ def test_env_runner_imports_env_imports(on_driver_path: dict[str, Path], ray_ses
 
 
 def test_env_runner_without_the_module_on_its_path_fails_naming_it(
-        on_driver_path: dict[str, Path], ray_session: None) -> None:
+        on_driver_path: dict[str, Path], ray_user_path: None) -> None:
     """The driver imports this module fine, the workers cannot: the runner must fail, naming the module.
     If the driver's import were what made the runner work, this runner would start and sample."""
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig

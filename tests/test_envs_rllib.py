@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 from covr_envs.rllib import ENV_ID, create_env, env_config_dict, env_seed, register_covr_env
 from covr_ray.config import EnvSection, load_config
 from covr_ray.errors import ConfigError
+from support.ray_local import local_ray
 
 
 def test_creator_builds_env_with_distinct_seeds_per_runner_and_vector_index() -> None:
@@ -35,7 +34,6 @@ def test_creator_builds_env_with_distinct_seeds_per_runner_and_vector_index() ->
 
 
 def test_killed_env_runner_is_replaced_and_sampling_continues() -> None:
-    import ray
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
     from ray.rllib.env.env_runner_group import EnvRunnerGroup
 
@@ -47,37 +45,33 @@ def test_killed_env_runner_is_replaced_and_sampling_continues() -> None:
 
     cfg = load_config("smoke", overrides=["env.image_size=32", "env.kwargs={vehicles: 4}", "ray.num_env_runners=1",
                                           "ray.num_envs_per_env_runner=2", "ray.num_cpus_per_env_runner=0.5"])
-    temp = tempfile.mkdtemp(prefix="covr_ray_")  # own temp dir: no stale cluster file from another session
-    ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"MUJOCO_GL": "egl"}})
-    group = None
-    try:
-        algo_config = configure_env_runners(AlgorithmConfig(), cfg, restart_delay_s=0.5)
-        assert algo_config.env == ENV_ID == register_covr_env()
-        assert algo_config.num_envs_per_env_runner == 2 and algo_config.restart_failed_env_runners
-        group = EnvRunnerGroup(config=algo_config, local_env_runner=False)
-        before = group.foreach_env_runner(_sample, local_env_runner=False, timeout_seconds=120)
-        assert len(before) == 1 and before[0][1] >= 6
-        old_pid = before[0][0]
+    with local_ray(runtime_env={"env_vars": {"MUJOCO_GL": "egl"}}):
+        group = None
+        try:
+            algo_config = configure_env_runners(AlgorithmConfig(), cfg, restart_delay_s=0.5)
+            assert algo_config.env == ENV_ID == register_covr_env()
+            assert algo_config.num_envs_per_env_runner == 2 and algo_config.restart_failed_env_runners
+            group = EnvRunnerGroup(config=algo_config, local_env_runner=False)
+            before = group.foreach_env_runner(_sample, local_env_runner=False, timeout_seconds=120)
+            assert len(before) == 1 and before[0][1] >= 6
+            old_pid = before[0][0]
 
-        os.kill(old_pid, signal.SIGKILL)  # the env runner's process crashes mid-run
-        deadline = time.monotonic() + 90
-        after: list[tuple[int, int]] = []
-        while time.monotonic() < deadline:
-            after = group.foreach_env_runner(_sample, local_env_runner=False, timeout_seconds=60)
-            if after:
-                break
-            group.probe_unhealthy_env_runners(timeout_seconds=10)  # what Algorithm.restore_env_runners calls
-            time.sleep(0.5)
-        assert after, "the killed env runner was not replaced within 90 s"
-        new_pid, steps = after[0]
-        assert new_pid != old_pid and steps >= 6, "a new runner process samples the COVR env again"
-        assert group.num_remote_worker_restarts() >= 1
-    finally:
-        if group is not None:
-            group.stop()
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+            os.kill(old_pid, signal.SIGKILL)  # the env runner's process crashes mid-run
+            deadline = time.monotonic() + 90
+            after: list[tuple[int, int]] = []
+            while time.monotonic() < deadline:
+                after = group.foreach_env_runner(_sample, local_env_runner=False, timeout_seconds=60)
+                if after:
+                    break
+                group.probe_unhealthy_env_runners(timeout_seconds=10)  # what Algorithm.restore_env_runners calls
+                time.sleep(0.5)
+            assert after, "the killed env runner was not replaced within 90 s"
+            new_pid, steps = after[0]
+            assert new_pid != old_pid and steps >= 6, "a new runner process samples the COVR env again"
+            assert group.num_remote_worker_restarts() >= 1
+        finally:
+            if group is not None:
+                group.stop()
 
 
 def test_every_env_path_gets_the_same_runners_and_fault_tolerance() -> None:

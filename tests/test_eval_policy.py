@@ -15,7 +15,7 @@ from covr_ray.errors import CheckpointError, ConfigError, EnvError
 from covr_ray.evaluate import (eval_metrics, eval_seed, evaluate_policy, evaluate_run, policy_act_fn, run_episodes,
                                write_eval_result)
 from covr_ray.metrics import check_key
-from test_export_policy_io import IMAGE, make_run_dir, small_policy
+from support.policies import IMAGE, make_run_dir, small_policy
 
 
 def _driving_cfg(max_steps: int = 5):

@@ -15,8 +15,8 @@ from covr_ray.cli import main
 from covr_ray.errors import ExportError
 from covr_ray.export import export_policy, export_run, verify_artifact
 from covr_ray.rl.networks import PixelPolicy
-from numerics import assert_close_within, export_verification_atol, policy_error_bound
-from test_export_policy_io import IMAGE, make_run_dir, small_policy
+from support.numerics import assert_close_within, export_verification_atol, policy_error_bound
+from support.policies import IMAGE, make_run_dir, small_policy
 
 
 class BranchyPolicy(PixelPolicy):

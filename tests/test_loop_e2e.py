@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.requires_vllm
 
 SMOKE = ["schedule.total_env_steps=400", "schedule.checkpoint_every=150", "schedule.eval_every=1000",
          "logging.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

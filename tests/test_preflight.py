@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -147,30 +145,18 @@ def test_autoscaler_rules() -> None:
 # --- resources: against a local Ray of 2 CPUs --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_2cpus() -> Iterator[None]:
-    import ray
-
-    if ray.is_initialized():  # a failed test above started one: this module needs its own 2-CPU Ray
-        ray.shutdown()
-    ray.init(num_cpus=2, _temp_dir=tempfile.mkdtemp(prefix="rayp", dir="/tmp"), include_dashboard=False,
-             log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_local_ray_is_fixed_size(ray_2cpus, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_ray_is_fixed_size(ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AUTOSCALING_ENV, raising=False)
     grows, why = cluster_can_grow()
     assert grows is False, why
 
 
-def test_smoke_as_shipped_fits(ray_2cpus, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smoke_as_shipped_fits(ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AUTOSCALING_ENV, raising=False)
     assert check_resources(load_config("smoke")) is None
 
 
-def test_too_many_env_runners_fail_at_once_naming_fields_and_totals(ray_2cpus, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_many_env_runners_fail_at_once_naming_fields_and_totals(ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AUTOSCALING_ENV, raising=False)
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as info:
@@ -182,14 +168,14 @@ def test_too_many_env_runners_fail_at_once_naming_fields_and_totals(ray_2cpus, m
     assert "--set ray.num_env_runners=2" in text  # what fits: 2 x 0.5 + 0.5 + 0.5 = 2
 
 
-def test_gpu_asks_on_a_cpu_cluster_fail(ray_2cpus, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_asks_on_a_cpu_cluster_fail(ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AUTOSCALING_ENV, raising=False)
     with pytest.raises(ConfigError) as info:
         check_resources(load_config("smoke", ["ray.num_gpus_prior=1"]))
     assert info.value.field == "ray.num_gpus_prior" and "0 GPUs" in str(info.value)
 
 
-def test_setup_refuses_before_any_actor_starts(ray_2cpus, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_setup_refuses_before_any_actor_starts(ray_session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                tiny_vlm_dir: Path) -> None:
     import ray
 
@@ -213,7 +199,7 @@ def test_setup_refuses_before_any_actor_starts(ray_2cpus, monkeypatch: pytest.Mo
         run.close()
 
 
-def test_growing_cluster_logs_waiting_lines_instead(ray_2cpus, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_growing_cluster_logs_waiting_lines_instead(ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(AUTOSCALING_ENV, "1")
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -238,7 +224,7 @@ def test_growing_cluster_logs_waiting_lines_instead(ray_2cpus, monkeypatch: pyte
     assert check_resources(load_config("smoke")) is None  # nothing short: no watch
 
 
-def test_watch_ends_once_the_cluster_holds_the_asks(ray_2cpus) -> None:
+def test_watch_ends_once_the_cluster_holds_the_asks(ray_session) -> None:
     watch = ResourceWatch({"CPU": 1.0, "GPU": 0.0}, "test", every_s=0.05, give_up_s=10).start()
     watch._thread.join(timeout=10)
     assert watch.fitted and not watch.running

@@ -22,6 +22,8 @@ from covr_ray.errors import AdapterError, PriorServiceError
 from covr_ray.lora.random_adapter import build_random_adapter
 from covr_ray.lora.versions import adapter_path
 from covr_ray.prior.service import load_adapter_everywhere
+from support.prior import FrameEnv
+from support.ray_local import local_ray
 
 pytestmark = pytest.mark.requires_vllm
 
@@ -36,17 +38,14 @@ def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
+def ray_local():
     import sys
 
-    import ray
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
-    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")), include_dashboard=False,
-             namespace=NAMESPACE, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    with local_ray(namespace=NAMESPACE) as ray:
+        yield ray
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +179,6 @@ def test_killed_service_restarts_with_newest_adapter_and_env_never_blocks(ray_lo
     from covr_ray.columns import INFO_PRIOR_MASK, INFO_PRIOR_VERSION
     from covr_ray.prior.client import PriorClient, PriorWrapper
     from covr_ray.prior.service import prior_actor_name
-    from test_prior_client import FrameEnv
 
     ray = ray_local
     client = PriorClient(service_name=prior_actor_name(RUN_ID), namespace=NAMESPACE, timeout_s=240.0,

@@ -13,7 +13,7 @@ import torch
 
 from covr_ray.config import config_from_dict, load_config
 from covr_ray.errors import CheckpointError, ConfigError, LearnerError
-from test_rl_testenv import make_prior_dot_env, torch_one_thread  # noqa: F401 (fixture)
+from support.dot_env import DotEnv, register_prior_dot_env
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -21,19 +21,13 @@ LEARNING_STARTS = 16
 
 
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    import ray
-    from ray.tune.registry import register_env
-
-    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")), include_dashboard=False,
-             log_to_driver=False)
-    register_env("covr_test_prior_dot", make_prior_dot_env)
-    yield
-    ray.shutdown()
+def prior_dot_env(ray_session: None) -> str:
+    """The prior dot env (support/dot_env.py) registered with this module's Ray; its name."""
+    return register_prior_dot_env("covr_test_prior_dot")
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session: None) -> Iterator[Any]:
+def trained(prior_dot_env: str) -> Iterator[Any]:
     """An algorithm after 6 iterations (24 agent steps, updates from step 16)."""
     from covr_ray.rl.algo import build_algorithm_config
 
@@ -41,8 +35,8 @@ def trained(ray_session: None) -> Iterator[Any]:
         "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16",
         f"sac.learning_starts={LEARNING_STARTS}", "sac.rollout_fragment_length=4", "sac.buffer_capacity=500",
         "sac.lam=2.0", "schedule.cold_start_rounds=0", "ray.num_env_runners=0", "env.image_size=24"])
-    config = build_algorithm_config(cfg, env="covr_test_prior_dot", env_config={"size": 24, "late_every": 2})
-    config.debugging(seed=None)  # see test_rl_learner.make_learner
+    config = build_algorithm_config(cfg, env=prior_dot_env, env_config={"size": 24, "late_every": 2})
+    config.debugging(seed=None)  # see support.learner.make_learner
     torch.manual_seed(0)
     algo = config.build_algo()
     results = [algo.train() for _ in range(6)]
@@ -187,7 +181,6 @@ def test_df_rows_are_scored_by_the_learners_critic(trained: Any, tmp_path: Path)
     from covr_ray.df.shards import read_shard
     from covr_ray.select.critic import score_df_shards
     from covr_ray.rl.algo import q_values
-    from test_rl_testenv import DotEnv
 
     algo, _ = trained
     env = DotEnv({"size": 24})
@@ -215,7 +208,6 @@ def test_state_values_are_the_critics_q_of_the_deterministic_action(trained: Any
     """The value that bootstraps truncated D_f returns: min(Q1, Q2)(o, tanh(mean(o))) of the learner's networks."""
     from covr_ray.rl.algo import MODULE_ID, q_values, state_values
     from covr_ray.rl.networks import squashed_mean
-    from test_rl_testenv import DotEnv
 
     algo, _ = trained
     env = DotEnv({"size": 24})
@@ -235,7 +227,7 @@ def test_state_values_are_the_critics_q_of_the_deterministic_action(trained: Any
 
 
 def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episodes(
-        ray_session: None, tmp_path: Path) -> None:
+        prior_dot_env: str, tmp_path: Path) -> None:
     """Through the real env runner: the warm-up connector's per-step flag reaches D_f (rows of uniform-random
     actions are marked), and a time-limit-truncated episode's last row carries the newest frame of o_T."""
     from covr_ray import columns as C
@@ -251,7 +243,7 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
         "ray.num_env_runners=0", "env.image_size=24"])
     env_config = {"size": 24, "max_steps": 20,  # D_f: tmp_path/df
                   RUN_CONTEXT_KEY: {ENV_CONFIG_KEY: {"run_dir": str(tmp_path), "gamma": 0.9, "action_dim": 2}}}
-    config = build_algorithm_config(cfg, env="covr_test_prior_dot", env_config=env_config)
+    config = build_algorithm_config(cfg, env=prior_dot_env, env_config=env_config)
     config.callbacks(DfRecorderCallback)
     algo = config.build_algo()
     try:

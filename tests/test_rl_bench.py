@@ -12,20 +12,20 @@ that differs by a large fraction of ``lr`` between two summation orders. No floa
 weights is both sound and strong (one CPU gave 1.19e-6 on ``encoder.convs.4.weight`` where another gave
 3.8e-7). So both updates run in float64 (``module.double()``: same parameter objects, so RLlib's
 optimizers still hold them; RLlib casts the float batch columns to float32, which float64 represents
-exactly) and every check has a tolerance derived in :mod:`numerics`:
+exactly) and every check has a tolerance derived in :mod:`support.numerics`:
 
 - each of the 3 updates starts from one common state (the plain copy takes the learner's weights,
   targets, temperature and Adam moments first), so each comparison is of one computation, never of
   rounding compounded through earlier updates;
 - gradients: each is at most ``depth`` dependent sums of at most ``n`` terms (the longest sum of any
-  layer, forward or backward, from :func:`numerics.accumulation_lengths`; ``depth`` = twice the layer
+  layer, forward or backward, from :func:`support.numerics.accumulation_lengths`; ``depth`` = twice the layer
   count + 2), so two orders differ by at most ``2 * depth * gamma_n(float64) * scale`` with ``scale`` =
   the tensor's largest gradient element (n = 1936, depth = 36 here: ``1.5e-11 * scale``, against
   O(scale) for any real bug). That ``scale`` bounds the terms of every element was validated where
   errors are measurable: the same update's float32 gradients differ from its float64 ones by at most
   2e-4 of this bound evaluated in float32;
 - weights after Adam: that gradient bound times Adam's per-element sensitivity
-  (:func:`numerics.adam_sensitivity`, ``<= lr / eps`` for a zero gradient), plus Adam's own roundings;
+  (:func:`support.numerics.adam_sensitivity`, ``<= lr / eps`` for a zero gradient), plus Adam's own roundings;
   Polyak targets: ``tau`` times the online bound plus the lerp's roundings;
 - logged losses: RLlib's metric is the float64 loss rounded to float32 (``u32 |L|``), plus the float64
   sum bound.
@@ -55,16 +55,16 @@ from covr_ray.cli import main
 from covr_ray.rl.plain import PlainPixelSAC
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.training_step import columns_batch
-from numerics import (accumulation_lengths, adam_sensitivity, assert_close_within, cast_atol, chain_atol,
-                      unit_roundoff)
-from test_rl_learner import MID, TS, collect_from, make_learner, tiny_cfg
-from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
+from support.dot_env import DotEnv, PriorInfoWrapper
+from support.learner import MID, TS, collect_from, make_learner, tiny_cfg
+from support.numerics import (accumulation_lengths, adam_sensitivity, assert_close_within, cast_atol, chain_atol,
+                              unit_roundoff)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class _UpdateNets(nn.Module):
-    """Every network one update runs, so :func:`numerics.accumulation_lengths` sees all their layers.
+    """Every network one update runs, so :func:`support.numerics.accumulation_lengths` sees all their layers.
 
     Shapes: ``obs: (B, C, H, W)`` uint8, ``actions: (B, A)`` -> ``(B,)`` (a sum of the heads' outputs).
     """

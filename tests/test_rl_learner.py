@@ -14,70 +14,22 @@ import torch
 import gymnasium as gym
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import POLICY_LOSS_KEY
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from covr_ray.columns import INFO_PRIOR_ACTION, INFO_PRIOR_MASK, INFO_STEP_ID, PRIOR_ACTION, PRIOR_MASK
-from covr_ray.config import load_config
 from covr_ray.errors import LearnerError
-from covr_ray.rl.algo import build_algorithm_config
 from covr_ray.rl.learner import CovrSACLearner, PixelSACLearner
 from covr_ray.rl.networks import NetworkSpec, build_policy
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.training_step import columns_batch
-from numerics import ELEMENTARY_FUNCTION_ULPS, assert_close_within, unit_roundoff
-from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
+from support.dot_env import DotEnv, PriorInfoWrapper
+from support.learner import MID, TS, collect_from, make_learner, tiny_cfg
+from support.numerics import ELEMENTARY_FUNCTION_ULPS, assert_close_within, unit_roundoff
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-MID = "default_policy"
-TS = {"num_env_steps_sampled_lifetime": 1000}
-
-
-def tiny_cfg(base: str = "rad", lam: float = 1.0, source: str = "mean", actor_lr: float = 1e-3,
-             critic_loss: str = "mse") -> Any:
-    return load_config("smoke", overrides=[
-        f"sac.base={base}", f"sac.lam={lam}", f"sac.prior_action_source={source}", f"sac.actor_lr={actor_lr}",
-        f"sac.critic_loss={critic_loss}",
-        "sac.hidden_dim=32",
-        "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16", "sac.augmentation_pad=2",
-        "schedule.cold_start_rounds=0", "env.image_size=24"])
-
-
-def make_learner(cfg: Any, learner_class: Optional[type] = None, seed: int = 0) -> Any:
-    config = build_algorithm_config(cfg, env=DotEnv, env_config={"size": 24})
-    # No RLlib seeding: on CPU builds it switches torch.use_deterministic_algorithms on for the whole
-    # test process. Torch is seeded here instead.
-    config.debugging(seed=None)
-    if learner_class is not None:
-        config.learners(learner_class=learner_class)
-    torch.manual_seed(seed)
-    return config.build_learner(env=DotEnv({"size": 24}))
 
 
 def collect(steps: int = 40, seed: int = 0, fixed_prior: Optional[list] = None, every: int = 2) -> CovrEpisodeReplayBuffer:
     return collect_from(PriorInfoWrapper(DotEnv({"size": 24}), every=every, fixed_prior=fixed_prior), steps, seed)
-
-
-def collect_from(env: Any, steps: int, seed: int, keep_unfinished: bool = True) -> CovrEpisodeReplayBuffer:
-    """``steps`` uniform-random actions in ``env`` (a DotEnv with prior infos) into a replay buffer, episode by
-    episode; the last, unfinished episode too unless ``keep_unfinished`` is False."""
-    buf = CovrEpisodeReplayBuffer(1000, frame_stack=3, seed=seed)
-    rng = np.random.default_rng(seed)
-    obs, info = env.reset(seed=seed)
-    ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
-                            action_space=env.action_space)
-    for _ in range(steps):
-        a = rng.uniform(-1, 1, 2).astype(np.float32)
-        obs, r, te, tr, info = env.step(a)
-        ep.add_env_step(obs, a, r, infos=info, terminated=te, truncated=tr)
-        if te or tr:
-            buf.add([ep.to_numpy()])
-            obs, info = env.reset()
-            ep = SingleAgentEpisode(observations=[obs], infos=[info], observation_space=env.observation_space,
-                                    action_space=env.action_space)
-    if keep_unfinished and len(ep):
-        buf.add([ep.to_numpy()])
-    return buf
 
 
 def params(learner: Any) -> dict[str, torch.Tensor]:

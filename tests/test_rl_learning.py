@@ -71,14 +71,12 @@ def _random_return(env: Any, episodes: int, seed: int) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
-def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
+def test_rad_cartpole_swingup_climbs_well_above_random(ray_session: None) -> None:
     from covr_envs.registry import make_env_from_config
     from covr_ray.config import load_config
     from covr_ray.io import atomic_write_text
     from covr_ray.rl.algo import build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict
     from covr_ray.rl.networks import build_policy
-
-    import ray
 
     steps = int(os.environ.get("COVR_LEARNING_STEPS", "2500"))
     batch = int(os.environ.get("COVR_LEARNING_BATCH", "64"))
@@ -99,8 +97,6 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
     random_return = _random_return(eval_env, max(eval_episodes, 2), seed=10_000)
     print(json.dumps({"random_return": random_return}), flush=True)
 
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"covr_learning_{os.getpid()}"
-    ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
     algo = build_algorithm_config(cfg).build_algo()
     curve: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -126,30 +122,26 @@ def test_rad_cartpole_swingup_climbs_well_above_random() -> None:
                 next_eval += eval_every
     finally:
         algo.stop()
-        ray.shutdown()
     assert final >= random_return + 100 and final >= 2 * random_return, (final, random_return)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_rad_learns_the_pixel_dot_task_on_cpu() -> None:
-    """A CPU-sized learning check: from 24x24 pixels, steer a dot to the centre (test_rl_testenv.DotEnv).
+def test_rad_learns_the_pixel_dot_task_on_cpu(ray_session: None) -> None:
+    """A CPU-sized learning check: from 24x24 pixels, steer a dot to the centre (support/dot_env.py's DotEnv).
 
     Random actions return about -14 per 20-step episode; moving straight to the centre about -3.
     Prints the curve; pass: the deterministic policy's return beats random by half the gap.
     """
-    import ray
     from ray.tune.registry import register_env
 
     from covr_ray.config import load_config
     from covr_ray.rl.algo import build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict
     from covr_ray.rl.networks import build_policy
-    from test_rl_testenv import DotEnv
+    from support.dot_env import DotEnv
 
     torch.set_num_threads(1)
     random_return = _random_return(DotEnv({"size": 24}), 20, seed=500)
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"covr_dot_{os.getpid()}"  # short: AF_UNIX path limit
-    ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
     register_env("covr_dot", lambda config: DotEnv(config))
     cfg = load_config("smoke", overrides=[
         "sac.base=rad", "sac.augmentation_pad=2", "prior.enabled=false", "sac.batch_size=64", "sac.hidden_dim=128",
@@ -168,6 +160,5 @@ def test_rad_learns_the_pixel_dot_task_on_cpu() -> None:
                 print(json.dumps(curve[-1]), flush=True)
     finally:
         algo.stop()
-        ray.shutdown()
     print(json.dumps({"random_return": random_return}))
     assert curve[-1]["eval_return"] > random_return + 0.5 * (-3.0 - random_return), (curve, random_return)

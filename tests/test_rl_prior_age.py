@@ -32,8 +32,9 @@ from covr_ray.errors import CheckpointError, ReplayError
 from covr_ray.rl.prior_infos import late_priors, parse_step_infos
 from covr_ray.rl.replay import FORMAT_VERSION, PixelReplay
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
-from test_rl_learner import collect_from
-from test_rl_testenv import DotEnv, PriorInfoWrapper, torch_one_thread  # noqa: F401 (fixture)
+from support.dot_env import DotEnv, PriorInfoWrapper, register_prior_dot_env
+from support.learner import MID, TS, collect_from, make_learner, tiny_cfg
+from support.prior import FrameEnv, ScriptedClient
 
 K, C, S, A = 3, 3, 8, 2
 #: stored prior of each step id: (version, action); step 104 carries no prior.
@@ -229,7 +230,6 @@ def test_format_1_replay_loads_with_versions_minus_one(tmp_path: Path, replay_wa
 
 def test_wrapper_late_priors_carry_the_arrivals_version() -> None:
     from covr_ray.prior.client import PriorWrapper
-    from test_prior_client import FrameEnv, ScriptedClient
 
     client = ScriptedClient()
     env = PriorWrapper(FrameEnv(), action_dim=2, prior_every=2, valid_frames=2, client=client)  # type: ignore[arg-type]
@@ -336,7 +336,6 @@ def _collect_versioned(steps: int, seed: int) -> CovrEpisodeReplayBuffer:
 def test_learner_train_batch_is_masked_by_age() -> None:
     from covr_ray.rl.learner import CovrSACLearner
     from covr_ray.rl.training_step import columns_batch
-    from test_rl_learner import MID, TS, make_learner, tiny_cfg
 
     class Spy(CovrSACLearner):
         seen: list = []
@@ -367,31 +366,24 @@ def test_learner_train_batch_is_masked_by_age() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_algo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def tiny_algo(ray_session: None) -> Iterator[Any]:
     """The whole algorithm (local Ray, no remote env runners) on the prior dot env, trained past
     learning_starts; its env writes no versions, so every stored prior counts as the base model's."""
-    import ray
-    from ray.tune.registry import register_env
-
     from covr_ray.config import load_config
     from covr_ray.rl.algo import build_algorithm_config
-    from test_rl_testenv import make_prior_dot_env
 
-    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")), include_dashboard=False,
-             log_to_driver=False)
-    register_env("covr_test_prior_age_dot", make_prior_dot_env)
+    env = register_prior_dot_env("covr_test_prior_age_dot")
     cfg = load_config("smoke", overrides=[
         "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16",
         "sac.learning_starts=8", "sac.rollout_fragment_length=4", "sac.buffer_capacity=200", "sac.lam=1.0",
         "schedule.cold_start_rounds=0", "ray.num_env_runners=0", "env.image_size=24"])
-    config = build_algorithm_config(cfg, env="covr_test_prior_age_dot", env_config={"size": 24, "late_every": 2})
-    config.debugging(seed=None)  # see test_rl_learner.make_learner
+    config = build_algorithm_config(cfg, env=env, env_config={"size": 24, "late_every": 2})
+    config.debugging(seed=None)  # see support.learner.make_learner
     algo = config.build_algo()
     try:
         yield algo
     finally:
         algo.stop()
-        ray.shutdown()
 
 
 @pytest.mark.usefixtures("torch_one_thread")

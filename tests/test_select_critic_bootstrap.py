@@ -18,8 +18,8 @@ from covr_ray.df.writer import FilterBuffer
 from covr_ray.select.kept import build_kept_set
 from covr_ray.df.shards import read_shard, write_shard
 from covr_ray.select.critic import bootstrap_truncated_shards, final_observation
-from numerics import assert_close_within, cast_atol, sum_atol
-from test_select_critic_q import _episode
+from support.df import episode
+from support.numerics import assert_close_within, cast_atol, sum_atol
 
 GAMMA = 0.9
 
@@ -33,7 +33,7 @@ def _value(obs: np.ndarray) -> np.ndarray:
 def _truncated(steps: int, seed: int, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """An episode of ``steps`` steps and its final observation: (obs (T+1, 3k, S, S), frames (T+1, S, S, 3),
     actions (T, 1), rewards (T,))."""
-    obs, frames, actions = _episode(steps + 1, seed, k)
+    obs, frames, actions = episode(steps + 1, seed, k)
     rewards = np.random.default_rng(seed).uniform(0, 1, steps).astype(np.float32)
     return obs, frames, actions[:steps], rewards
 

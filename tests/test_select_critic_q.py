@@ -7,9 +7,7 @@ each row was scored on; the real critic on this path is tested in test_rl_algo.p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
 
-import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -21,35 +19,8 @@ from covr_ray.df.writer import FilterBuffer
 from covr_ray.select.kept import build_kept_set
 from covr_ray.df.shards import read_shard, write_shard
 from covr_ray.select.critic import episode_observations, score_df_shards
-from covr_envs.wrappers import FrameStackCHW
-from numerics import assert_close_within, cast_atol, sum_atol
-
-
-class _NoiseFrames(gym.Env):
-    """(8, 8, 3) random frames, one per step, 1-D actions."""
-
-    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        return self.np_random.integers(0, 256, (8, 8, 3), dtype=np.uint8), {}
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        return self.np_random.integers(0, 256, (8, 8, 3), dtype=np.uint8), 1.0, False, False, {}
-
-
-def _episode(steps: int, seed: int, k: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(obs (T, 3k, 8, 8) as the env stacked them, frames (T, 8, 8, 3) as D_f stores them, actions (T, 1))."""
-    env = FrameStackCHW(_NoiseFrames(), k)
-    obs, _ = env.reset(seed=seed)
-    observations, frames = [obs], [env.render()]
-    actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 1)).astype(np.float32)
-    for a in actions[:-1]:
-        obs, *_ = env.step(a)
-        observations.append(obs)
-        frames.append(env.render())
-    return np.stack(observations), np.stack(frames), actions
+from support.df import episode
+from support.numerics import assert_close_within, cast_atol, sum_atol
 
 
 def _critic(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -71,7 +42,7 @@ def _critic_atol(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("k", [1, 3, 4])
 def test_rebuilt_observations_equal_the_env_frame_stack(k: int) -> None:
-    obs, frames, _ = _episode(7, seed=k, k=k)
+    obs, frames, _ = episode(7, seed=k, k=k)
     assert np.array_equal(episode_observations(frames, k), obs)
 
 
@@ -87,12 +58,12 @@ def test_shards_are_scored_in_place_on_the_observations_the_policy_saw(tmp_path:
     truth: dict[str, np.ndarray] = {}
     bounds: dict[str, np.ndarray] = {}
     for e, steps in enumerate([5, 9]):  # two episodes in one shard
-        obs, frames, actions = _episode(steps, seed=10 + e)
+        obs, frames, actions = episode(steps, seed=10 + e)
         buf.add_episode(f"ep{e}", frames, actions, np.ones(steps, np.float32), 0.5)
         truth[f"ep{e}"] = _critic(obs, actions)
         bounds[f"ep{e}"] = _critic_atol(obs, actions)
     shard_two = buf.flush()
-    obs, frames, actions = _episode(4, seed=20)
+    obs, frames, actions = episode(4, seed=20)
     given = np.array([7.0, 8.0, 9.0, 10.0], np.float32)  # already scored: kept as it is
     buf.add_episode("ep2", frames, actions, np.ones(4, np.float32), 0.5, q_values=given)
     shard_given = buf.flush()
@@ -123,7 +94,7 @@ def test_shards_are_scored_in_place_on_the_observations_the_policy_saw(tmp_path:
 
 def test_unscorable_shards_are_left_out_untouched(tmp_path: Path) -> None:
     buf = FilterBuffer(tmp_path / "df", action_dim=1, gamma=0.9, rows_per_shard=1 << 30)
-    _, frames, actions = _episode(6, seed=1)
+    _, frames, actions = episode(6, seed=1)
     buf.add_episode("whole", frames, actions, np.ones(6, np.float32), 0.5)
     good = buf.flush()
     buf.add_episode("cut", frames, actions, np.ones(6, np.float32), 0.5)

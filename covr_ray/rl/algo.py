@@ -162,8 +162,8 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
                   replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": s.buffer_capacity,
                                         "frame_stack": cfg.env.frame_stack},
                   store_buffer_in_checkpoints=False)
-        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0, log_sys_usage=False)
-        .debugging(seed=cfg.seed)
+        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0)
+        .debugging(seed=cfg.seed, log_sys_usage=False)
     )
     if env is None:  # the run's env through covr_envs: env id, env_config with seeds, runners, fault tolerance
         return configure_env_runners(config, cfg, run_context=run_context)
