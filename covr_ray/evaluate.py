@@ -1,8 +1,9 @@
 """Evaluation: run an actor on a run's env for N episodes and summarise (paper: 10 episodes, policy only).
 
 The actor is any callable ``act(frame, obs) -> action`` (:data:`ActFn`), so the same loop evaluates the
-policy network (:func:`policy_act_fn`, deterministic ``tanh(mean)``, no VLM, no Ray) and, later, the VLM
-alone as a policy (an ``act`` that asks the prior service about ``frame``).
+policy network (:func:`policy_act_fn`, deterministic ``tanh(mean)``, no VLM, no Ray) and the VLM alone as
+a policy (:class:`covr_ray.vlm.policy.VLMPolicy`, ``covr eval --actor vlm``: the prior service's backend
+asked about ``frame``).
 
 The orchestrator calls::
 
@@ -76,8 +77,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
+def check_episodes_seed(episodes: Any, seed: Any) -> None:
+    """Refuse a bad ``--episodes`` (an integer in 1..MAX_EPISODES) or ``--seed`` (0 <= seed < 2**32) with
+    ConfigError; callers that load a model first check here before loading it."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= MAX_EPISODES:
+        raise ConfigError("--episodes", episodes, f"an integer in 1..{MAX_EPISODES}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError("--seed", seed, "an integer 0 <= seed < 2**32")
+
+
 def run_episodes(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
-                 actor_name: str = "policy", record_first_episode: bool = False
+                 actor_name: str = "policy", record_first_episode: bool = False,
+                 on_episode_start: Optional[Callable[[int], None]] = None,
                  ) -> tuple[dict[str, Any], list[np.ndarray]]:
     """Run ``episodes`` episodes of ``env_cfg``'s env with ``act``; return ``(result, frames)``.
 
@@ -91,6 +102,8 @@ def run_episodes(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
         actor_name: stored as ``result["actor"]`` (``policy``, ``vlm``).
         record_first_episode: keep the first episode's rendered frames (``(S, S, 3) uint8`` each, the
             reset frame first) for a video; otherwise ``frames`` is empty.
+        on_episode_start: called with the episode index after each reset, before the episode's first
+            ``act`` (an actor with memory across steps forgets the previous episode there).
 
     Raises:
         ConfigError: bad ``episodes`` or ``seed``.
@@ -98,10 +111,7 @@ def run_episodes(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
     """
     from covr_envs.registry import load_env_spec, make_env_from_config
 
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= MAX_EPISODES:
-        raise ConfigError("--episodes", episodes, f"an integer in 1..{MAX_EPISODES}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError("--seed", seed, "an integer 0 <= seed < 2**32")
+    check_episodes_seed(episodes, seed)
     spec = load_env_spec(env_cfg)  # imports env.imports first
     reports_distance = "distance_m" in spec.info_keys
     env = make_env_from_config(env_cfg, seed)
@@ -112,6 +122,8 @@ def run_episodes(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
     try:
         for episode in range(episodes):
             obs, info = env.reset(seed=(seed + episode) % 2**32)
+            if on_episode_start is not None:
+                on_episode_start(episode)
             record = record_first_episode and episode == 0
             frame = env.render()
             if record:

@@ -18,6 +18,8 @@ Layout of ``RUN_DIR``::
     policy/policy.pt         the deployable policy (encoder + actor), refreshed at every checkpoint
     eval/eval-<steps>.json   evaluations (``covr eval``, the loop's periodic ones);
     eval/video-<steps>.<ext> the first evaluation episode as mp4 or gif (``covr eval --video``)
+    eval/vlm-v<N>.json       the VLM alone as the policy with adapter version N (v0 = base model;
+                             ``covr eval --actor vlm``); eval/vlm-v<N>.<ext> its first episode's video
     export/                  exported artifacts (``covr export``)
     metrics.csv, tb/, wandb/ metrics: CSV (step, key, value, time), TensorBoard, W&B
 
@@ -51,6 +53,7 @@ LOOP_STATE_FORMAT = 1
 _RUNNER_PREFIX = "runner-"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _EVAL_RESULT_RE = re.compile(r"^eval-(\d+)\.json$")
+_VLM_EVAL_RESULT_RE = re.compile(r"^vlm-v(\d+)\.json$")
 
 
 def new_run_id(root: Path) -> str:
@@ -126,6 +129,21 @@ class RunDir:
     def eval_video(self, env_steps: int, ext: str) -> Path:
         """``eval/video-<env_steps>.<ext>`` (``mp4`` or ``gif``): the first evaluation episode."""
         return self.eval / f"video-{int(env_steps)}.{ext}"
+
+    def vlm_eval_result(self, version: int) -> Path:
+        """``eval/vlm-v<version>.json``: the VLM alone as the policy with adapter ``version`` (0 = base)."""
+        return self.eval / f"vlm-v{int(version)}.json"
+
+    def vlm_eval_results(self) -> list[tuple[int, Path]]:
+        """Every :meth:`vlm_eval_result` file present, as ``(version, path)`` sorted by version."""
+        if not self.eval.is_dir():
+            return []
+        found = ((_VLM_EVAL_RESULT_RE.match(p.name), p) for p in self.eval.iterdir())
+        return sorted((int(m.group(1)), p) for m, p in found if m)
+
+    def vlm_eval_video(self, version: int, ext: str) -> Path:
+        """``eval/vlm-v<version>.<ext>`` (``mp4`` or ``gif``): the VLM's first evaluation episode."""
+        return self.eval / f"vlm-v{int(version)}.{ext}"
 
     @property
     def export(self) -> Path:

@@ -37,8 +37,8 @@ from covr_ray.errors import AdapterError, ConfigError, PriorServiceError
 from covr_ray.log import get_logger, setup_worker_logging
 from covr_ray.lora.versions import list_adapters
 from covr_ray.prior.adapters import AdapterRegistry
-from covr_ray.prior.backend import backend_options, create_backend, resolve_backend
-from covr_ray.prior.codecs import get_codec
+from covr_ray.prior.backend import BackendOptions, backend_options, create_backend, resolve_backend
+from covr_ray.prior.codecs import ActionCodec, get_codec
 from covr_ray.prior.metrics import PriorStats
 from covr_ray.prior.prompts import build_instruction, check_frame
 
@@ -60,6 +60,46 @@ def answer_tokens(cfg: PriorSection, guided: bool, max_answer_chars: int) -> int
     """Token budget of one answer: the config's, raised under guided decoding so the longest canonical
     answer (at most one token per character, plus two for a leading-space token and end of sequence) fits."""
     return max(cfg.max_new_tokens, max_answer_chars + 2) if guided else cfg.max_new_tokens
+
+
+@dataclass(frozen=True)
+class PriorSetup:
+    """What the service resolves from the config and the env before it starts its engine; built by
+    :func:`prior_setup`, shared with ``covr eval --actor vlm`` (:mod:`covr_ray.vlm.policy`), so both ask the
+    same model the same question the same way."""
+
+    codec: ActionCodec
+    instruction: str
+    """The text beside every frame (:func:`~covr_ray.prior.prompts.build_instruction` of the env's prompt)."""
+    family: str
+    backend_name: str
+    """``vllm`` or ``transformers`` (``auto`` resolved)."""
+    guided: bool
+    """Answers constrained to the codec's regex (vLLM with ``prior.guided_decoding``)."""
+    max_new_tokens: int
+    options: BackendOptions
+
+
+def prior_setup(cfg: PriorSection, *, codec: str, action_dim: int, task_prompt: str, action_description: str,
+                max_lora_rank: int, seed: int) -> PriorSetup:
+    """Codec, instruction, family, backend and engine options of a prior for an env (nothing is loaded
+    but the model's config, to read its family).
+
+    Raises:
+        CodecError: unknown codec or action dimension. ConfigError: empty task prompt, unknown family.
+        DependencyMissingError: ``prior.backend=vllm`` without vLLM.
+    """
+    from covr_ray.vlm.loader import resolve_family
+
+    action_codec = get_codec(codec, action_dim)
+    instruction = build_instruction(task_prompt, action_description, action_codec)
+    family = resolve_family(cfg.model, cfg.family)
+    backend_name = resolve_backend(cfg.backend)
+    guided = cfg.guided_decoding and backend_name == "vllm"
+    max_new_tokens = answer_tokens(cfg, guided, action_codec.max_answer_chars)
+    options = backend_options(cfg, family=family, regex=action_codec.regex if guided else None,
+                              max_new_tokens=max_new_tokens, max_lora_rank=max_lora_rank, seed=seed)
+    return PriorSetup(action_codec, instruction, family, backend_name, guided, max_new_tokens, options)
 
 
 @dataclass
@@ -86,21 +126,19 @@ class PriorService:
     def __init__(self, cfg: PriorSection, *, codec: str, action_dim: int, task_prompt: str,
                  action_description: str, adapter_dir: str, max_lora_rank: int = 128, seed: int = 0,
                  replica: int = 0) -> None:
-        from covr_ray.vlm.loader import resolve_family
-
         setup_worker_logging()  # in a Ray actor: its INFO lines (start, adapter swaps) reach the run log
         cfg.validate("prior")
         self.cfg = cfg
-        self.codec = get_codec(codec, action_dim)
+        setup = prior_setup(cfg, codec=codec, action_dim=action_dim, task_prompt=task_prompt,
+                            action_description=action_description, max_lora_rank=max_lora_rank, seed=seed)
+        self.codec = setup.codec
         self.action_description = action_description
-        self.default_instruction = build_instruction(task_prompt, action_description, self.codec)
+        self.default_instruction = setup.instruction
         self._instructions: dict[str, str] = {}
-        self.family = resolve_family(cfg.model, cfg.family)
-        self.backend_name = resolve_backend(cfg.backend)
-        guided = cfg.guided_decoding and self.backend_name == "vllm"
-        self.max_new_tokens = answer_tokens(cfg, guided, self.codec.max_answer_chars)
-        options = backend_options(cfg, family=self.family, regex=self.codec.regex if guided else None,
-                                  max_new_tokens=self.max_new_tokens, max_lora_rank=max_lora_rank, seed=seed)
+        self.family = setup.family
+        self.backend_name = setup.backend_name
+        self.max_new_tokens = setup.max_new_tokens
+        options = setup.options
         self.replica = replica
         self.stats = PriorStats(replica=str(replica))
         self.registry = AdapterRegistry(adapter_dir, cfg.max_adapters, max_lora_rank)
