@@ -24,11 +24,25 @@ from typing import Callable, Iterable, Mapping, Optional, Union
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is emitted, not the stream it was made
+    with: ``covr`` called in-process (tests, notebooks) must not leave a handler on a stream that a capture
+    has since closed (a later record would then fail with "I/O operation on closed file")."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - logging's own attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler.__init__ assigns it; the current one wins
+        pass
+
+
 def setup_logging(level: str = "INFO") -> logging.Logger:
     """Attach one stderr handler to the ``covr_ray`` logger (idempotent) and set its level."""
     logger = logging.getLogger("covr_ray")
     if not any(getattr(h, "_covr", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         handler._covr = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
