@@ -22,9 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-vlm": ("covr_ray.vlm.tiny", "build a tiny random-weight VLM (Qwen2.5-VL by default) for tests and demos"),
     "ask": ("covr_ray.commands.ask", "ask a VLM (hub id or local path) about one image, in transformers or vLLM"),
     "bench": ("covr_ray.commands.bench", "run a benchmark and print its figures as JSON (see `covr bench --help`)"),
-    "eval": ("covr_ray.commands.eval", "evaluate a run's policy network alone (no VLM) for N episodes on its env"),
+    "eval": ("covr_ray.commands.eval", "evaluate a run's policy network alone (or --actor vlm: the VLM per adapter) on its env"),
     "export": ("covr_ray.commands.export", "export a run's policy to ONNX or TorchScript with a verified manifest"),
     "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with bootstrap CIs) and learning curves over runs"),
+    "sweep": ("covr_ray.commands.sweep", "run a grid of variants x seeds as covr train runs (local or Ray jobs), resumable"),
 }
 
 def _first_positional(argv: Sequence[str]) -> Optional[str]:

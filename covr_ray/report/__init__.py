@@ -12,12 +12,15 @@ A run directory is any directory holding ``config.yaml`` (written by ``covr trai
 - the *learning curve*: the ``eval/return_mean`` rows of ``metrics.csv`` against env steps (or, without
   them, the eval JSON files).
 
-Runs are grouped by preset and, with ``--group-by KEY`` (a dotted config key such as ``sac.base``,
-``eddf.mode`` or ``sac.lam``), by that key's value too. For each group the report gives mean +- std over
-runs (seeds) of the final return and driving distance, as the paper's tables do, plus the IQM of the final
-returns with a 95 % stratified-bootstrap interval (:mod:`covr_ray.stats`). Across presets, each group value
-also gets one aggregate IQM, stratified by preset (raw returns: meaningful when the presets share a score
-scale, e.g. the DMControl tasks' 0..1000).
+Runs are grouped per preset by the config fields that differ between its runs (seed, run directory and
+other run-local fields excluded; the table names the fields, e.g. ``prior.enabled=false``); a sweep's
+``sweep.json`` gives its variant names as labels; ``--group-by KEY`` groups by that one key instead. For
+each group the report gives mean +- std over runs (seeds) of the final return and driving distance, as the
+paper's tables do, the IQM and mean with 95 % stratified-bootstrap intervals and the probability of
+improvement over the group's base (rliable, :mod:`covr_ray.stats`), and the paper's own numbers where the
+preset is one of the paper's scenarios (``paper_numbers.yaml``). Across presets, each group also gets one
+aggregate IQM, stratified by preset. Runs with ``covr eval --actor vlm`` results also get the "VLM per
+fine-tune iteration" table and plot (:mod:`~covr_ray.report.vlm`).
 
 Outputs (each written atomically) in ``--out`` (default ``RUNS_DIR/report``): ``results.md`` (the tables),
 ``results.csv`` (one row per preset x group), ``aggregate.csv``, ``runs.csv`` (one row per run),
@@ -27,10 +30,12 @@ runs, one line per group).
 One module per concern:
 
 - :mod:`~covr_ray.report.runs`: finding run directories and reading each run's results (:class:`RunRecord`);
-- :mod:`~covr_ray.report.groups`: the ``--group-by`` key and a run's group label;
+- :mod:`~covr_ray.report.groups`: grouping by the fields that differ (or ``--group-by``), each group's base,
+  the paper's numbers;
 - :mod:`~covr_ray.report.summary`: statistics per group (mean +- std, IQM, aligned learning curves);
 - :mod:`~covr_ray.report.tables`: number formatting, the Markdown tables and the CSV files;
 - :mod:`~covr_ray.report.plots`: the learning-curve PNGs;
+- :mod:`~covr_ray.report.vlm`: the VLM-as-a-policy table and plot per adapter version;
 - :mod:`~covr_ray.report.build`: :func:`build_report`, which runs them all and writes the outputs.
 """
 

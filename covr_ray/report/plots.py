@@ -1,4 +1,4 @@
-"""The report's learning-curve PNGs: one per preset, mean +- std band over runs, one line per group."""
+"""The report's learning-curve PNGs: one per preset, one line per group (mean over runs) with a +- std band."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "preset"
 
 
-def plot_curves(runs: list[RunRecord], out_dir: Path, group_by: Optional[str]) -> list[Path]:
-    """One PNG per preset: mean +- std band over runs of ``eval/return_mean`` vs env steps, one line per group."""
+def plot_curves(runs: list[RunRecord], out_dir: Path, group_by: Optional[str],
+                fields_by_preset: Optional[dict[str, list[str]]] = None) -> list[Path]:
+    """One PNG per preset: mean +- std band over runs of ``eval/return_mean`` vs env steps, one line per group
+    (labelled by group, the title naming the fields that define the groups)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,13 +37,15 @@ def plot_curves(runs: list[RunRecord], out_dir: Path, group_by: Optional[str]) -
             steps, mean, std, _count = align_curves([r.curve for r in members])
             if steps.size == 0:
                 continue
-            label = f"{group_by}={group} (n={len(members)})" if group_by else f"n={len(members)}"
+            name = f"{group_by}={group}" if group_by else (group or "all runs")
+            label = f"{name} (n={len(members)})"
             line, = ax.plot(steps, mean, marker="o" if steps.size < 3 else None, label=label)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=line.get_color())
             drawn = True
         if not drawn:
             continue
-        ax.set_title(preset)
+        fields = [group_by] if group_by else (fields_by_preset or {}).get(preset, [])
+        ax.set_title(preset + (f"\ngroups by {', '.join(fields)}" if fields else ""), fontsize=9)
         ax.set_xlabel("env steps")
         ax.set_ylabel("eval episode return")
         ax.grid(True, alpha=0.3)

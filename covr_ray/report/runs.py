@@ -1,6 +1,8 @@
 """Run discovery and each run's results: the final evaluation and the learning curve (:class:`RunRecord`).
 
-Every path inside a run directory comes from :class:`covr_ray.run_dir.RunDir`.
+Every path inside a run directory comes from :class:`covr_ray.run_dir.RunDir`. Runs made by ``covr sweep``
+carry their variant name and the sweep's base variant, read from the ``sweep.json`` of a directory above
+them (under ``RUNS_DIR``, or ``RUNS_DIR`` itself and its parents).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from covr_ray.errors import CheckpointError, ConfigError, CovrError, ReportError
 from covr_ray.report.groups import check_group_key, group_label
 from covr_ray.run_dir import RunDir
+from covr_ray.sweep.state import SWEEP_FILE, SweepLabel, sweep_labels
 
 RETURN_KEY = "eval/return_mean"
 DISTANCE_KEY = "eval/distance_m_mean"
@@ -29,6 +32,7 @@ class RunRecord:
     seed: int
     env: str
     group: str
+    """Group label, set by :func:`covr_ray.report.groups.assign_groups`."""
     env_steps: int
     """Training env steps of the final evaluation."""
     return_mean: float
@@ -39,6 +43,14 @@ class RunRecord:
     """Where the final numbers came from: ``eval json`` or ``metrics.csv``."""
     curve: list[tuple[int, float]] = field(default_factory=list)
     """(env steps, eval return mean) points, sorted by steps."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's validated config as a nested dict (``CovrConfig.to_dict()``)."""
+    variant: Optional[str] = None
+    """Variant name, for a run made by ``covr sweep``."""
+    base_variant: Optional[str] = None
+    """The sweep's ``base_variant`` (None: not a sweep run, or the sweep named none)."""
+    sweep: Optional[str] = None
+    """Path of the ``sweep.json`` naming this run."""
 
 
 def find_run_dirs(runs_dir: str | Path) -> list[Path]:
@@ -48,19 +60,46 @@ def find_run_dirs(runs_dir: str | Path) -> list[Path]:
     Raises:
         ReportError: ``runs_dir`` is not a directory.
     """
+    return _scan(runs_dir)[0]
+
+
+def _scan(runs_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """``(run directories, sweep.json files)`` under ``runs_dir`` (see :func:`find_run_dirs`)."""
     root = Path(runs_dir)
     if not root.is_dir():
         raise ReportError(f"runs directory {root} does not exist or is not a directory")
     found: list[Path] = []
+    sweeps: list[Path] = []
     stack = [root]
     while stack:
         current = stack.pop()
         if RunDir(current).config_path.is_file():
             found.append(current)
             continue
+        if (current / SWEEP_FILE).is_file():
+            sweeps.append(current / SWEEP_FILE)
         stack.extend(sorted((p for p in current.iterdir() if p.is_dir() and not p.name.startswith(".")),
                             reverse=True))
-    return sorted(found)
+    return sorted(found), sorted(sweeps)
+
+
+def find_sweep_labels(runs_dir: str | Path) -> tuple[dict[Path, SweepLabel], list[tuple[Path, str]]]:
+    """Variant labels of the runs named by the ``sweep.json`` files under ``runs_dir`` and above it, keyed
+    by resolved run directory; plus ``(path, reason)`` of each unreadable sweep file.
+
+    Raises:
+        ReportError: ``runs_dir`` is not a directory.
+    """
+    root = Path(runs_dir).resolve()
+    files = _scan(root)[1] + [d / SWEEP_FILE for d in root.parents if (d / SWEEP_FILE).is_file()]
+    labels: dict[Path, SweepLabel] = {}
+    bad: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            labels.update(sweep_labels(path))
+        except CovrError as exc:
+            bad.append((path, str(exc)))
+    return labels, bad
 
 
 def _final_from_eval_files(run: RunDir) -> Optional[tuple[int, float, Optional[float], list[tuple[int, float]]]]:
@@ -84,8 +123,9 @@ def _final_from_eval_files(run: RunDir) -> Optional[tuple[int, float, Optional[f
     return last[0], last[1], last[2], series
 
 
-def load_run(run_dir: str | Path, group_by: Optional[str] = None) -> RunRecord:
-    """Read one run directory's config and results.
+def load_run(run_dir: str | Path, group_by: Optional[str] = None, label: Optional[SweepLabel] = None) -> RunRecord:
+    """Read one run directory's config and results (``label``: its sweep variant, if any). The group label
+    is ``group_by``'s value, or ``""`` until :func:`~covr_ray.report.groups.assign_groups` sets it.
 
     Raises:
         ReportError: no config or an unreadable one, no results (no eval files, no eval rows in
@@ -100,7 +140,8 @@ def load_run(run_dir: str | Path, group_by: Optional[str] = None) -> RunRecord:
         cfg = run.read_config()
     except CheckpointError as exc:
         raise ReportError(str(exc)) from exc
-    group = group_label(cfg.to_dict(), group_by)
+    config = cfg.to_dict()
+    group = group_label(config, group_by)  # checks group_by against this run's config
     metrics: dict[str, list[tuple[int, float]]] = {}
     metrics_path = run.metrics_csv
     if metrics_path.is_file():
@@ -123,22 +164,25 @@ def load_run(run_dir: str | Path, group_by: Optional[str] = None) -> RunRecord:
         raise ReportError(f"{run_dir} has no results: no eval/eval-<steps>.json and no {RETURN_KEY!r} rows "
                           "in metrics.csv (did the run reach its first evaluation?)")
     return RunRecord(path=run_dir, preset=cfg.preset, seed=int(cfg.seed), env=cfg.env.name, group=group,
-                     env_steps=int(steps), return_mean=float(ret), distance_m=dist, source=source, curve=curve)
+                     env_steps=int(steps), return_mean=float(ret), distance_m=dist, source=source, curve=curve,
+                     config=config, variant=label.variant if label else None,
+                     base_variant=label.base_variant if label else None, sweep=label.sweep if label else None)
 
 
 def collect_runs(runs_dir: str | Path, group_by: Optional[str] = None
                  ) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
-    """Load every run under ``runs_dir``; return ``(runs, skipped)`` with a reason per skipped run.
+    """Load every run under ``runs_dir``; return ``(runs, skipped)`` with a reason per skipped run (and per
+    unreadable ``sweep.json``, whose runs are then grouped by their config fields alone).
 
     An unknown ``group_by`` key is an error for the whole report, not a skip.
     """
     if group_by:
         check_group_key(group_by)
+    labels, skipped = find_sweep_labels(runs_dir)
     runs: list[RunRecord] = []
-    skipped: list[tuple[Path, str]] = []
     for run_dir in find_run_dirs(runs_dir):
         try:
-            runs.append(load_run(run_dir, group_by))
+            runs.append(load_run(run_dir, group_by, labels.get(run_dir.resolve())))
         except ReportError as exc:
             skipped.append((run_dir, str(exc)))
         except (ConfigError, CovrError, OSError) as exc:
