@@ -1,9 +1,10 @@
-"""The data side of one fine-tune round: D_f -> EDDF -> RALW -> a kept shard set, then D_f is cleared.
+"""The data side of one fine-tune round: D_f -> EDDF -> RALW -> a kept shard set.
 
 Reads only the score columns of D_f to decide (EDDF over all of D_f at once), then streams D_f shard by
 shard into the kept set, adding each kept row's RALW weight, so RAM holds one shard's frames at a time.
-The kept set is written atomically (:class:`~covr_ray.df.shards.ShardSetWriter`); only after it is
-complete is D_f cleared. Shards that fail validation are skipped with a warning and counted in
+The kept set is written atomically (:class:`~covr_ray.df.shards.ShardSetWriter`); D_f is left as it is
+(the loop clears it with :func:`covr_ray.df.writer.delete_consumed` only after the round's adapter is
+trained). Shards that fail validation are skipped with a warning and counted in
 ``round/skipped_shards``.
 
 Candidates: rows of uniform-random warm-up actions (``warmup``) are never selected, so the VLM is not
