@@ -12,8 +12,17 @@ from covr_ray.report.runs import RunRecord
 from covr_ray.report.summary import align_curves
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "preset"
+
+
+def save_png(fig, path: Path) -> Path:
+    """Lay out ``fig`` and write it as a PNG at ``path`` atomically; returns ``path``."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def plot_curves(runs: list[RunRecord], out_dir: Path, group_by: Optional[str],
@@ -50,10 +59,5 @@ def plot_curves(runs: list[RunRecord], out_dir: Path, group_by: Optional[str],
         ax.set_ylabel("eval episode return")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        path = out_dir / "curves" / f"{_safe_name(preset)}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+        paths.append(save_png(fig, out_dir / "curves" / f"{safe_name(preset)}.png"))
     return paths

@@ -14,10 +14,8 @@ preset x group x version), ``vlm_runs.csv`` (one row per run x version).
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,8 +23,8 @@ from typing import Any, Optional
 import numpy as np
 
 from covr_ray.errors import CovrError, ReportError
-from covr_ray.io import atomic_write_bytes
 from covr_ray.report.groups import group_label
+from covr_ray.report.plots import safe_name, save_png
 from covr_ray.report.runs import find_run_dirs
 from covr_ray.report.tables import csv_text, fmt_pm
 from covr_ray.run_dir import RunDir
@@ -231,11 +229,6 @@ def plot_vlm(report: VLMReport, out_dir: Path, group_by: Optional[str]) -> list[
         ax.set_ylabel("eval episode return")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        path = out_dir / "vlm" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', preset).strip('_') or 'preset'}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+        paths.append(save_png(fig, out_dir / "vlm" / f"{safe_name(preset)}.png"))
     return paths
 
