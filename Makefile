@@ -28,8 +28,10 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.covr-installed-*
 	@touch $@
 
-$(TINY_VLM)/config.json: | $(STAMP)
+# Rebuilt when covr_ray/vlm/tiny.py changes (the build records the module's fingerprint).
+$(TINY_VLM)/config.json: covr_ray/vlm/tiny.py | $(STAMP)
 	$(VENV)/bin/covr make-tiny-vlm $(TINY_VLM)
+	@touch $@
 
 tiny-vlm: $(TINY_VLM)/config.json
 

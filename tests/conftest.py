@@ -52,13 +52,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_vlm_dir() -> Path:
-    """A tiny random-weight Qwen2.5-VL built with `covr make-tiny-vlm`, cached across sessions."""
-    from covr_ray.vlm.tiny import build_tiny_vlm
+    """A tiny random-weight Qwen2.5-VL built with `covr make-tiny-vlm`, cached across sessions and rebuilt
+    when covr_ray/vlm/tiny.py changes (:func:`covr_ray.vlm.tiny.ensure_tiny_vlm`)."""
+    from covr_ray.vlm.tiny import ensure_tiny_vlm
 
-    out = CACHE / "tiny-qwen2_5_vl"
-    if not (out / "config.json").is_file():
-        build_tiny_vlm(out, family="qwen2_5_vl", seed=0)
-    return out
+    return ensure_tiny_vlm(CACHE / "tiny-qwen2_5_vl")
 
 
 @pytest.fixture()

@@ -25,15 +25,9 @@ PLACEHOLDER = {"qwen2_vl": "<|image_pad|>", "llava": "<image>"}
 
 @pytest.fixture(scope="module")
 def family_dirs() -> dict[str, Path]:
-    from covr_ray.vlm.tiny import build_tiny_vlm
+    from covr_ray.vlm.tiny import ensure_tiny_vlm
 
-    out = {}
-    for family in FAMILIES:
-        path = CACHE / f"tiny-{family}"
-        if not (path / "config.json").is_file():
-            build_tiny_vlm(path, family=family, seed=0)
-        out[family] = path
-    return out
+    return {family: ensure_tiny_vlm(CACHE / f"tiny-{family}", family=family) for family in FAMILIES}
 
 
 def _ask(model: str, backend: str, frames: list[np.ndarray], adapter_dir: str) -> tuple[dict[str, Any], list]:

@@ -252,6 +252,7 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
         core = replay_buffer(algo).core
         first_episode_end = int(np.flatnonzero(core._truncated[:core._size])[0])
         o_t = core._frames[core._next_idx[first_episode_end]].reshape(core.obs_shape)
+        taken = core._action[:20].copy()
     finally:
         algo.stop()
     (shard,) = sorted((tmp_path / "df").rglob("df-*.parquet"))
@@ -262,6 +263,11 @@ def test_recorder_flags_warmup_rows_and_keeps_the_final_frame_of_truncated_episo
     finals = table.column(C.FINAL_FRAME_PNG).to_pylist()
     assert all(f is None for f in finals[:-1]) and finals[-1] is not None
     assert np.array_equal(decode_frame(finals[-1]), o_t[-3:].transpose(1, 2, 0))
+    # lora.teach_action=mean (default): warm-up rows keep the uniform action the env got; policy rows hold
+    # tanh(mean), not the sampled action (SAC's noise is far above float rounding)
+    recorded = np.asarray(table.column(C.RL_ACTION).to_pylist(), np.float32)
+    assert np.array_equal(recorded[:LEARNING_STARTS], taken[:LEARNING_STARTS])
+    assert np.abs(recorded[LEARNING_STARTS:] - taken[LEARNING_STARTS:]).max(axis=1).min() > 1e-3
 
 
 def test_warmup_ends_on_a_remote_env_runner_and_stays_ended_after_a_restore(ray_session: None, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from covr_ray.errors import ConfigError, ModelLoadError
 from covr_ray.vlm.loader import hf_generate, load_hf, resolve_family
-from covr_ray.vlm.tiny import build_tiny_vlm
+from covr_ray.vlm.tiny import MARKER_FILE, build_tiny_vlm, ensure_tiny_vlm, tiny_fingerprint
 
 
 def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -95,3 +95,18 @@ def test_real_shape_matches_qwen2_5_vl_3b_parameter_count():
     assert config.text_config.hidden_size // config.text_config.num_attention_heads == 128
     with pytest.raises(ConfigError, match="shape"):
         qwen_config("qwen2_vl", "qwen2.5-vl-3b", _qwen_tokenizer())
+
+
+def test_ensure_rebuilds_a_stale_build_and_keeps_a_fresh_one(tmp_path):
+    """Caches of tiny builds (tests, benches, `make demo`) follow one rule: rebuilt when covr_ray/vlm/tiny.py
+    (or the family, seed, shape) changed, untouched otherwise."""
+    out = ensure_tiny_vlm(tmp_path / "tiny")
+    marker = out / MARKER_FILE
+    assert json.loads(marker.read_text())["fingerprint"] == tiny_fingerprint()
+    first = (out / "config.json").stat().st_mtime_ns
+    assert ensure_tiny_vlm(out) == out and (out / "config.json").stat().st_mtime_ns == first
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "fingerprint": "0ld0ld0ld0ld"}))
+    ensure_tiny_vlm(out)
+    assert json.loads(marker.read_text())["fingerprint"] == tiny_fingerprint()
+    assert resolve_family(str(out)) == "qwen2_5_vl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no .rebuild / .stale left behind

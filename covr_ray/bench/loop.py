@@ -30,12 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tiny_model() -> str:
-    from covr_ray.vlm.tiny import build_tiny_vlm
+    from covr_ray.vlm.tiny import ensure_tiny_vlm
 
-    out = Path(".cache") / "tiny-qwen2_5_vl"
-    if not (out / "config.json").is_file():
-        build_tiny_vlm(out)
-    return str(out)
+    return str(ensure_tiny_vlm(Path(".cache") / "tiny-qwen2_5_vl"))
 
 
 def _timed_run(cfg: Any) -> float:

@@ -47,11 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _model_path(model: str) -> str:
     if model != "tiny":
         return model
-    if not (TINY_DIR / "config.json").is_file():
-        from covr_ray.vlm.tiny import build_tiny_vlm
+    from covr_ray.vlm.tiny import ensure_tiny_vlm
 
-        build_tiny_vlm(TINY_DIR, family="qwen2_5_vl", seed=0)
-    return str(TINY_DIR)
+    return str(ensure_tiny_vlm(TINY_DIR))
 
 
 def run_bench(preset: str = "smoke", overrides: Optional[list[str]] = None, model: str = "tiny", rows: int = 64,

@@ -62,12 +62,9 @@ def _cache_dir() -> Path:
 
 def tiny_model() -> str:
     """The tiny Qwen2.5-VL in the user cache, built on first use."""
-    from covr_ray.vlm.tiny import build_tiny_vlm
+    from covr_ray.vlm.tiny import ensure_tiny_vlm
 
-    path = _cache_dir() / "tiny-qwen2_5_vl"
-    if not (path / "config.json").is_file():
-        build_tiny_vlm(path, family="qwen2_5_vl", seed=0)
-    return str(path)
+    return str(ensure_tiny_vlm(_cache_dir() / "tiny-qwen2_5_vl"))
 
 
 def _frames(n: int, seed: int) -> list[np.ndarray]:

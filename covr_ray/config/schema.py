@@ -345,6 +345,10 @@ class RALWSection:
 LANGUAGE_MODEL_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
+#: Values of ``lora.teach_action``.
+TEACH_ACTIONS = ("mean", "taken")
+
+
 @dataclass
 class LoRASection:
     """LoRA fine-tuning of the VLM on the RL agent's kept samples."""
@@ -373,8 +377,30 @@ class LoRASection:
     """Label smoothing of the answer-token NLL."""
     max_trainable_frac: float = 0.0826
     """Refuse configs whose trainable share exceeds this (paper: <= 8.26 %)."""
+    teach_action: str = "mean"
+    """Which RL action a_r D_f records for the VLM to learn: ``mean`` = the policy's deterministic action
+    ``tanh(mean)`` at that step (the action the deployed policy takes; default), ``taken`` = the sampled
+    action the env received (exploration noise included). Measured on ``make demo`` (docs/finetune.md,
+    "What the VLM is taught"): with ``taken`` the sampling noise alone is about the best constant's error,
+    so no model can fit the held-out rows. Warm-up rows (uniform actions) are recorded as taken and never
+    selected either way."""
+    heldout_frac: float = 0.1
+    """Share of each round's kept rows held out of training to measure the VLM's fit before and after the
+    round (``lora/heldout_*``; :func:`covr_ray.lora.data.heldout_split`): whole episodes when the set has at
+    least two, chosen by a seeded RNG per round. At least 1 row once the set has >= 2 rows; 0 disables the
+    split and the metrics."""
+    heldout_max_rows: int = 64
+    """Cap on the held-out rows of one round (and on the rows evaluated), which bounds the evaluation's cost
+    (``lora/heldout_eval_s``, counted inside ``max_round_s``)."""
 
     def validate(self, path: str) -> None:
+        _check(f"{path}.teach_action", self.teach_action, self.teach_action in TEACH_ACTIONS,
+               "one of " + ", ".join(TEACH_ACTIONS))
+        _check(f"{path}.heldout_frac", self.heldout_frac,
+               isinstance(self.heldout_frac, (int, float)) and 0 <= self.heldout_frac <= 0.5,
+               "a share 0 <= f <= 0.5 (0 = no held-out rows)")
+        _check(f"{path}.heldout_max_rows", self.heldout_max_rows,
+               isinstance(self.heldout_max_rows, int) and self.heldout_max_rows >= 1, "an integer >= 1")
         _check(f"{path}.rank", self.rank, self.rank in (1, 8, 16, 32, 64, 128, 256, 320, 512),
                "one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (ranks vLLM can serve)")
         _check(f"{path}.alpha", self.alpha, self.alpha > 0, "> 0")

@@ -7,7 +7,9 @@ gets the earlier chunks too) and writes one row per step into that runner's
 
 - the frame the VLM sees for step i is the newest RGB frame of observation o_i (the last 3 channels of
   the channel-first stack, identical to ``env.render()`` at that step);
-- a_r_i is the action the policy took, in the normalised space [-1, 1];
+- a_r_i is, in the normalised space [-1, 1], the policy's deterministic action ``tanh(mean)`` at that step
+  (``lora.teach_action=mean``, the default: what the VLM should learn is the policy, not its exploration
+  noise) or the sampled action the env received (``taken``);
 - the per-step entropy is the entropy of the policy's pre-squash Gaussian (sum of log std plus
   ``0.5 * log(2 pi e)`` per dimension), or ``A * log 2`` for the uniform warm-up actions;
 - warm-up steps (uniform-random actions before ``sac.learning_starts``, flagged per step by the module's
@@ -42,7 +44,7 @@ from covr_ray.run_dir import RunDir
 log = get_logger(__name__)
 
 #: key of the run context (``env_config[covr_envs.rllib.RUN_CONTEXT_KEY]``) holding the recorder's settings
-#: (dict: run_dir, gamma, action_dim).
+#: (dict: run_dir, gamma, action_dim, teach_action).
 ENV_CONFIG_KEY = "covr_df"
 _HALF_LOG_2PIE = 0.5 * math.log(2 * math.pi * math.e)
 
@@ -60,9 +62,14 @@ def _extra(chunk: Any, key: str, n: int) -> Optional[np.ndarray]:
         return None
 
 
-def episode_rows(chunks: list[Any], action_dim: int
+def episode_rows(chunks: list[Any], action_dim: int, teach_action: str = "mean"
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps of an episode given as its chunks in order.
+
+    Args:
+        teach_action: ``lora.teach_action``: ``mean`` records the policy's ``tanh(mean)`` at each policy
+            step (from the step's action-distribution inputs), ``taken`` the sampled action the env got.
+            Warm-up steps, and steps without distribution inputs, record the taken action.
 
     Returns:
         frames: (T, S, S, 3) uint8; actions: (T, A) float32; rewards: (T,) float32; entropy: (T,) float64;
@@ -84,6 +91,9 @@ def episode_rows(chunks: list[Any], action_dim: int
         dist = _extra(chunk, Columns.ACTION_DIST_INPUTS, n)
         if dist is not None and dist.ndim == 2 and dist.shape == (n, 2 * action_dim):
             ent = np.where(warm, ent, gaussian_entropy(dist.astype(np.float64)))
+            if teach_action == "mean":
+                mean = np.tanh(dist[:, :action_dim].astype(np.float64)).astype(np.float32)
+                actions[-1] = np.where(warm[:, None], acts, mean)  # a new array: the chunk's stay as they are
         entropy.append(ent)
         warmup.append(warm)
     if not frames:
@@ -127,7 +137,8 @@ class DfRecorderCallback(RLlibCallback):
         if buffer is None:
             return
         chunks = list(prev_episode_chunks or []) + [episode]
-        frames, actions, rewards, entropy, warmup = episode_rows(chunks, buffer.action_dim)
+        frames, actions, rewards, entropy, warmup = episode_rows(chunks, buffer.action_dim,
+                                                                 self._settings.get("teach_action", "mean"))
         if len(rewards) == 0:
             return
         truncated = bool(episode.is_truncated) and not bool(episode.is_terminated)

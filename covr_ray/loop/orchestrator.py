@@ -145,7 +145,8 @@ class CovrRun:
             self._start_vlm_actors(spec)
         run_context = {"covr": cfg.to_dict(), "run_id": self.run_id,
                        ENV_CONFIG_KEY: ({"run_dir": str(self.run_dir.root), "gamma": cfg.sac.gamma,
-                                         "action_dim": spec.action_dim} if cfg.prior.enabled else None)}
+                                         "action_dim": spec.action_dim, "teach_action": cfg.lora.teach_action}
+                                        if cfg.prior.enabled else None)}
         # Always built from the run's config (never from the config pickled in a checkpoint): the env
         # runners get this run's context, so they query the prior service started just above.
         algo_config = build_algorithm_config(cfg, run_context=run_context)

@@ -3,6 +3,9 @@
 The paper's RALW loss is ``(1 / N_v) * sum_b w_b * sum_t CE_ls(y_bt)``: per-token cross-entropy with label
 smoothing on answer tokens only, each sample's sum scaled by its RALW weight, divided by the batch's
 answer-token count ``N_v`` (zero-weight samples count in ``N_v`` but add no gradient).
+
+:func:`heldout_action_error` and :func:`constant_action_error` are the held-out fit metrics of a round
+(``lora/heldout_*``, see :meth:`covr_ray.lora.trainer.LoRATrainer.train_round`).
 """
 
 from __future__ import annotations
@@ -56,3 +59,51 @@ def answer_accuracy(answers: Sequence[str], targets: np.ndarray, codec: Any) -> 
             "mean_abs_err": float(np.mean(errs)) if errs else 2.0,
             "exact_frac": float(np.mean([bool(np.all(e <= codec.resolution + 1e-6)) for e in errs] +
                                         [False] * (len(ok) - len(errs)))) if ok else 0.0}
+
+
+#: What an answer that decodes to no action counts as, per dimension: the largest |a - a_r| in [-1, 1].
+UNPARSED_ERR = 2.0
+
+
+def heldout_action_error(answers: Sequence[str], targets: np.ndarray, codec: Any) -> dict[str, float]:
+    """Error of decoded answers against target actions, every answer counted.
+
+    Unlike :func:`answer_accuracy` (whose error averages over parsed answers only), an answer that decodes
+    to no action counts as :data:`UNPARSED_ERR` (2.0, the largest possible error) on every dimension, so a
+    model cannot look accurate by answering rarely.
+
+    Args:
+        answers: N texts.
+        targets: (N, action_dim) float actions (the RL actions ``a_r``, not their codec round trip).
+
+    Returns:
+        ``action_err`` (mean over answers and dimensions of ``|decode(answer) - target|``, 2.0 for an
+        unparsable answer), ``parse_frac`` (share of answers that decode), ``exact_frac`` (share within the
+        codec's resolution on every dimension). NaN for N = 0.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    if len(answers) == 0:
+        return {"action_err": float("nan"), "parse_frac": float("nan"), "exact_frac": float("nan")}
+    errs = np.full(targets.shape, UNPARSED_ERR)
+    parsed = np.zeros(len(answers), bool)
+    for i, text in enumerate(answers):
+        decoded = codec.decode(text)
+        if decoded is not None:
+            errs[i] = np.abs(decoded.astype(np.float64) - targets[i])
+            parsed[i] = True
+    exact = parsed & np.all(errs <= codec.resolution + 1e-6, axis=1)
+    return {"action_err": float(errs.mean()), "parse_frac": float(parsed.mean()), "exact_frac": float(exact.mean())}
+
+
+def constant_action_error(train_actions: np.ndarray, heldout_actions: np.ndarray) -> tuple[np.ndarray, float]:
+    """The best constant action for the training rows and its error on the held-out rows.
+
+    For the mean absolute error the best constant is the per-dimension median of the training actions
+    (unweighted, as the held-out error is; it need not be one of the codec's answers, so no constant answer
+    the VLM can write does better on the training rows).
+
+    Returns:
+        ``(constant (action_dim,), mean |heldout - constant| over rows and dimensions)``.
+    """
+    const = np.median(np.asarray(train_actions, dtype=np.float64), axis=0)
+    return const, float(np.mean(np.abs(np.asarray(heldout_actions, dtype=np.float64) - const)))

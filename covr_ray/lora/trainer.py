@@ -13,7 +13,9 @@ as the paper's iterative fine-tuning does. Each round (:meth:`LoRATrainer.train_
    smoothing on answer tokens only, each sample's sum scaled by its weight, divided by the batch's answer
    token count ``N_v`` (zero-weight samples count in ``N_v`` but add no gradient). A batch whose weights are
    all zero is skipped without a forward pass: its loss and gradient are exactly zero;
-3. saves the adapter in standard PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``) under
+3. measures the fit on held-out rows before and after training (``lora.heldout_frac`` of the kept rows,
+   whole episodes when possible, never trained on; see :meth:`LoRATrainer.train_round`);
+4. saves the adapter in standard PEFT format (``adapter_config.json`` + ``adapter_model.safetensors``) under
    ``<adapter_root>/v<version>/`` atomically, and returns its path and version for the prior service's
    ``load_adapter(path, version)`` hot-swap.
 
@@ -36,8 +38,8 @@ from covr_ray.config import LoRASection
 from covr_ray.df.shards import ShardSet, open_shard_set
 from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError
 from covr_ray.frames import decode_frame
-from covr_ray.lora.data import IGNORE_INDEX, collate, load_examples
-from covr_ray.lora.loss import weighted_answer_nll
+from covr_ray.lora.data import IGNORE_INDEX, AnswerExamples, HeldoutSplit, collate, heldout_split, load_examples
+from covr_ray.lora.loss import constant_action_error, heldout_action_error, weighted_answer_nll
 from covr_ray.lora.versions import META_FILE, adapter_path, adapter_versions
 from covr_ray.io import atomic_directory, atomic_write_text
 from covr_ray.log import get_logger, setup_worker_logging
@@ -58,6 +60,8 @@ class RoundResult:
     """False when no optimizer step happened (empty kept set, or every weight 0): no new version."""
     metrics: dict[str, float] = field(default_factory=dict)
     """``lora/*`` metrics of the round."""
+    heldout_rows: list[int] = field(default_factory=list)
+    """Rows of the kept set (in read order) held out of training this round; empty without a split."""
 
 
 class LoRATrainer:
@@ -146,6 +150,32 @@ class LoRATrainer:
                     max_steps: Optional[int] = None) -> RoundResult:
         """Fine-tune on one kept shard set and save a new adapter version.
 
+        **Held-out fit.** With ``lora.heldout_frac`` > 0 a share of the kept rows is kept out of training
+        (:func:`covr_ray.lora.data.heldout_split`: whole episodes when the set has at least two, since an
+        episode's consecutive frames are near-duplicates; single rows otherwise; at most
+        ``lora.heldout_max_rows`` rows; seeded by the trainer's seed and the round's adapter version). On the
+        held-out rows, before training and after it, under the same model the prior service would serve:
+
+        - ``lora/heldout_action_err_before`` / ``_after``: greedy answers (:meth:`answers`, up to the codec's
+          longest answer + 2 tokens, as the prior service budgets them) decoded with the codec; mean over
+          rows and action dimensions of ``|a - a_r|``, an unparsable answer counting 2.0 (the largest
+          possible error) on every dimension (:func:`covr_ray.lora.loss.heldout_action_error`);
+        - ``lora/heldout_parse_frac_before`` / ``_after``: share of those answers that decode to an action;
+        - ``lora/heldout_exact_frac_before`` / ``_after``: share within the codec's resolution of ``a_r``;
+        - ``lora/heldout_token_acc_before`` / ``_after``: teacher-forced answer-token accuracy (the argmax
+          of the next-token logits equals the target token), over all answer tokens of the rows;
+        - ``lora/heldout_const_err``: the error of the best constant action fitted on the *training* rows
+          (per-dimension median of their ``a_r``, unweighted like the error itself) on the held-out rows:
+          the VLM has learned something from the frames only when its error is below this;
+        - ``lora/heldout_codec_err``: the error of the codec's own round trip of ``a_r`` (encode, decode),
+          the floor any answer can reach (the driving codec has 7 levels a dimension);
+        - ``lora/heldout_rows`` (evaluated), ``lora/heldout_excluded_rows``, ``lora/heldout_by_episode``,
+          ``lora/heldout_episodes``, ``lora/train_rows``, ``lora/heldout_eval_s`` (both evaluations).
+
+        The evaluations count inside ``lora.max_round_s``: training stops early enough to leave the
+        evaluation after it as long as the one before took. A round that trains nothing reports the
+        "before" figures as "after" too (the model did not change).
+
         Args:
             kept_set: a kept shard set (or its directory).
             version: version number to write; None = one more than the newest under ``adapter_root``.
@@ -165,9 +195,17 @@ class LoRATrainer:
             log.warning("LoRA round: kept set %s is empty; adapter stays at version %d", shard_set.path,
                         self.version)
             return RoundResult(self._current_path(), self.version, False, {**metrics, **self._static_metrics()})
-        rng = np.random.default_rng(self.seed + max(self.version, 0) + 1)
-        batches = [order[i:i + bs] for _ in range(self.lora.epochs)
-                   for order in [rng.permutation(n)] for i in range(0, n, bs)]
+        next_version = max(self.version, 0) + 1
+        split = heldout_split(examples.episode_ids or ["given"] * n, self.lora.heldout_frac,
+                              self.lora.heldout_max_rows, np.random.default_rng([self.seed, next_version, 1]))
+        train_rows = split.train
+        heldout: dict[str, float] = {}
+        reserve = 0.0  # seconds kept for the evaluation after training
+        if len(split.evaluated):
+            heldout, reserve = self._heldout_eval(examples, split.evaluated, "before")
+        rng = np.random.default_rng(self.seed + next_version)
+        batches = [train_rows[order[i:i + bs]] for _ in range(self.lora.epochs)
+                   for order in [rng.permutation(len(train_rows))] for i in range(0, len(train_rows), bs)]
         cap = self.lora.max_steps if max_steps is None else max_steps
         if cap is not None:
             batches = batches[:cap]
@@ -177,13 +215,14 @@ class LoRATrainer:
         budget_stopped = False
         self.model.train()
         t0 = time.perf_counter()
-        bar = _progress(len(batches), f"lora v{max(self.version, 0) + 1}", self.progress)
+        bar = _progress(len(batches), f"lora v{next_version}", self.progress)
         try:
             for idx in batches:
-                if time.perf_counter() - round_start >= self.lora.max_round_s:
+                if time.perf_counter() - round_start + reserve >= self.lora.max_round_s:
                     budget_stopped = True
-                    log.warning("LoRA round: lora.max_round_s=%g s spent after %d of %d steps; saving what "
-                                "was learned", self.lora.max_round_s, len(losses), len(batches))
+                    log.warning("LoRA round: lora.max_round_s=%g s spent after %d of %d steps (%.1f s kept for "
+                                "the held-out evaluation); saving what was learned", self.lora.max_round_s,
+                                len(losses), len(batches), reserve)
                     break
                 w = examples.weights[idx]
                 if not np.any(w > 0):
@@ -201,15 +240,26 @@ class LoRATrainer:
             bar.close()
             self.model.eval()
         elapsed = time.perf_counter() - t0
+        if len(split.evaluated):
+            if losses:
+                after, _ = self._heldout_eval(examples, split.evaluated, "after")
+                after["lora/heldout_eval_s"] += heldout.pop("lora/heldout_eval_s")
+            else:  # nothing moved: the model is the one measured before
+                after = {k.replace("_before", "_after"): v for k, v in heldout.items() if k.endswith("_before")}
+            heldout.update(after)
+            heldout.update(self._heldout_baselines(examples, split))
+        metrics.update(heldout)
+        metrics["lora/train_rows"] = float(len(train_rows))
+        heldout_list = [int(i) for i in split.heldout]
         if not losses:  # every batch had zero weight, or the budget was gone: nothing moved, no new version
             reason = (f"lora.max_round_s={self.lora.max_round_s:g} s was spent before the first step" if budget_stopped
-                      else f"all {n} kept rows have weight 0")
+                      else f"all {len(train_rows)} training rows have weight 0")
             log.warning("LoRA round on %s: %s; adapter stays at version %d", shard_set.path, reason, self.version)
             metrics.update(self._static_metrics())
             metrics.update({"lora/steps": 0.0, "lora/skipped_zero_weight_batches": float(skipped),
                             "lora/budget_stopped": float(budget_stopped),
                             "lora/round_s": time.perf_counter() - round_start})
-            return RoundResult(self._current_path(), self.version, False, metrics)
+            return RoundResult(self._current_path(), self.version, False, metrics, heldout_list)
         path, new_version = self._save(version, shard_set, metrics)
         metrics.update(self._static_metrics())
         metrics.update({
@@ -222,9 +272,58 @@ class LoRATrainer:
             "lora/round_s": time.perf_counter() - round_start,
             "lora/samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
             "lora/adapter_version": float(new_version)})
-        log.info("LoRA round: %d steps on %d rows, loss %.4f -> %.4f, adapter v%d at %s", len(losses), n,
-                 metrics["lora/loss_first"], metrics["lora/loss_last"], new_version, path)
-        return RoundResult(str(path), new_version, True, metrics)
+        log.info("LoRA round: %d steps on %d rows, loss %.4f -> %.4f, adapter v%d at %s", len(losses),
+                 len(train_rows), metrics["lora/loss_first"], metrics["lora/loss_last"], new_version, path)
+        if heldout:
+            log.info("LoRA round: held-out %d rows (%s): action error %.3f -> %.3f (best constant %.3f), parsed "
+                     "%.2f -> %.2f, token accuracy %.2f -> %.2f", len(split.evaluated),
+                     "by episode" if split.by_episode else "by row", heldout["lora/heldout_action_err_before"],
+                     heldout["lora/heldout_action_err_after"], heldout["lora/heldout_const_err"],
+                     heldout["lora/heldout_parse_frac_before"], heldout["lora/heldout_parse_frac_after"],
+                     heldout["lora/heldout_token_acc_before"], heldout["lora/heldout_token_acc_after"])
+        return RoundResult(str(path), new_version, True, metrics, heldout_list)
+
+    # --- held-out fit -----------------------------------------------------------------------------------
+
+    def _heldout_eval(self, examples: AnswerExamples, rows: np.ndarray, when: str) -> tuple[dict[str, float], float]:
+        """Greedy answers and teacher-forced token accuracy of the current model on ``rows``; returns the
+        ``lora/heldout_*_<when>`` metrics (plus ``lora/heldout_eval_s``) and the seconds it took."""
+        import torch
+
+        from covr_ray.vlm.loader import to_pil
+
+        t0 = time.perf_counter()
+        self.model.eval()
+        bs = self.lora.batch_size
+        frames = [decode_frame(examples.frames[int(i)].as_py()) for i in rows]
+        answers: list[str] = []
+        correct, total = 0.0, 0
+        for start in range(0, len(rows), bs):
+            chunk = rows[start:start + bs]
+            answers += self.answers(frames[start:start + bs], max_new_tokens=self.codec.max_answer_chars + 2)
+            batch = collate(self.processor, self.prompt, [to_pil(f) for f in frames[start:start + bs]],
+                            [examples.answer_ids[int(i)] for i in chunk], np.ones(len(chunk), np.float32))
+            with torch.no_grad():
+                _loss, acc, n_tok = self.batch_loss(batch)
+            correct += acc * n_tok
+            total += n_tok
+        err = heldout_action_error(answers, examples.actions[rows], self.codec)
+        seconds = time.perf_counter() - t0
+        return {f"lora/heldout_action_err_{when}": err["action_err"],
+                f"lora/heldout_parse_frac_{when}": err["parse_frac"],
+                f"lora/heldout_exact_frac_{when}": err["exact_frac"],
+                f"lora/heldout_token_acc_{when}": correct / total if total else float("nan"),
+                "lora/heldout_eval_s": seconds}, seconds
+
+    def _heldout_baselines(self, examples: AnswerExamples, split: HeldoutSplit) -> dict[str, float]:
+        targets = examples.actions[split.evaluated]
+        _const, const_err = constant_action_error(examples.actions[split.train], targets)
+        codec_err = heldout_action_error([self.codec.encode(a) for a in targets], targets, self.codec)["action_err"]
+        return {"lora/heldout_const_err": const_err, "lora/heldout_codec_err": codec_err,
+                "lora/heldout_rows": float(len(split.evaluated)),
+                "lora/heldout_excluded_rows": float(len(split.heldout)),
+                "lora/heldout_by_episode": float(split.by_episode),
+                "lora/heldout_episodes": float(split.episodes)}
 
     def _step(self, opt: Any, params: list, examples: Any, idx: np.ndarray) -> tuple[float, float, int]:
         import torch
