@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("covr_ray.commands.eval", "evaluate a run's policy network alone (or --actor vlm: the VLM per adapter) on its env"),
     "export": ("covr_ray.commands.export", "export a run's policy to ONNX or TorchScript with a verified manifest"),
     "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with bootstrap CIs) and learning curves over runs"),
+    "summary": ("covr_ray.commands.summary", "one run: policy evals vs random, the VLM's held-out fit per round, the VLM per adapter"),
     "sweep": ("covr_ray.commands.sweep", "run a grid of variants x seeds as covr train runs (local or Ray jobs), resumable"),
 }
 

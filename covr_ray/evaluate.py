@@ -3,7 +3,8 @@
 The actor is any callable ``act(frame, obs) -> action`` (:data:`ActFn`), so the same loop evaluates the
 policy network (:func:`policy_act_fn`, deterministic ``tanh(mean)``, no VLM, no Ray) and the VLM alone as
 a policy (:class:`covr_ray.vlm.policy.VLMPolicy`, ``covr eval --actor vlm``: the prior service's backend
-asked about ``frame``).
+asked about ``frame``) and uniform random actions (:func:`random_act_fn`, ``covr eval --actor random``: the
+level a learning curve must rise above).
 
 The orchestrator calls::
 
@@ -160,6 +161,31 @@ def run_episodes(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
     return result, frames
 
 
+def run_episodes_with_video(act: ActFn, env_cfg: "EnvSection", episodes: int, seed: int, *,
+                            actor_name: str, video_path: Optional[str | Path] = None, fps: float = 15.0,
+                            on_episode_start: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+    """:func:`run_episodes`, and with ``video_path`` (``.mp4`` or ``.gif``) its first episode written there
+    (``result["video"]``): the one path every actor's evaluation takes (policy, VLM, random)."""
+    result, frames = run_episodes(act, env_cfg, episodes, seed, actor_name=actor_name,
+                                  record_first_episode=video_path is not None, on_episode_start=on_episode_start)
+    if video_path is not None:
+        from covr_ray.video import write_video
+
+        result["video"] = str(write_video(frames, video_path, fps=fps))
+    return result
+
+
+def random_act_fn(action_dim: int, seed: int) -> ActFn:
+    """Uniform actions in [-1, 1]^A from a seeded generator: the random-policy level a learning curve must
+    rise above (``covr eval --actor random``)."""
+    rng = np.random.default_rng(seed)
+
+    def act(frame: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
+
+    return act
+
+
 def evaluate_policy(policy: "PixelPolicy", env_cfg: "EnvSection", episodes: int, seed: int, *,
                     video_path: Optional[str | Path] = None, fps: float = 15.0) -> dict[str, Any]:
     """Evaluate the policy network alone (deterministic actions, no VLM, no Ray) on ``env_cfg``'s env.
@@ -182,13 +208,8 @@ def evaluate_policy(policy: "PixelPolicy", env_cfg: "EnvSection", episodes: int,
     if got != expected:
         raise CheckpointError(f"policy expects observations {got} but env {env_cfg.name} with frame_stack "
                               f"{env_cfg.frame_stack} and image_size {env_cfg.image_size} gives {expected}")
-    result, frames = run_episodes(policy_act_fn(policy), env_cfg, episodes, seed, actor_name="policy",
-                                  record_first_episode=video_path is not None)
-    if video_path is not None:
-        from covr_ray.video import write_video
-
-        result["video"] = str(write_video(frames, video_path, fps=fps))
-    return result
+    return run_episodes_with_video(policy_act_fn(policy), env_cfg, episodes, seed, actor_name="policy",
+                                   video_path=video_path, fps=fps)
 
 
 def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -196,6 +217,20 @@ def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
     ``eval/length_mean`` and, for driving, ``eval/distance_m_mean`` / ``eval/distance_m_std``."""
     keys = ("return_mean", "return_std", "length_mean", "distance_m_mean", "distance_m_std")
     return {f"eval/{k}": float(result[k]) for k in keys if k in result}
+
+
+def write_result(path: Path, result: dict[str, Any]) -> Path:
+    """Write an evaluation ``result`` to ``path`` as JSON, atomically, after checking its summary numbers
+    are finite: the one writer of every eval result (policy, VLM, random).
+
+    Raises:
+        ConfigError: a non-finite ``return_mean`` / ``return_std`` / ``distance_m_mean`` / ``distance_m_std``.
+    """
+    for key in ("return_mean", "return_std", "distance_m_mean", "distance_m_std"):
+        if key in result and not math.isfinite(float(result[key])):
+            raise ConfigError(f"result.{key}", result[key], "a finite number")
+    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def write_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
@@ -207,12 +242,37 @@ def write_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
     steps = result.get("env_steps")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError("result.env_steps", steps, "an integer >= 0 (training env steps of the policy)")
-    for key in ("return_mean", "return_std", "distance_m_mean", "distance_m_std"):
-        if key in result and not math.isfinite(float(result[key])):
-            raise ConfigError(f"result.{key}", result[key], "a finite number")
-    path = RunDir(Path(run_dir)).eval_result(steps)
-    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_result(RunDir(Path(run_dir)).eval_result(steps), result)
+
+
+def evaluate_random(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = None, *, video: bool = False,
+                    video_format: str = "auto", fps: float = 15.0) -> tuple[dict[str, Any], Path]:
+    """``covr eval --actor random``: uniform random actions on the run's env, the same episodes as ``covr eval``
+    of the policy (``seed`` defaults to :func:`eval_seed`; the loop's own evaluations use ``eval_seed +
+    env_steps``, other episodes of the same distribution); written to :meth:`RunDir.random_eval_result`.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a run directory. ConfigError: bad ``episodes`` / ``seed``.
+    """
+    from covr_envs.registry import load_env_spec
+
+    run = RunDir(Path(run_dir))
+    cfg = run.read_config()
+    seed = eval_seed(cfg) if seed is None else seed
+    check_episodes_seed(episodes, seed)
+    action_dim = int(load_env_spec(cfg.env).action_dim)
+    video_path = None
+    if video:
+        from covr_ray.video import resolve_format
+
+        video_path = run.random_eval_video(resolve_format(video_format))
+    result = run_episodes_with_video(random_act_fn(action_dim, seed), cfg.env, episodes, seed, actor_name="random",
+                                     video_path=video_path, fps=fps)
+    result.update({"preset": cfg.preset, "run_seed": int(cfg.seed)})
+    path = write_result(run.random_eval_result(), result)
+    log.info("eval %s: random actions, return %.1f +- %.1f over %d episodes -> %s", run_dir,
+             result["return_mean"], result["return_std"], episodes, path)
+    return result, path
 
 
 def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = None, *, video: bool = False,

@@ -145,6 +145,14 @@ class RunDir:
         """``eval/vlm-v<version>.<ext>`` (``mp4`` or ``gif``): the VLM's first evaluation episode."""
         return self.eval / f"vlm-v{int(version)}.{ext}"
 
+    def random_eval_result(self) -> Path:
+        """``eval/random.json``: uniform random actions on the run's env (``covr eval --actor random``)."""
+        return self.eval / "random.json"
+
+    def random_eval_video(self, ext: str) -> Path:
+        """``eval/random.<ext>`` (``mp4`` or ``gif``): the random actor's first evaluation episode."""
+        return self.eval / f"random.{ext}"
+
     @property
     def export(self) -> Path:
         """``export/``: the default directory of ``covr export`` artifacts."""

@@ -153,3 +153,27 @@ def test_cli_eval_human_output_and_errors(tmp_path: Path, capsys: pytest.Capture
     assert "episode return" in text and "driving distance" in text
     assert main(["eval", str(tmp_path / "missing"), "--episodes", "1"]) == 2
     assert "is not a run directory: config.yaml is missing" in capsys.readouterr().err
+
+
+def test_random_actor_is_seeded_uniform_and_written_beside_the_policy_eval(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`covr eval --actor random`: the random-policy level, on the same episodes (seeds) as the policy's eval."""
+    from covr_ray.evaluate import random_act_fn
+
+    act = random_act_fn(2, seed=4)
+    actions = np.stack([act(None, None) for _ in range(2000)])
+    assert actions.shape == (2000, 2) and actions.min() >= -1 and actions.max() <= 1
+    assert abs(actions.mean()) < 0.05 and abs(actions.std() - 1 / np.sqrt(3)) < 0.02  # U(-1, 1): 4-sigma bounds
+    again = random_act_fn(2, seed=4)
+    assert np.array_equal(np.stack([again(None, None) for _ in range(2000)]), actions)
+
+    run_dir, cfg, _ = make_run_dir(tmp_path)
+    assert main(["eval", str(run_dir), "--actor", "random", "--episodes", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["actor"] == "random" and out["seed"] == eval_seed(cfg) and len(out["returns"]) == 2
+    assert Path(out["json_path"]) == run_dir / "eval" / "random.json"
+    assert json.loads((run_dir / "eval" / "random.json").read_text())["returns"] == out["returns"]
+    assert main(["eval", str(run_dir), "--actor", "random", "--episodes", "1"]) == 0
+    assert "uniform random actions" in capsys.readouterr().out
+    assert main(["eval", str(run_dir), "--actor", "random", "--adapter", "v1"]) == 2
+    assert "--adapter" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from covr_ray.df.shards import build_table, write_shard_set  # noqa: E402
 from covr_ray.errors import ConfigError  # noqa: E402
 from covr_ray.frames import encode_frame  # noqa: E402
 from covr_ray.lora.data import heldout_split  # noqa: E402
-from covr_ray.lora.loss import UNPARSED_ERR, constant_action_error, heldout_action_error  # noqa: E402
+from covr_ray.lora.loss import (UNPARSED_ERR, constant_action_error, constant_answer_error,  # noqa: E402
+                                heldout_action_error)
 from covr_ray.lora.trainer import LoRATrainer  # noqa: E402
 from covr_ray.prior.codecs import get_codec  # noqa: E402
 from covr_ray.select.kept import kept_set_from_arrays  # noqa: E402
@@ -25,7 +26,7 @@ PROMPT = "You control a car on a highway. Drive forward fast without collisions.
 HELDOUT_KEYS = ("lora/heldout_action_err_before", "lora/heldout_action_err_after", "lora/heldout_parse_frac_before",
                 "lora/heldout_parse_frac_after", "lora/heldout_token_acc_before", "lora/heldout_token_acc_after",
                 "lora/heldout_exact_frac_before", "lora/heldout_exact_frac_after", "lora/heldout_const_err",
-                "lora/heldout_codec_err", "lora/heldout_rows", "lora/heldout_excluded_rows", "lora/heldout_by_episode",
+                "lora/heldout_const_answer_err", "lora/heldout_codec_err", "lora/heldout_rows", "lora/heldout_excluded_rows", "lora/heldout_by_episode",
                 "lora/heldout_episodes", "lora/heldout_eval_s")
 EPISODES, STEPS = 12, 10  # 120 rows; 20 % = 24 rows -> 2 whole episodes (20 rows) held out
 
@@ -81,6 +82,23 @@ def test_action_error_counts_unparsable_answers_as_the_largest_error():
     assert err["action_err"] == pytest.approx((0 + 0 + UNPARSED_ERR + UNPARSED_ERR) / 4)
     const, const_err = constant_action_error(np.array([[0.0, 0.2], [0.4, 0.2], [1.0, -1.0]]), np.array([[0.4, 0.2]]))
     assert np.allclose(const, [0.4, 0.2]) and const_err == 0.0  # per-dimension median of the training rows
+
+
+def test_best_constant_answer_is_limited_by_the_codec_like_the_vlm():
+    """Training actions near 0.1 (between the driving codec's levels 0 and 1/3): the continuous median fits
+    them exactly, the best constant answer is the nearest level, 'keep lane' (0) on both dims."""
+    codec = get_codec("driving", 2)
+    train = np.full((5, 2), 0.1) + np.linspace(-0.01, 0.01, 5)[:, None]
+    held = np.full((2, 2), 0.1)
+    _, const_err = constant_action_error(train, held)
+    answer, answer_err = constant_answer_error(train, held, codec)
+    assert const_err == pytest.approx(0.0, abs=1e-12)
+    assert np.allclose(codec.decode(answer), [0.0, 0.0]) and answer_err == pytest.approx(0.1)
+    # the best answer is the best over the taught answers on the *training* rows, not the held-out ones
+    train2 = np.array([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    answer2, err2 = constant_answer_error(train2, np.array([[-1.0, -1.0]]), codec)
+    assert np.allclose(codec.decode(answer2), [1.0, 1.0]) and err2 == pytest.approx(2.0)
+    assert constant_answer_error(np.zeros((0, 2)), held, codec)[0] == ""
 
 
 def test_config_validates_the_heldout_fields():

@@ -25,9 +25,10 @@ from covr_ray.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="run directory (holds config.yaml and policy/policy.pt)")
-    parser.add_argument("--actor", choices=("policy", "vlm"), default="policy",
+    parser.add_argument("--actor", choices=("policy", "vlm", "random"), default="policy",
                         help="policy: the policy network alone; vlm: the run's VLM alone, its parsed answers "
-                             "as actions")
+                             "as actions; random: uniform random actions (the level a learning curve must "
+                             "rise above), written to eval/random.json")
     parser.add_argument("--adapter", default=None,
                         help="with --actor vlm: all (default: v0 = base model, then every adapters/v<N>), v0 "
                              "or v<N>")
@@ -81,15 +82,16 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--adapter", args.adapter), ("--every-frame", args.every_frame or None)):
         if value is not None:
             raise ConfigError(flag, value, "only with --actor vlm")
-    from covr_ray.evaluate import evaluate_run
+    from covr_ray.evaluate import evaluate_random, evaluate_run
 
-    result, path = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video,
-                                video_format=args.video_format, fps=args.fps)
+    evaluate = evaluate_random if args.actor == "random" else evaluate_run
+    result, path = evaluate(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video,
+                            video_format=args.video_format, fps=args.fps)
     result["json_path"] = str(path)
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
-    print(f"{result['env']} policy at {result['env_steps']} env steps, {result['episodes']} episodes "
-          f"(seed {result['seed']}):")
+    who = "uniform random actions" if args.actor == "random" else f"policy at {result['env_steps']} env steps"
+    print(f"{result['env']} {who}, {result['episodes']} episodes (seed {result['seed']}):")
     _print_common(result)
     return 0

@@ -107,3 +107,28 @@ def constant_action_error(train_actions: np.ndarray, heldout_actions: np.ndarray
     """
     const = np.median(np.asarray(train_actions, dtype=np.float64), axis=0)
     return const, float(np.mean(np.abs(np.asarray(heldout_actions, dtype=np.float64) - const)))
+
+
+def constant_answer_error(train_actions: np.ndarray, heldout_actions: np.ndarray, codec: Any) -> tuple[str, float]:
+    """The best constant *answer* for the training rows and its error on the held-out rows: "repeating the
+    most useful answer", the baseline a VLM's fit must beat to show it answers by the frame.
+
+    The candidates are the answers the round teaches (the codec's canonical answer of each training action);
+    the best one has the least mean absolute error over the training rows. Unlike
+    :func:`constant_action_error` it is limited by the codec's resolution exactly as the VLM is (with the
+    7-level driving codec the continuous median can beat every answer the VLM can write).
+
+    Returns:
+        ``(answer text, mean |heldout - decode(answer)| over rows and dimensions)``; ``("", nan)`` without
+        training rows.
+    """
+    train = np.asarray(train_actions, dtype=np.float64)
+    if len(train) == 0:
+        return "", float("nan")
+    answers = sorted({codec.encode(a) for a in train})
+    values = np.stack([np.asarray(codec.decode(text), dtype=np.float64) for text in answers])
+    train_err = np.abs(train[None, :, :] - values[:, None, :]).mean(axis=(1, 2))
+    best = int(np.argmin(train_err))
+    held = np.asarray(heldout_actions, dtype=np.float64)
+    return answers[best], float(np.mean(np.abs(held - values[best])))
+

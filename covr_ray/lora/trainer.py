@@ -39,7 +39,8 @@ from covr_ray.df.shards import ShardSet, open_shard_set
 from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError
 from covr_ray.frames import decode_frame
 from covr_ray.lora.data import IGNORE_INDEX, AnswerExamples, HeldoutSplit, collate, heldout_split, load_examples
-from covr_ray.lora.loss import constant_action_error, heldout_action_error, weighted_answer_nll
+from covr_ray.lora.loss import (constant_action_error, constant_answer_error, heldout_action_error,
+                                weighted_answer_nll)
 from covr_ray.lora.versions import META_FILE, adapter_path, adapter_versions
 from covr_ray.io import atomic_directory, atomic_write_text
 from covr_ray.log import get_logger, setup_worker_logging
@@ -167,6 +168,9 @@ class LoRATrainer:
         - ``lora/heldout_const_err``: the error of the best constant action fitted on the *training* rows
           (per-dimension median of their ``a_r``, unweighted like the error itself) on the held-out rows:
           the VLM has learned something from the frames only when its error is below this;
+        - ``lora/heldout_const_answer_err``: the same for the best constant *answer* (one of the answers the
+          round teaches, :func:`covr_ray.lora.loss.constant_answer_error`): "repeating the most useful
+          answer", limited by the codec as the VLM is;
         - ``lora/heldout_codec_err``: the error of the codec's own round trip of ``a_r`` (encode, decode),
           the floor any answer can reach (the driving codec has 7 levels a dimension);
         - ``lora/heldout_rows`` (evaluated), ``lora/heldout_excluded_rows``, ``lora/heldout_by_episode``,
@@ -275,10 +279,12 @@ class LoRATrainer:
         log.info("LoRA round: %d steps on %d rows, loss %.4f -> %.4f, adapter v%d at %s", len(losses),
                  len(train_rows), metrics["lora/loss_first"], metrics["lora/loss_last"], new_version, path)
         if heldout:
-            log.info("LoRA round: held-out %d rows (%s): action error %.3f -> %.3f (best constant %.3f), parsed "
-                     "%.2f -> %.2f, token accuracy %.2f -> %.2f", len(split.evaluated),
-                     "by episode" if split.by_episode else "by row", heldout["lora/heldout_action_err_before"],
-                     heldout["lora/heldout_action_err_after"], heldout["lora/heldout_const_err"],
+            log.info("LoRA round: held-out %d rows (%s): action error %.3f -> %.3f (best constant %.3f, best "
+                     "constant answer %.3f, codec floor %.3f), parsed %.2f -> %.2f, token accuracy %.2f -> %.2f",
+                     len(split.evaluated), "by episode" if split.by_episode else "by row",
+                     heldout["lora/heldout_action_err_before"], heldout["lora/heldout_action_err_after"],
+                     heldout["lora/heldout_const_err"], heldout["lora/heldout_const_answer_err"],
+                     heldout["lora/heldout_codec_err"],
                      heldout["lora/heldout_parse_frac_before"], heldout["lora/heldout_parse_frac_after"],
                      heldout["lora/heldout_token_acc_before"], heldout["lora/heldout_token_acc_after"])
         return RoundResult(str(path), new_version, True, metrics, heldout_list)
@@ -318,8 +324,10 @@ class LoRATrainer:
     def _heldout_baselines(self, examples: AnswerExamples, split: HeldoutSplit) -> dict[str, float]:
         targets = examples.actions[split.evaluated]
         _const, const_err = constant_action_error(examples.actions[split.train], targets)
+        _answer, answer_err = constant_answer_error(examples.actions[split.train], targets, self.codec)
         codec_err = heldout_action_error([self.codec.encode(a) for a in targets], targets, self.codec)["action_err"]
-        return {"lora/heldout_const_err": const_err, "lora/heldout_codec_err": codec_err,
+        return {"lora/heldout_const_err": const_err, "lora/heldout_const_answer_err": answer_err,
+                "lora/heldout_codec_err": codec_err,
                 "lora/heldout_rows": float(len(split.evaluated)),
                 "lora/heldout_excluded_rows": float(len(split.heldout)),
                 "lora/heldout_by_episode": float(split.by_episode),

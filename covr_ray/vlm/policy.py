@@ -19,8 +19,6 @@ atomically to :meth:`RunDir.vlm_eval_result` (``eval/vlm-v<N>.json``)::
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -28,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from covr_ray.errors import AdapterError, ConfigError
-from covr_ray.io import atomic_write_text
 from covr_ray.log import get_logger
 from covr_ray.lora.versions import list_adapters
 from covr_ray.prior.adapters import AdapterVersion, validate_adapter
@@ -177,15 +174,12 @@ def write_vlm_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
     Raises:
         ConfigError: no valid ``adapter_version``, or a non-finite mean.
     """
+    from covr_ray.evaluate import write_result
+
     version = result.get("adapter_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ConfigError("result.adapter_version", version, "an integer >= 0 (0 = base model)")
-    for key in ("return_mean", "return_std", "distance_m_mean", "distance_m_std"):
-        if key in result and not math.isfinite(float(result[key])):
-            raise ConfigError(f"result.{key}", result[key], "a finite number")
-    path = RunDir(Path(run_dir)).vlm_eval_result(version)
-    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_result(RunDir(Path(run_dir)).vlm_eval_result(version), result)
 
 
 def evaluate_vlm(run_dir: str | Path, adapter: str = "all", episodes: int = 10, seed: Optional[int] = None,
@@ -210,7 +204,7 @@ def evaluate_vlm(run_dir: str | Path, adapter: str = "all", episodes: int = 10, 
         CheckpointError: ``run_dir`` is not a run directory. ConfigError: bad ``adapter`` / ``episodes`` /
         ``seed`` / ``every`` or run config. AdapterError: an unknown or unservable adapter version.
     """
-    from covr_ray.evaluate import check_episodes_seed, eval_seed, run_episodes
+    from covr_ray.evaluate import check_episodes_seed, eval_seed, run_episodes_with_video
 
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
@@ -227,15 +221,12 @@ def evaluate_vlm(run_dir: str | Path, adapter: str = "all", episodes: int = 10, 
     with VLMPolicy(cfg, every=every) as policy:
         for version, chosen in selection:
             policy.use_adapter(chosen)
-            result, frames = run_episodes(policy.act, cfg.env, episodes, seed, actor_name=VLM_ACTOR,
-                                          record_first_episode=video, on_episode_start=policy.reset)
+            result = run_episodes_with_video(policy.act, cfg.env, episodes, seed, actor_name=VLM_ACTOR, fps=fps,
+                                             video_path=None if ext is None else run.vlm_eval_video(version, ext),
+                                             on_episode_start=policy.reset)
             result.update(policy.stats())
             result.update({"adapter_version": version, "query_every": every, "backend": policy.setup.backend_name,
                            "model": cfg.prior.model, "preset": cfg.preset, "run_seed": int(cfg.seed)})
-            if ext is not None:
-                from covr_ray.video import write_video
-
-                result["video"] = str(write_video(frames, run.vlm_eval_video(version, ext), fps=fps))
             path = write_vlm_eval_result(run.root, result)
             log.info("eval %s: VLM v%d return %.1f +- %.1f over %d episodes, %d/%d answers unparsed -> %s",
                      run.root, version, result["return_mean"], result["return_std"], episodes,

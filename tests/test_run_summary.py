@@ -1,0 +1,69 @@
+"""`covr summary RUN_DIR`: a run's evaluations against the random level, the VLM's held-out fit per round
+(read back from the metrics.csv the loop's sink writes) and the VLM as a policy per adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from covr_ray.cli import main
+from covr_ray.config import LoggingSection
+from covr_ray.evaluate import evaluate_random, evaluate_run, write_eval_result
+from covr_ray.metrics import MetricsSink
+from covr_ray.report.run_summary import format_run_summary, run_summary
+from covr_ray.vlm.policy import write_vlm_eval_result
+from support.policies import make_run_dir
+
+ROUNDS = [  # step, version, rows, before, after, const, token acc, parsed
+    (150, 1, 12, 1.7, 0.9, 0.5, 0.40, 1.0),
+    (300, 2, 20, 0.8, 0.2, 0.4, 0.75, 1.0),
+]
+
+
+def _fill(run_dir: Path) -> None:
+    with MetricsSink(run_dir, LoggingSection(wandb=False, tensorboard=False, csv=True)) as sink:
+        for step, version, rows, before, after, const, acc, parsed in ROUNDS:
+            sink.log({"lora/adapter_version": version, "lora/heldout_rows": rows,
+                      "lora/heldout_action_err_before": before, "lora/heldout_action_err_after": after,
+                      "lora/heldout_const_err": const, "lora/heldout_token_acc_after": acc,
+                      "lora/heldout_parse_frac_after": parsed, "loop/env_steps": step}, step=step)
+        sink.log({"loop/env_steps": 400}, step=400)  # a step without a round
+    for steps, ret in ((200, -5.0), (400, 30.0)):
+        write_eval_result(run_dir, {"env_steps": steps, "return_mean": ret, "return_std": 1.0, "episodes": 2})
+    for version, ret in ((0, 1.0), (2, 4.0)):
+        write_vlm_eval_result(run_dir, {"adapter_version": version, "return_mean": ret, "return_std": 0.5,
+                                        "episodes": 2, "queries": 10, "parse_failures": version, "query_every": 10})
+
+
+def test_summary_reads_every_part_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, cfg, _ = make_run_dir(tmp_path)
+    _fill(run_dir)
+    random, _ = evaluate_random(run_dir, episodes=2)
+    s = run_summary(run_dir)
+    assert [p["env_steps"] for p in s["policy_curve"]] == [200, 400]
+    assert s["random"]["return_mean"] == pytest.approx(random["return_mean"])
+    assert s["final_above_random"] == (30.0 > random["return_mean"])
+    assert [(r["round"], r["env_steps"], r["adapter_version"], r["heldout_rows"]) for r in s["vlm_fit"]] == [
+        (1, 150, 1, 12), (2, 300, 2, 20)]
+    assert s["vlm_fit"][1]["after_over_const"] == pytest.approx(0.2 / 0.4)
+    assert s["vlm_fit"][0]["token_acc_after"] == pytest.approx(0.40)
+    assert [(v["adapter_version"], v["parse_failures"]) for v in s["vlm_policy"]] == [(0, 0), (2, 2)]
+    text = format_run_summary(s)
+    assert s["vlm_fit"][0]["const_answer_err"] is None and s["vlm_fit"][0]["after_over_const_answer"] is None
+    assert "0.50" in text and "v2" in text and "random actions" in text and "above the random level" in text
+
+    assert main(["summary", str(run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vlm_fit"] == json.loads(json.dumps(s["vlm_fit"]))
+
+
+def test_summary_of_a_bare_run_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _, _ = make_run_dir(tmp_path)
+    evaluate_run(run_dir, episodes=1)
+    assert main(["summary", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "not measured (covr eval RUN_DIR --actor random)" in text
+    assert "no round measured a held-out fit" in text and "not evaluated" in text
+    assert main(["summary", str(tmp_path / "nope")]) == 2
+    assert "config.yaml is missing" in capsys.readouterr().err
