@@ -158,12 +158,24 @@ def test_measure_latency_counts_calls() -> None:
 
 
 def test_bench_deploy_on_the_paper_size_network(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "deploy", "--json", "--calls", "30", "--warmup", "3"]) == 0
+    assert main(["bench", "deploy", "--json", "--calls", "30", "--warmup", "3", "--quantize", "none"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"p50_ms", "p99_ms", "size_mb", "format", "device"} <= set(out)
+    assert {"p50_ms", "p99_ms", "size_mb", "format", "device"} <= set(out) and out["quantize"] == "none"
     assert out["format"] == "onnx" and out["device"] == "cpu" and out["obs_shape"] == [9, 84, 84]
     assert 0 < out["p50_ms"] <= out["p99_ms"]
     # RAD encoder + actor at 9x84x84, feature 50, hidden 1024, 1 action: 3.09 M float32 weights.
     assert out["parameters"] == 3_094_392 and 12.0 < out["size_mb"] < 13.0
     # ONNX Runtime vs torch on the paper-size network (trunk fan-in 39,200): its derived float32 bound
     assert out["verify_max_abs_diff"] < export_verification_atol(preset_policy("dmc-cartpole-swingup", 0)[0])
+
+
+def test_bench_deploy_int8_reports_quantized_and_float_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "deploy", "--json", "--calls", "20", "--warmup", "2", "--observations", "8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["quantize"] == "int8" and out["observations"] == 8 and out["max_action_err"] == 0.05
+    assert {"p50_ms", "p99_ms", "size_mb"} <= set(out["float"]) and 0 < out["p50_ms"] <= out["p99_ms"]
+    # int8 weights: about a quarter of the float file (3.1 M parameters: 12.4 MB float)
+    assert 12.0 < out["float"]["size_mb"] < 13.0 and out["size_mb"] < 4.0
+    assert out["size_ratio"] == pytest.approx(out["size_mb"] / out["float"]["size_mb"], abs=2e-3)
+    assert 0 <= out["action_err_mean"] <= out["action_err_max"] and out["within_bound"] is (out["action_err_max"] <= 0.05)
+    assert out["p50_ratio"] == pytest.approx(out["p50_ms"] / out["float"]["p50_ms"], abs=2e-3)
