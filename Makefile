@@ -42,12 +42,14 @@ test-all: $(STAMP)
 	MUJOCO_GL=egl $(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
 # The demo: COVR on the embedded highway with the tiny VLM (CPU, about 12 min on 2 cores), then the policy
-# network alone with a video, uniform random actions on the same episodes (the level to beat), the VLM alone
+# network alone with a video, uniform random actions and the neutral constant action on the same episodes
+# (the levels to beat; on this highway the constant is strong: docs/results.md), the VLM alone
 # as the policy with every adapter (v0 = base model), a report, and the run's summary in both directions.
 demo: $(STAMP) $(TINY_VLM)/config.json
 	$(VENV)/bin/covr train --preset demo --set prior.model=$(TINY_VLM) --run-dir $(DEMO_DIR)
 	$(VENV)/bin/covr eval $(DEMO_DIR) --episodes 3 --video
 	$(VENV)/bin/covr eval $(DEMO_DIR) --actor random --episodes 3
+	$(VENV)/bin/covr eval $(DEMO_DIR) --actor constant --action "keep lane, keep speed" --episodes 3
 	$(VENV)/bin/covr eval $(DEMO_DIR) --actor vlm --adapter all --episodes 3
 	$(VENV)/bin/covr report $(dir $(DEMO_DIR)) --out $(dir $(DEMO_DIR))report
 	$(VENV)/bin/covr summary $(DEMO_DIR)

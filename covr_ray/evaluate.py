@@ -3,8 +3,8 @@
 The actor is any callable ``act(frame, obs) -> action`` (:data:`ActFn`), so the same loop evaluates the
 policy network (:func:`policy_act_fn`, deterministic ``tanh(mean)``, no VLM, no Ray) and the VLM alone as
 a policy (:class:`covr_ray.vlm.policy.VLMPolicy`, ``covr eval --actor vlm``: the prior service's backend
-asked about ``frame``) and uniform random actions (:func:`random_act_fn`, ``covr eval --actor random``: the
-level a learning curve must rise above).
+asked about ``frame``) and the baselines a learning curve must rise above (:func:`evaluate_baseline`,
+``covr eval --actor random`` / ``--actor constant --action A``).
 
 The orchestrator calls::
 
@@ -245,32 +245,77 @@ def write_eval_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
     return write_result(RunDir(Path(run_dir)).eval_result(steps), result)
 
 
-def evaluate_random(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = None, *, video: bool = False,
-                    video_format: str = "auto", fps: float = 15.0) -> tuple[dict[str, Any], Path]:
-    """``covr eval --actor random``: uniform random actions on the run's env, the same episodes as ``covr eval``
-    of the policy (``seed`` defaults to :func:`eval_seed`; the loop's own evaluations use ``eval_seed +
-    env_steps``, other episodes of the same distribution); written to :meth:`RunDir.random_eval_result`.
+def parse_constant_action(text: str, codec: Any, action_dim: int) -> np.ndarray:
+    """``--action`` of ``covr eval --actor constant``: ``action_dim`` comma-separated numbers in [-1, 1]
+    (``0,0.33``) or an answer the run's codec decodes (``keep lane, accelerate slightly``).
 
     Raises:
-        CheckpointError: ``run_dir`` is not a run directory. ConfigError: bad ``episodes`` / ``seed``.
+        ConfigError: neither, naming what the codec accepts.
     """
-    from covr_envs.registry import load_env_spec
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = np.asarray([float(p) for p in parts], dtype=np.float32)
+    except ValueError:
+        values = None
+    if values is not None:
+        if values.shape != (action_dim,) or not np.all(np.isfinite(values)) or np.abs(values).max() > 1.0:
+            raise ConfigError("--action", text, f"{action_dim} comma-separated numbers in [-1, 1], or an answer "
+                              f"of the {codec.name} codec")
+        return values
+    decoded = codec.decode(text)
+    if decoded is None:
+        raise ConfigError("--action", text, f"{action_dim} comma-separated numbers in [-1, 1], or an answer of "
+                          f"the {codec.name} codec", hint=codec.format_instructions)
+    return np.asarray(decoded, dtype=np.float32)
 
+
+def evaluate_baseline(run_dir: str | Path, actor: str, episodes: int = 10, seed: Optional[int] = None, *,
+                      action: Optional[str] = None, video: bool = False, video_format: str = "auto",
+                      fps: float = 15.0) -> tuple[dict[str, Any], Path]:
+    """``covr eval --actor random|constant``: the levels a learned policy (and the VLM as a policy) must rise
+    above, on the episodes of ``covr eval`` of the policy (``seed`` defaults to :func:`eval_seed`; the loop's
+    own evaluations use ``eval_seed + env_steps``, other episodes of the same distribution).
+
+    ``random``: uniform actions (:func:`random_act_fn`), written to :meth:`RunDir.random_eval_result`.
+    ``constant``: one action every step (:func:`parse_constant_action` reads ``action``; the VLM answering
+    one fixed answer scores exactly this), written to :meth:`RunDir.constant_eval_result`.
+
+    Raises:
+        CheckpointError: ``run_dir`` is not a run directory. ConfigError: bad ``actor`` / ``action`` /
+        ``episodes`` / ``seed``.
+    """
+    from covr_envs.registry import resolve_env_spec
+    from covr_ray.prior.codecs import get_codec
+
+    if actor not in ("random", "constant"):
+        raise ConfigError("--actor", actor, "random or constant")
+    if (action is None) != (actor == "random"):
+        raise ConfigError("--action", action, "an action with --actor constant (and only there)")
     run = RunDir(Path(run_dir))
     cfg = run.read_config()
     seed = eval_seed(cfg) if seed is None else seed
     check_episodes_seed(episodes, seed)
-    action_dim = int(load_env_spec(cfg.env).action_dim)
+    spec = resolve_env_spec(cfg.env) if actor == "constant" else None
+    if spec is not None:
+        constant = parse_constant_action(action, get_codec(spec.codec, spec.action_dim), spec.action_dim)
+        act: ActFn = lambda frame, obs: constant  # noqa: E731
+        json_path = run.constant_eval_result()
+    else:
+        from covr_envs.registry import load_env_spec
+
+        act = random_act_fn(int(load_env_spec(cfg.env).action_dim), seed)
+        json_path = run.random_eval_result()
     video_path = None
     if video:
         from covr_ray.video import resolve_format
 
-        video_path = run.random_eval_video(resolve_format(video_format))
-    result = run_episodes_with_video(random_act_fn(action_dim, seed), cfg.env, episodes, seed, actor_name="random",
-                                     video_path=video_path, fps=fps)
+        video_path = json_path.with_suffix("." + resolve_format(video_format))
+    result = run_episodes_with_video(act, cfg.env, episodes, seed, actor_name=actor, video_path=video_path, fps=fps)
     result.update({"preset": cfg.preset, "run_seed": int(cfg.seed)})
-    path = write_result(run.random_eval_result(), result)
-    log.info("eval %s: random actions, return %.1f +- %.1f over %d episodes -> %s", run_dir,
+    if spec is not None:
+        result.update({"action": constant.tolist(), "action_text": action})
+    path = write_result(json_path, result)
+    log.info("eval %s: %s actions, return %.1f +- %.1f over %d episodes -> %s", run_dir, actor,
              result["return_mean"], result["return_std"], episodes, path)
     return result, path
 

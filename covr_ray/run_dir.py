@@ -146,12 +146,14 @@ class RunDir:
         return self.eval / f"vlm-v{int(version)}.{ext}"
 
     def random_eval_result(self) -> Path:
-        """``eval/random.json``: uniform random actions on the run's env (``covr eval --actor random``)."""
+        """``eval/random.json``: uniform random actions on the run's env (``covr eval --actor random``). Its
+        video: the same name with the video suffix."""
         return self.eval / "random.json"
 
-    def random_eval_video(self, ext: str) -> Path:
-        """``eval/random.<ext>`` (``mp4`` or ``gif``): the random actor's first evaluation episode."""
-        return self.eval / f"random.{ext}"
+    def constant_eval_result(self) -> Path:
+        """``eval/constant.json``: one constant action on the run's env (``covr eval --actor constant``); the
+        newest such evaluation (it records its action). Its video: the same name with the video suffix."""
+        return self.eval / "constant.json"
 
     @property
     def export(self) -> Path:

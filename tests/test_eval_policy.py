@@ -177,3 +177,26 @@ def test_random_actor_is_seeded_uniform_and_written_beside_the_policy_eval(tmp_p
     assert "uniform random actions" in capsys.readouterr().out
     assert main(["eval", str(run_dir), "--actor", "random", "--adapter", "v1"]) == 2
     assert "--adapter" in capsys.readouterr().err
+
+
+def test_constant_actor_takes_numbers_or_a_codec_answer_and_refuses_anything_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from covr_ray.evaluate import evaluate_baseline, run_episodes
+
+    run_dir, cfg, _ = make_run_dir(tmp_path)
+    by_text, path = evaluate_baseline(run_dir, "constant", episodes=2, action="keep lane, accelerate slightly")
+    assert path == run_dir / "eval" / "constant.json" and by_text["action"] == pytest.approx([0.0, 1 / 3])
+    by_numbers, _ = evaluate_baseline(run_dir, "constant", episodes=2, action="0, 0.3333333")
+    assert by_numbers["returns"] == pytest.approx(by_text["returns"])  # same action, same episodes
+    reference, _ = run_episodes(lambda f, o: np.array([0.0, 1 / 3], np.float32), cfg.env, 2, eval_seed(cfg))
+    assert by_text["returns"] == pytest.approx(reference["returns"])
+    for bad in ("fly", "0.5", "0, 2", "nan, 0"):
+        with pytest.raises(ConfigError, match="--action"):
+            evaluate_baseline(run_dir, "constant", episodes=1, action=bad)
+    with pytest.raises(ConfigError, match="--action"):
+        evaluate_baseline(run_dir, "constant", episodes=1)
+    assert main(["eval", str(run_dir), "--actor", "random", "--action", "0,0"]) == 2
+    assert "only with --actor constant" in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--actor", "constant", "--action", "keep lane, keep speed",
+                 "--episodes", "1"]) == 0
+    assert "constant action [0.0, 0.0] ('keep lane, keep speed')" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 
 from covr_ray.cli import main
 from covr_ray.config import LoggingSection
-from covr_ray.evaluate import evaluate_random, evaluate_run, write_eval_result
+from covr_ray.evaluate import evaluate_baseline, evaluate_run, write_eval_result
 from covr_ray.metrics import MetricsSink
 from covr_ray.report.run_summary import format_run_summary, run_summary
 from covr_ray.vlm.policy import write_vlm_eval_result
@@ -40,11 +40,13 @@ def _fill(run_dir: Path) -> None:
 def test_summary_reads_every_part_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, cfg, _ = make_run_dir(tmp_path)
     _fill(run_dir)
-    random, _ = evaluate_random(run_dir, episodes=2)
+    random, _ = evaluate_baseline(run_dir, "random", episodes=2)
+    evaluate_baseline(run_dir, "constant", episodes=2, action="keep lane, keep speed")
     s = run_summary(run_dir)
     assert [p["env_steps"] for p in s["policy_curve"]] == [200, 400]
     assert s["random"]["return_mean"] == pytest.approx(random["return_mean"])
     assert s["final_above_random"] == (30.0 > random["return_mean"])
+    assert s["constant"]["action"] == [0.0, 0.0] and s["constant"]["action_text"] == "keep lane, keep speed"
     assert [(r["round"], r["env_steps"], r["adapter_version"], r["heldout_rows"]) for r in s["vlm_fit"]] == [
         (1, 150, 1, 12), (2, 300, 2, 20)]
     assert s["vlm_fit"][1]["after_over_const"] == pytest.approx(0.2 / 0.4)
@@ -53,6 +55,7 @@ def test_summary_reads_every_part_back(tmp_path: Path, capsys: pytest.CaptureFix
     text = format_run_summary(s)
     assert s["vlm_fit"][0]["const_answer_err"] is None and s["vlm_fit"][0]["after_over_const_answer"] is None
     assert "0.50" in text and "v2" in text and "random actions" in text and "above the random level" in text
+    assert "'keep lane, keep speed': a VLM answering only this" in text
 
     assert main(["summary", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["vlm_fit"] == json.loads(json.dumps(s["vlm_fit"]))

@@ -25,10 +25,13 @@ from covr_ray.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="run directory (holds config.yaml and policy/policy.pt)")
-    parser.add_argument("--actor", choices=("policy", "vlm", "random"), default="policy",
+    parser.add_argument("--actor", choices=("policy", "vlm", "random", "constant"), default="policy",
                         help="policy: the policy network alone; vlm: the run's VLM alone, its parsed answers "
                              "as actions; random: uniform random actions (the level a learning curve must "
-                             "rise above), written to eval/random.json")
+                             "rise above), written to eval/random.json; constant: --action every step (eval/constant.json)")
+    parser.add_argument("--action", default=None,
+                        help="with --actor constant: comma-separated numbers in [-1, 1] or an answer of the run's "
+                             "codec, e.g. 'keep lane, accelerate slightly'")
     parser.add_argument("--adapter", default=None,
                         help="with --actor vlm: all (default: v0 = base model, then every adapters/v<N>), v0 "
                              "or v<N>")
@@ -77,21 +80,29 @@ def _run_vlm(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action is not None and args.actor != "constant":
+        raise ConfigError("--action", args.action, "only with --actor constant")
     if args.actor == "vlm":
         return _run_vlm(args)
     for flag, value in (("--adapter", args.adapter), ("--every-frame", args.every_frame or None)):
         if value is not None:
             raise ConfigError(flag, value, "only with --actor vlm")
-    from covr_ray.evaluate import evaluate_random, evaluate_run
+    from covr_ray.evaluate import evaluate_baseline, evaluate_run
 
-    evaluate = evaluate_random if args.actor == "random" else evaluate_run
-    result, path = evaluate(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video,
-                            video_format=args.video_format, fps=args.fps)
+    if args.actor == "policy":
+        result, path = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video,
+                                    video_format=args.video_format, fps=args.fps)
+    else:
+        result, path = evaluate_baseline(args.run_dir, args.actor, episodes=args.episodes, seed=args.seed,
+                                         action=args.action, video=args.video, video_format=args.video_format,
+                                         fps=args.fps)
     result["json_path"] = str(path)
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
-    who = "uniform random actions" if args.actor == "random" else f"policy at {result['env_steps']} env steps"
+    who = {"random": "uniform random actions",
+           "constant": f"constant action {result.get('action')} ({result.get('action_text')!r})"}.get(
+        args.actor, f"policy at {result.get('env_steps')} env steps")
     print(f"{result['env']} {who}, {result['episodes']} episodes (seed {result['seed']}):")
     _print_common(result)
     return 0

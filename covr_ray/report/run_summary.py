@@ -4,7 +4,8 @@ From the run directory alone:
 
 - **the policy teaches itself**: the policy network's evaluations (``eval/eval-<steps>.json``, written by
   the loop at every ``schedule.eval_every``) against the random-policy level (``eval/random.json``,
-  ``covr eval --actor random``: uniform actions on the episodes of ``covr eval``);
+  ``covr eval --actor random``: uniform actions on the episodes of ``covr eval``) and, when measured, one
+  constant action's (``eval/constant.json``, ``covr eval --actor constant --action A``);
 - **the RL agent teaches the VLM**: per fine-tune round, the VLM's error on held-out episodes of the kept
   set before and after the round against the best constant action's (``lora/heldout_*`` in
   ``metrics.csv``, :meth:`covr_ray.lora.trainer.LoRATrainer.train_round`), the answer-token accuracy and
@@ -76,8 +77,12 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     curve = []
     for steps, path in run.eval_results():
         curve.append({"env_steps": steps, **_episodes_summary(_read_json(path))})
-    random_path = run.random_eval_result()
+    random_path, constant_path = run.random_eval_result(), run.constant_eval_result()
     random = _episodes_summary(_read_json(random_path)) if random_path.is_file() else None
+    constant = None
+    if constant_path.is_file():
+        result = _read_json(constant_path)
+        constant = {**_episodes_summary(result), "action": result.get("action"), "action_text": result.get("action_text")}
     above: Optional[bool] = None
     if random is not None and curve:
         above = curve[-1]["return_mean"] > random["return_mean"]
@@ -90,6 +95,7 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
                            "query_every": result.get("query_every")})
     return {"run_dir": str(run.root), "env": cfg.env.name, "preset": cfg.preset, "seed": int(cfg.seed),
             "total_env_steps": cfg.schedule.total_env_steps, "policy_curve": curve, "random": random,
+            "constant": constant,
             "final_above_random": above, "vlm_fit": vlm_fit_rounds(metrics), "vlm_policy": vlm_policy}
 
 
@@ -110,6 +116,10 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     random = summary["random"]
     out.append(f"  {'random actions':>16}  {_pm(random)}" if random else
                "  random-policy level: not measured (covr eval RUN_DIR --actor random)")
+    constant = summary.get("constant")
+    if constant:
+        out.append(f"  {'constant action':>16}  {_pm(constant)}   ({constant['action_text']!r}: a VLM answering "
+                   "only this scores the same)")
     for point in summary["policy_curve"]:
         out.append(f"  {point['env_steps']:>10} steps  {_pm(point)}")
     if not summary["policy_curve"]:
