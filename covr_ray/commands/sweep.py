@@ -9,9 +9,12 @@ How to run::
     covr report runs/covr_vs_base                                                # one row per variant
 
 Running the same command again skips finished runs, resumes crashed ones (``covr train --resume``) and
-starts missing ones. One progress line per change of a run (state, env steps, eval return), plain lines
-for ``ray job logs`` and log files. Exit code 0 when every run is done, 1 when some failed (run the sweep
-again to resume them), 2 on bad input (nothing started). The spec format: :mod:`covr_ray.sweep.spec`;
+starts missing ones. With the spec's ``vlm_eval``, each finished run with the prior enabled and adapters
+then gets ``covr eval RUN_DIR --actor vlm --adapter all`` (:mod:`covr_ray.sweep.vlm_stage`), skipped when
+its ``eval/vlm-v<N>.json`` are already there. One progress line per change of a run (state, env steps, eval
+return), plain lines for ``ray job logs`` and log files. Exit code 0 when every run is done (and every VLM
+evaluation done or skipped), 1 when some failed (run the sweep again to resume them), 2 on bad input
+(nothing started). The spec format: :mod:`covr_ray.sweep.spec`;
 docs/report.md.
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="sweep spec YAML: preset, seeds, variants (name -> --set list), base_variant, "
-                                     "common, total_env_steps")
+                                     "common, total_env_steps, vlm_eval")
     parser.add_argument("--out", default=None,
                         help="output directory: <out>/<variant>/s<seed> per run, <out>/sweep.json "
                              "(default: runs/<spec file name>)")
@@ -36,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local: the Ray cluster each covr train joins (default: each starts its own local "
                              "Ray); jobs: the Ray job server, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     parser.add_argument("--max-parallel", type=int, default=1,
-                        help="runs at a time (default 1: one run uses a small machine whole)")
+                        help="runs (covr train or a VLM evaluation) at a time (default 1: one run uses a small "
+                             "machine whole)")
     parser.add_argument("--retries", type=int, default=0,
-                        help="resume a run that fails up to N more times within this invocation (default 0)")
+                        help="resume a run (or rerun a VLM evaluation) that fails up to N more times within this "
+                             "invocation (default 0)")
     parser.add_argument("--runtime-env", default=None, metavar="YAML",
                         help="jobs: the jobs' runtime env (e.g. cluster/runtime_env.yaml)")
     parser.add_argument("--poll-s", type=float, default=2.0, help="seconds between polls of the running runs")
@@ -49,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as failed and is resumed by the next sweep")
     parser.add_argument("--request-timeout-s", type=float, default=60.0,
                         help="jobs: bound on every call to the Ray job server")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print what would run; start nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and print what would run (covr train and covr eval commands); start nothing")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
 
 
@@ -107,4 +113,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         print(f"report: covr report {sweep.out}", file=sys.stdout)
-    return 0 if summary["failed"] == 0 else 1
+    return 0 if summary["failed"] == 0 and summary.get("vlm_failed", 0) == 0 else 1

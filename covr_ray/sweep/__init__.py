@@ -5,7 +5,8 @@ this machine or as Ray jobs; resumable, with a progress view; ``covr report`` la
 - :mod:`~covr_ray.sweep.state`: a run's status from its directory alone (finished, crashed, running),
   progress from its ``metrics.csv``, and ``sweep.json``;
 - :mod:`~covr_ray.sweep.backends`: ``covr train`` as local subprocesses or as Ray jobs;
-- :mod:`~covr_ray.sweep.runner`: planning and running the sweep, the progress lines.
+- :mod:`~covr_ray.sweep.runner`: planning and running the sweep, the progress lines;
+- :mod:`~covr_ray.sweep.vlm_stage`: the optional VLM evaluation step after each run (spec ``vlm_eval``).
 
 This package imports nothing at import time beyond its own docstring (``covr report`` reads
 ``sweep.json`` through :mod:`~covr_ray.sweep.state`, which imports no Ray).

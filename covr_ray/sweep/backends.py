@@ -1,6 +1,7 @@
 """Where a sweep's runs execute: ``covr train`` subprocesses on this machine (:class:`LocalBackend`) or Ray
-jobs on a cluster (:class:`JobsBackend`). Both start a run (new, or ``--resume RUN_DIR``), poll it without
-blocking, and stop it; every call that waits has a bound.
+jobs on a cluster (:class:`JobsBackend`). Both start a run (new, or ``--resume RUN_DIR``) or another
+``covr`` command of a run (``launch``: the VLM evaluation step), poll it without blocking, and stop it;
+every call that waits has a bound.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def train_args(plan: RunPlan, resume: bool, address: Optional[str]) -> list[str]
     return args + ["--no-progress", "--json"]
 
 
+def exit_text(code: int) -> str:
+    """``exit code 1``, ``signal SIGKILL``: a process's exit status (negative: the signal) in words."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 @dataclass
 class Handle:
     """A started (or attached) run."""
@@ -69,10 +80,16 @@ class LocalBackend:
         self.stop_timeout_s = stop_timeout_s
 
     def start(self, plan: RunPlan, resume: bool, attempt: int) -> Handle:
+        return self.launch(plan, train_args(plan, resume, self.address), attempt)
+
+    def launch(self, plan: RunPlan, args: list[str], attempt: int, what: str = "train",
+               num_gpus: float = 0.0) -> Handle:
+        """``covr ARGS`` of ``plan``'s run (``what`` names it in the log; ``num_gpus`` is for jobs)."""
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(plan.run_dir / LOG_NAME, "ab")  # noqa: SIM115 - closed in finish()
-        cmd = [sys.executable, "-m", "covr_ray.cli"] + train_args(plan, resume, self.address)
-        log.write(f"\n=== covr sweep attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+        cmd = [sys.executable, "-m", "covr_ray.cli"] + args
+        step = "" if what == "train" else f"{what} "
+        log.write(f"\n=== covr sweep {step}attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                   f"{shlex.join(cmd)}\n".encode())
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -183,13 +200,22 @@ class JobsBackend:
                                         f"connecting to the Ray job server at {address or 'RAY_ADDRESS'}")
 
     def start(self, plan: RunPlan, resume: bool, attempt: int) -> Handle:
-        entry = shlex.join([self.entrypoint] + train_args(plan, resume, "auto"))
-        submission_id = f"covr-sweep-{plan.variant}-s{plan.seed}-a{attempt}-{uuid.uuid4().hex[:6]}"
+        return self.launch(plan, train_args(plan, resume, "auto"), attempt)
+
+    def launch(self, plan: RunPlan, args: list[str], attempt: int, what: str = "train",
+               num_gpus: float = 0.0) -> Handle:
+        """``covr ARGS`` of ``plan``'s run as a job; ``num_gpus`` > 0 reserves GPUs for its entrypoint (the
+        VLM evaluation loads the model in the entrypoint's process; ``covr train`` asks Ray for its actors')."""
+        entry = shlex.join([self.entrypoint] + args)
+        step = "" if what == "train" else f"{what}-"
+        submission_id = f"covr-sweep-{step}{plan.variant}-s{plan.seed}-a{attempt}-{uuid.uuid4().hex[:6]}"
+        extra = {"entrypoint_num_gpus": num_gpus} if num_gpus > 0 else {}
         job_id = call_with_timeout(
             lambda: self.client.submit_job(entrypoint=entry, submission_id=submission_id,
-                                           runtime_env=self.runtime_env,
-                                           metadata={"covr_sweep_run": plan.rel, "attempt": str(attempt)}),
-            self.timeout_s, f"submitting {plan.rel}")
+                                           runtime_env=self.runtime_env, **extra,
+                                           metadata={"covr_sweep_run": plan.rel, "attempt": str(attempt),
+                                                     "step": what}),
+            self.timeout_s, f"submitting {what} of {plan.rel}")
         return Handle(job_id=str(job_id))
 
     def attach(self, job_id: str) -> Optional[Handle]:

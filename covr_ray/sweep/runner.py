@@ -3,8 +3,10 @@ missing), run them through a backend at most ``max_parallel`` at a time, print a
 keep ``sweep.json`` current.
 
 States of a run in the progress view and ``sweep.json``: ``pending`` (waiting for a slot), ``running``
-(started new), ``resumed`` (continuing a crashed run), ``done`` (finished, see
-:mod:`covr_ray.sweep.state`), ``failed`` (ended without finishing: the next ``covr sweep`` resumes it).
+(started new), ``resumed`` (continuing a crashed run), ``vlm-eval`` (finished; its VLM evaluation step,
+spec ``vlm_eval``, is pending or running: :mod:`covr_ray.sweep.vlm_stage`), ``done`` (finished, see
+:mod:`covr_ray.sweep.state`, and its VLM evaluation done, skipped or failed: the entry's ``vlm_eval``
+says which), ``failed`` (ended without finishing: the next ``covr sweep`` resumes it).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from covr_ray.errors import ConfigError, CovrError
-from covr_ray.sweep.backends import LOG_NAME, Handle
+from covr_ray.sweep.backends import LOG_NAME, Handle, exit_text
 from covr_ray.sweep.spec import RunPlan, SweepSpec, SweepSpecError
 from covr_ray.sweep.state import (SWEEP_FILE, MetricsTail, SweepError, read_sweep_file, run_status,
                                   write_sweep_file)
+from covr_ray.sweep.vlm_stage import VLM_STATE, VLMEvalState, VLMStage, vlm_eval_args
 
 
 @dataclass
@@ -29,7 +32,8 @@ class RunEntry:
     plan: RunPlan
     state: str = "pending"
     action: str = "new"
-    """What this sweep does with it: ``new``, ``resume``, ``skip`` (finished) or ``attach`` (running)."""
+    """What this sweep does with it: ``new``, ``resume``, ``skip`` (finished), ``attach`` (running) or
+    ``vlm-eval`` (finished, its VLM evaluation to run)."""
     attempts: int = 0
     """``covr train`` starts of this run, over every sweep invocation."""
     starts_here: int = 0
@@ -41,6 +45,8 @@ class RunEntry:
     job_id: Optional[str] = None
     exit_code: Optional[int] = None
     message: str = ""
+    vlm: Optional[VLMEvalState] = None
+    """The VLM evaluation step (None: the spec has none, or the run has not finished yet)."""
     handle: Optional[Handle] = field(default=None, repr=False)
     tail: Optional[MetricsTail] = field(default=None, repr=False)
     last_progress: float = field(default_factory=time.monotonic, repr=False)
@@ -50,7 +56,8 @@ class RunEntry:
         return {"variant": self.plan.variant, "seed": self.plan.seed, "run_dir": self.plan.rel, "state": self.state,
                 "action": self.action, "attempts": self.attempts, "env_steps": self.env_steps,
                 "total_env_steps": self.total_env_steps, "return": self.eval_return, "pid": self.pid,
-                "job_id": self.job_id, "exit_code": self.exit_code, "message": self.message}
+                "job_id": self.job_id, "exit_code": self.exit_code, "message": self.message,
+                "vlm_eval": self.vlm.to_dict() if self.vlm is not None else None}
 
 
 def _fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +104,7 @@ class Sweep:
         self.echo = echo or (lambda line: print(line, flush=True))
         self.check_paths = check_paths
         self.entries: list[RunEntry] = []
+        self.vlm_stage = VLMStage(spec.vlm_eval, backend, stall_timeout_s) if spec.vlm_eval is not None else None
 
     # --- planning: everything that can be wrong is found here, before any run starts --------------------
 
@@ -126,6 +134,11 @@ class Sweep:
                 self._check_same_config(plan, expected)
             if status.status == "done":
                 entry.state, entry.action = "done", "skip"
+                try:
+                    if self.vlm_stage is not None and self.vlm_stage.inspect(entry, previous.get(plan.rel)):
+                        entry.action = VLM_STATE
+                except (CovrError, OSError) as exc:
+                    raise SweepError(f"{plan.run_dir}: {exc}") from exc
             elif status.status == "locked":
                 entry.action = "attach"
                 entry.handle = self._attach(plan, status.holder, previous.get(plan.rel, {}))
@@ -143,8 +156,10 @@ class Sweep:
                     handle = self.backend.attach(job_id)
                     if handle is not None:
                         entry.action, entry.state, entry.handle = "attach", "running", handle
+                elif entry.action == VLM_STATE and self.vlm_stage is not None:
+                    self.vlm_stage.follow(entry, previous.get(entry.plan.rel, {}))
         for entry in entries:
-            if entry.handle is not None:
+            if entry.handle is not None and entry.state != VLM_STATE:
                 info = self.backend.describe(entry.handle)
                 entry.pid, entry.job_id = info["pid"], info["job_id"]
                 entry.tail = MetricsTail(entry.plan.run_dir / "metrics.csv")
@@ -192,13 +207,14 @@ class Sweep:
         if not self.entries:
             self.prepare()
         self.out.mkdir(parents=True, exist_ok=True)
-        counts = {a: sum(e.action == a for e in self.entries) for a in ("skip", "resume", "new", "attach")}
+        counts = {a: sum(e.action == a for e in self.entries) for a in ("skip", "resume", "new", "attach", VLM_STATE)}
+        vlm = f", {counts[VLM_STATE]} finished with a VLM evaluation to run" if self.vlm_stage is not None else ""
         self.echo(f"covr sweep: {len(self.entries)} runs of {self.spec.preset} in {self.out} ({self.backend.mode}): "
                   f"{counts['skip']} finished (skipped), {counts['resume']} to resume, {counts['new']} to start, "
-                  f"{counts['attach']} running elsewhere (followed)")
+                  f"{counts['attach']} running elsewhere (followed){vlm}")
         for entry in self.entries:
             self._print(entry, force=True)
-        queue = [e for e in self.entries if e.action in ("new", "resume")]
+        queue = [e for e in self.entries if e.action in ("new", "resume", VLM_STATE)]
         running = [e for e in self.entries if e.action == "attach"]
         self._save()
         try:
@@ -211,15 +227,16 @@ class Sweep:
                 for entry in list(running):
                     if self._check(entry):
                         running.remove(entry)
-                        if entry.state == "failed" and entry.starts_here <= self.retries:
-                            entry.action, entry.state = "resume", "pending"
+                        if self._next_step(entry):
                             queue.append(entry)
                             self._print(entry, force=True)
         except BaseException:  # Ctrl-C, SIGTERM (via the CLI), a job server that stopped answering
             for entry in running:
                 if entry.handle is None or entry.handle.foreign:
                     continue
-                if self.backend.mode == "jobs":  # the job goes on; the next `covr sweep` follows it
+                if entry.state == VLM_STATE and self.vlm_stage is not None:
+                    self.vlm_stage.interrupt(entry)
+                elif self.backend.mode == "jobs":  # the job goes on; the next `covr sweep` follows it
                     entry.message = f"left running as job {entry.job_id} (`ray job stop` stops it)"
                 else:  # a child of this sweep: stopped with its Ray; the next `covr sweep` resumes it
                     self.backend.stop(entry.handle)
@@ -230,15 +247,35 @@ class Sweep:
             raise
         done = [e for e in self.entries if e.state == "done"]
         failed = [e for e in self.entries if e.state != "done"]
+        vlm_failed = [e for e in done if e.vlm is not None and e.vlm.state == "failed"]
         path = self._save()
-        self.echo(f"covr sweep: {len(done)} of {len(self.entries)} runs done, {len(failed)} failed; {path}")
+        vlm = f", {len(vlm_failed)} VLM evaluations failed" if self.vlm_stage is not None else ""
+        self.echo(f"covr sweep: {len(done)} of {len(self.entries)} runs done, {len(failed)} failed{vlm}; {path}")
         for entry in failed:
             where = entry.plan.run_dir / LOG_NAME if self.backend.mode == "local" else f"ray job logs {entry.job_id}"
             self.echo(f"  failed: {entry.plan.rel}: {entry.message} (log: {where}); `covr sweep` again resumes it")
+        for entry in vlm_failed:
+            assert self.vlm_stage is not None and entry.vlm is not None
+            self.echo(f"  VLM evaluation failed: {entry.plan.rel}: {entry.vlm.message} (log: "
+                      f"{self.vlm_stage.log_hint(entry)}); `covr sweep` again runs it (the run stays done)")
         return {"runs": [e.to_dict() for e in self.entries], "done": len(done), "failed": len(failed),
-                "sweep_file": str(path)}
+                "vlm_failed": len(vlm_failed), "sweep_file": str(path)}
+
+    def _next_step(self, entry: RunEntry) -> bool:
+        """After a step ended: True when the run is queued again (a retry, or its VLM evaluation next)."""
+        if entry.state == "failed" and entry.starts_here <= self.retries:
+            entry.action, entry.state = "resume", "pending"
+            return True
+        if entry.vlm is not None and entry.vlm.state == "failed" and self.vlm_stage is not None:
+            return self.vlm_stage.retry(entry, self.retries)
+        return entry.state == VLM_STATE  # the run finished: its VLM evaluation is next
 
     def _start(self, entry: RunEntry) -> None:
+        if entry.state == VLM_STATE and self.vlm_stage is not None:
+            self.vlm_stage.start(entry)
+            self._print(entry, force=True)
+            self._save()
+            return
         resume = entry.action == "resume" or (entry.plan.run_dir / "config.yaml").is_file()
         entry.attempts += 1
         entry.starts_here += 1
@@ -253,6 +290,12 @@ class Sweep:
 
     def _check(self, entry: RunEntry) -> bool:
         """Poll one running run; True when it has ended (its state then ``done`` or ``failed``)."""
+        if entry.state == VLM_STATE and self.vlm_stage is not None:
+            ended = self.vlm_stage.check(entry, on_progress=lambda: self._print(entry, force=True))
+            if ended:
+                self._print(entry, force=True)
+                self._save()
+            return ended
         assert entry.handle is not None and entry.tail is not None
         now = time.monotonic()
         if entry.tail.poll():
@@ -281,12 +324,14 @@ class Sweep:
             entry.message = f"unreadable run directory: {exc}"
         if status is not None and status.status == "done":
             entry.state, entry.env_steps = "done", max(status.env_steps, entry.env_steps or 0)
+            if self.vlm_stage is not None:
+                self.vlm_stage.after_run(entry)  # state vlm-eval when its VLM evaluation is to run
         else:
             entry.state = "failed"
             if stalled:
                 entry.message = f"stalled: metrics.csv did not grow for {self.stall_timeout_s:.0f} s; stopped"
             elif not entry.message:
-                entry.message = (f"exited with {_exit_text(code)} before finishing" if code
+                entry.message = (f"exited with {exit_text(code)} before finishing" if code
                                  else "ended without a final evaluation at total_env_steps")
                 if self.backend.mode == "jobs" and status is not None and status.status == "missing":
                     entry.message += (f"; {entry.plan.run_dir} is not visible here: run `covr sweep` where the "
@@ -303,14 +348,19 @@ class Sweep:
         pct = (f" ({100.0 * entry.env_steps / entry.total_env_steps:.0f}%)"
                if entry.env_steps is not None and entry.total_env_steps else "")
         ret = "-" if entry.eval_return is None else f"{entry.eval_return:.4g}"
-        where = f", pid {entry.pid}" if entry.pid and entry.state in ("running", "resumed") else ""
-        where += f", job {entry.job_id}" if entry.job_id and entry.state in ("running", "resumed") else ""
-        counts = {s: sum(e.state == s for e in self.entries) for s in ("done", "failed")}
-        active = sum(e.state in ("running", "resumed") for e in self.entries)
+        vlm = entry.vlm if entry.vlm is not None and entry.vlm.state == "running" else None
+        pid, job = (vlm.pid, vlm.job_id) if vlm is not None else (entry.pid, entry.job_id)
+        live = vlm is not None or entry.state in ("running", "resumed")
+        where = (f", pid {pid}" if pid and live else "") + (f", job {job}" if job and live else "")
         msg = f" - {entry.message}" if entry.message else ""
+        msg += entry.vlm.show() if entry.vlm is not None else ""  # its state, versions, failure
+        vlm_of = [e.vlm.state for e in self.entries if e.vlm is not None]
+        counts = {s: sum(e.state == s for e in self.entries) for s in ("done", "failed")}
+        active = sum(e.state in ("running", "resumed") for e in self.entries) + vlm_of.count("running")
         return (f"[{time.strftime('%H:%M:%S')}] {entry.plan.variant} s{entry.plan.seed}: {entry.state:<7} "
                 f"env steps {steps}/{entry.total_env_steps}{pct}, return {ret}{where}{msg}  "
-                f"[{counts['done']}/{len(self.entries)} done, {active} running, {counts['failed']} failed]")
+                f"[{counts['done']}/{len(self.entries)} done, {active} running, {counts['failed']} failed"
+                + (f", {vlm_of.count('failed')} VLM evaluations failed" if "failed" in vlm_of else "") + "]")
 
     def _print(self, entry: RunEntry, force: bool = False) -> None:
         now = time.monotonic()
@@ -328,27 +378,23 @@ class Sweep:
         return write_sweep_file(self.out, self.state())
 
 
-def _exit_text(code: int) -> str:
-    if code < 0:
-        import signal
-
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
 def print_plan(sweep: Sweep, stream: Any = None) -> None:
     """``--dry-run``: one line per run with what the sweep would do and the ``covr train`` it would run."""
     from covr_ray.sweep.backends import train_args
 
     stream = stream or sys.stdout
+    vlm = sweep.spec.vlm_eval
     for entry in sweep.entries:
         if entry.action in ("new", "resume"):
             args = train_args(entry.plan, entry.action == "resume", getattr(sweep.backend, "address", None)
                               if sweep.backend.mode == "local" else "auto")
             what = "covr " + " ".join(args)
+        elif entry.action == VLM_STATE and vlm is not None:
+            what = "finished: covr " + " ".join(vlm_eval_args(entry.plan.run_dir, vlm))
         else:
             what = {"skip": "finished: skipped", "attach": "running elsewhere: followed"}[entry.action]
         print(f"{entry.plan.rel}: {entry.action}: {what}", file=stream)
+        if (vlm is not None and entry.action in ("new", "resume", "attach") and entry.state != VLM_STATE
+                and entry.plan.config().prior.enabled):
+            print(f"{entry.plan.rel}: then {VLM_STATE} (when it has adapters): covr "
+                  + " ".join(vlm_eval_args(entry.plan.run_dir, vlm)), file=stream)

@@ -12,10 +12,17 @@ Format (YAML)::
       covr: []
       base: ["prior.enabled=false"]
       eddf-random: ["eddf.mode=random"]
+    vlm_eval:                        # optional; absent = no VLM evaluation
+      episodes: 5                    # episodes per adapter version
+      every_frame: false             # optional, default false: query every frame instead of every prior_every
 
 A run's config is ``load_config(preset, common + variant + [schedule.total_env_steps] + [seed, run_dir])``,
 the same as ``covr train --preset P --set ... --seed S --run-dir DIR``. ``seed``, ``run_dir``, ``preset`` and
 ``ray.address`` belong to the sweep and may not be set in ``common`` or a variant.
+
+``vlm_eval`` adds a step after each finished run whose config has ``prior.enabled=true`` and that has
+adapters: ``covr eval RUN_DIR --actor vlm --adapter all --episodes N [--every-frame] --json``, the VLM alone
+as the policy per fine-tune iteration (:mod:`covr_ray.sweep.vlm_stage`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from typing import Any, Optional
 from covr_ray.config import CovrConfig, load_config, load_preset_data, parse_override
 from covr_ray.errors import ConfigError
 
-SPEC_KEYS = ("preset", "seeds", "variants", "base_variant", "common", "total_env_steps")
+SPEC_KEYS = ("preset", "seeds", "variants", "base_variant", "common", "total_env_steps", "vlm_eval")
+VLM_EVAL_KEYS = ("episodes", "every_frame")
 #: Fields the sweep sets itself (per run), refused in ``common`` and variants.
 SWEEP_OWNED = ("seed", "run_dir", "preset", "ray.address")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -67,6 +75,19 @@ class RunPlan:
         return load_config(self.preset, list(self.overrides) + [f"seed={self.seed}", f"run_dir={self.run_dir}"])
 
 
+@dataclass(frozen=True)
+class VLMEvalSpec:
+    """The spec's ``vlm_eval``: evaluate the VLM as the policy per adapter version after each run."""
+
+    episodes: int
+    """Episodes per adapter version (``covr eval --episodes``)."""
+    every_frame: bool = False
+    """Query the VLM every agent step (``--every-frame``) instead of every ``prior.prior_every`` steps."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"episodes": self.episodes, "every_frame": self.every_frame}
+
+
 @dataclass
 class SweepSpec:
     """A validated sweep spec (see the module docstring)."""
@@ -77,13 +98,16 @@ class SweepSpec:
     base_variant: Optional[str] = None
     common: list[str] = field(default_factory=list)
     total_env_steps: Optional[int] = None
+    vlm_eval: Optional[VLMEvalSpec] = None
+    """None: no VLM evaluation step."""
     path: Optional[Path] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "seeds": list(self.seeds),
                 "variants": {k: list(v) for k, v in self.variants.items()},
                 "base_variant": self.base_variant, "common": list(self.common),
-                "total_env_steps": self.total_env_steps}
+                "total_env_steps": self.total_env_steps,
+                "vlm_eval": self.vlm_eval.to_dict() if self.vlm_eval is not None else None}
 
     def overrides(self, variant: str) -> list[str]:
         """The ``--set`` strings of ``variant``'s runs (common, the variant's, the total env steps)."""
@@ -120,6 +144,29 @@ def _set_strings(value: Any, where: str, spec_path: Optional[Path]) -> list[str]
                                  hint="the sweep sets these per run (seeds: the `seeds` list; run_dir: --out)",
                                  spec_path=spec_path)
     return list(value)
+
+
+def _vlm_eval(value: Any, spec_path: Optional[Path]) -> Optional[VLMEvalSpec]:
+    if value is None:
+        return None
+    from covr_ray.evaluate import MAX_EPISODES  # (imports torch: only for a spec that asks for the step)
+
+    if not isinstance(value, dict):
+        raise SweepSpecError("vlm_eval", value, "a mapping with episodes (and optionally every_frame)",
+                             spec_path=spec_path)
+    unknown = sorted(set(value) - set(VLM_EVAL_KEYS), key=str)
+    if unknown:
+        raise SweepSpecError(f"vlm_eval.{unknown[0]}", value[unknown[0]], "one of the vlm_eval keys "
+                             + ", ".join(VLM_EVAL_KEYS), spec_path=spec_path)
+    episodes = value.get("episodes")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= MAX_EPISODES:
+        raise SweepSpecError("vlm_eval.episodes", episodes, f"an integer in 1..{MAX_EPISODES} (episodes per "
+                             "adapter version)", spec_path=spec_path)
+    every_frame = value.get("every_frame", False)
+    if not isinstance(every_frame, bool):
+        raise SweepSpecError("vlm_eval.every_frame", every_frame, "true or false (true: a VLM query every agent "
+                             "step; false: every prior.prior_every steps)", spec_path=spec_path)
+    return VLMEvalSpec(episodes=episodes, every_frame=every_frame)
 
 
 def validate_spec(data: Any, spec_path: Optional[Path] = None) -> SweepSpec:
@@ -174,8 +221,9 @@ def validate_spec(data: Any, spec_path: Optional[Path] = None) -> SweepSpec:
     base = data.get("base_variant")
     if base is not None and base not in sets:
         raise bad("base_variant", base, "one of the variants: " + ", ".join(sets))
+    vlm_eval = _vlm_eval(data.get("vlm_eval"), spec_path)
     spec = SweepSpec(preset=preset, seeds=list(seeds), variants=sets, base_variant=base, common=common,
-                     total_env_steps=total, path=spec_path)
+                     total_env_steps=total, vlm_eval=vlm_eval, path=spec_path)
     seen: dict[str, str] = {}
     for name in sets:
         try:
