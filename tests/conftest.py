@@ -59,16 +59,27 @@ def tiny_vlm_dir() -> Path:
     return ensure_tiny_vlm(CACHE / "tiny-qwen2_5_vl")
 
 
-@pytest.fixture()
-def torch_one_thread() -> Iterator[None]:
-    """One intra-op thread during a test: on the shared 2-core box, torch's two OpenMP threads spin
-    against other processes (a tiny conv took 55 ms with 2 threads vs 2.6 ms with 1 under load)."""
+def _one_torch_thread() -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def torch_one_thread() -> Iterator[None]:
+    """One intra-op thread during a test: on the shared 2-core box, torch's two OpenMP threads spin
+    against other processes (a tiny conv took 55 ms with 2 threads vs 2.6 ms with 1 under load)."""
+    yield from _one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread_module() -> Iterator[None]:
+    """``torch_one_thread`` for a whole module, its module-scoped fixtures included (the tiny VLM's training
+    and generation were ~10x slower with two threads on the loaded 2-core box)."""
+    yield from _one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The VLM alone as the policy (`covr eval --actor vlm`), on the real embedded driving env with the tiny
-Qwen2.5-VL on its transformers backend and two random LoRA adapters (A and B random: they change answers).
+Qwen2.5-VL on its transformers backend, a LoRA adapter from a short round (its answers parse) and a random
+one (A and B random: answers change but rarely parse).
 
 One run directory for the module: `--adapter all --json` runs once (fixture ``all_records``); the tests
 that write other results use copies of it. Episodes are 5 agent steps of a 32-pixel env.
@@ -12,7 +13,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,16 +40,7 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """conftest's ``torch_one_thread`` for the whole module, module fixtures included: the tiny VLM's
-    generate was ~10x slower with torch's two threads on the loaded 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
 
 
 def _overrides(model: str) -> list[str]:
@@ -57,12 +49,30 @@ def _overrides(model: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def vlm_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm_dir: Path) -> tuple[Path, Any]:
-    """A run (config + policy) with adapters v1 and v2, and an incomplete v3 (no adapter_config.json)."""
+    """A run (config + policy) with adapters v1 (a short LoRA round: its answers parse, so its actions differ
+    from the base model's) and v2 (random: answers change but rarely parse), and an incomplete v3 (no
+    adapter_config.json)."""
+    from covr_envs.registry import resolve_env_spec
+    from covr_ray.config import LoRASection
+    from covr_ray.lora.trainer import LoRATrainer
+    from covr_ray.prior.codecs import get_codec
+    from covr_ray.prior.prompts import build_instruction
+    from covr_ray.select.kept import kept_set_from_arrays
+
     root = tmp_path_factory.mktemp("runs")
     run_dir, cfg, _ = make_run_dir(root, overrides=_overrides(str(tiny_vlm_dir)))
     adapters = RunDir(run_dir).adapters
-    for version in (1, 2):
-        build_random_adapter(str(tiny_vlm_dir), adapters / f"v{version}", rank=8, seed=version)
+    spec = resolve_env_spec(cfg.env)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(8)]
+    targets = np.array([[-1.0, 1.0], [1.0, -1.0]] * 4)  # "turn left, accelerate hard" / "turn right, brake hard"
+    kept = kept_set_from_arrays(root / "kept", frames, targets)
+    lora = LoRASection(rank=8, alpha=16, dropout=0.0, learning_rate=5e-3, epochs=100, batch_size=8, max_steps=40,
+                       heldout_frac=0.0)
+    instruction = build_instruction(spec.prompt, spec.action_description, get_codec(spec.codec, spec.action_dim))
+    trainer = LoRATrainer(str(tiny_vlm_dir), lora, spec.codec, spec.action_dim, instruction, adapters, progress=False)
+    assert trainer.train_round(kept.path).version == 1
+    build_random_adapter(str(tiny_vlm_dir), adapters / "v2", rank=8, seed=2)
     (adapters / "v3").mkdir()  # a version being written: not complete, never evaluated
     return run_dir, cfg
 

@@ -135,15 +135,7 @@ def lora_cfg(**kw) -> LoRASection:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def fitted(tiny_vlm_dir, tmp_path_factory, one_thread) -> dict:
+def fitted(tiny_vlm_dir, tmp_path_factory, torch_one_thread_module) -> dict:
     tmp = tmp_path_factory.mktemp("heldout")
     frames, actions = learnable_rows(0, EPISODES * STEPS)
     kept = kept_with_episodes(tmp / "kept", frames, actions, EPISODES)
@@ -183,7 +175,8 @@ def test_round_fits_the_frames_better_than_the_best_constant(fitted):
     assert m["lora/heldout_codec_err"] <= m["lora/heldout_action_err_after"]
 
 
-def test_heldout_frac_zero_trains_on_every_row_and_reports_no_heldout_metrics(fitted, tiny_vlm_dir, one_thread):
+def test_heldout_frac_zero_trains_on_every_row_and_reports_no_heldout_metrics(fitted, tiny_vlm_dir,
+                                                                             torch_one_thread_module):
     trainer = LoRATrainer(str(tiny_vlm_dir), lora_cfg(heldout_frac=0.0, epochs=1), "driving", 2, PROMPT,
                           fitted["tmp"] / "adapters-all", progress=False)
     result = trainer.train_round(fitted["kept"])
@@ -192,7 +185,7 @@ def test_heldout_frac_zero_trains_on_every_row_and_reports_no_heldout_metrics(fi
     assert m["lora/train_rows"] == 120 and m["lora/samples"] == 120  # one epoch over all rows
 
 
-def test_a_round_that_trains_nothing_reports_before_as_after(tiny_vlm_dir, tmp_path, one_thread):
+def test_a_round_that_trains_nothing_reports_before_as_after(tiny_vlm_dir, tmp_path, torch_one_thread_module):
     frames, actions = learnable_rows(1, 20)
     kept = kept_set_from_arrays(tmp_path / "kept", frames, actions, weights=np.zeros(20))  # one episode: by row
     trainer = LoRATrainer(str(tiny_vlm_dir), lora_cfg(heldout_frac=0.1), "driving", 2, PROMPT, tmp_path / "ad",

@@ -52,21 +52,12 @@ def lora_cfg(**kw) -> LoRASection:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny matmuls run faster on one thread than on two contended ones (the dev box is shared)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lora")
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_vlm_dir, workdir, one_thread) -> LoRATrainer:
+def trainer(tiny_vlm_dir, workdir, torch_one_thread_module) -> LoRATrainer:
     return LoRATrainer(str(tiny_vlm_dir), lora_cfg(), "driving", 2, PROMPT, workdir / "adapters", progress=False)
 
 
@@ -146,7 +137,7 @@ def test_round_learns_target_actions_and_saves_peft_adapter(trained, trainer):
     assert any(not np.allclose(trained["init"][k], moved[k]) for k in moved if "lora_B" in k)
 
 
-def test_restart_resumes_latest_version_and_writes_the_next(trained, workdir, tiny_vlm_dir, one_thread):
+def test_restart_resumes_latest_version_and_writes_the_next(trained, workdir, tiny_vlm_dir, torch_one_thread_module):
     again = LoRATrainer(str(tiny_vlm_dir), lora_cfg(max_steps=2), "driving", 2, PROMPT, workdir / "adapters",
                         progress=False)
     assert again.version == 1
@@ -160,7 +151,7 @@ def test_restart_resumes_latest_version_and_writes_the_next(trained, workdir, ti
         again.train_round(workdir / "kept-2", version=1)
 
 
-def test_trainable_share_cap_is_enforced(tiny_vlm_dir, workdir, one_thread):
+def test_trainable_share_cap_is_enforced(tiny_vlm_dir, workdir, torch_one_thread_module):
     with pytest.raises(ConfigError, match="lora.rank"):
         LoRATrainer(str(tiny_vlm_dir), lora_cfg(max_trainable_frac=0.01), "driving", 2, PROMPT,
                     workdir / "refused", progress=False)
@@ -240,7 +231,7 @@ def test_paper_rank_on_qwen2_5_vl_3b_architecture_stays_under_cap():
     assert not [n for n, _ in peft.named_parameters() if "lora_" in n and "visual" in n]
 
 
-def test_round_stops_at_its_time_budget_and_saves_what_it_learned(tiny_vlm_dir, tmp_path, one_thread):
+def test_round_stops_at_its_time_budget_and_saves_what_it_learned(tiny_vlm_dir, tmp_path, torch_one_thread_module):
     """`lora.max_round_s` caps a round's work (a late round on a large kept set must end before the
     orchestrator's ray.get gives up): 8000 planned steps, stopped by the budget, the adapter saved."""
     import time
