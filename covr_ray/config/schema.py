@@ -440,8 +440,16 @@ class ScheduleSection:
     """Episodes per evaluation."""
     checkpoint_every: int = 10_000
     """Env steps between checkpoints."""
+    async_rounds: bool = True
+    """Train the VLM while the RL agent trains: at a round point the kept set is built, the LoRA trainer
+    actor's round is submitted, and ``algo.train()`` goes on (env steps, SAC updates); the adapter is
+    hot-swapped and the round's consequences applied when the round is collected. At most one round is in
+    flight (a round point reached meanwhile waits); a checkpoint records the round in flight and a resume
+    finishes it. False = the loop waits for every round (the learner stalls for its length; measured as
+    ``loop/learner_stall_s``). docs/finetune.md, "Asynchronous rounds"."""
 
     def validate(self, path: str) -> None:
+        _check(f"{path}.async_rounds", self.async_rounds, isinstance(self.async_rounds, bool), "true or false")
         _check(f"{path}.total_env_steps", self.total_env_steps, self.total_env_steps >= 1, "an integer >= 1")
         _check(f"{path}.first_interval", self.first_interval, self.first_interval >= 1, "an integer >= 1")
         if self.max_interval is not None:

@@ -1,7 +1,10 @@
 """One fine-tune round of the COVR loop: D_f -> critic scoring -> EDDF + RALW -> LoRA -> hot swap.
 
 :func:`fine_tune_round` does the work of one round and reports what happened; the orchestrator applies it
-(schedule, guidance, clearing D_f), so a failed round changes nothing that cannot be redone:
+(schedule, guidance, clearing D_f; :mod:`covr_ray.loop.rounds`), so a failed round changes nothing that
+cannot be redone. It is :func:`prepare_round` (steps 1-2, on the driver: they need the learner's critic),
+the trainer's remote call (step 3) and :func:`finish_round` (step 4); an asynchronous round
+(``schedule.async_rounds``) runs the same three with the learner training between the call and its result:
 
 1. the learner's critic completes D_f: time-limit-truncated episodes get their return-to-go bootstrapped
    (always), and with ``eddf.signal=q_value`` every row gets ``Q(o_i, a_r_i)``
@@ -26,9 +29,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from covr_ray.config import CovrConfig
+from covr_ray.df.shards import ShardSet
 from covr_ray.errors import LoRATrainerError
 from covr_ray.log import get_logger
 from covr_ray.lora.actor import train_round_remote
+from covr_ray.lora.trainer import RoundResult
 from covr_ray.prior.service import load_adapter_everywhere
 from covr_ray.select.critic import bootstrap_truncated_shards, score_df_shards
 from covr_ray.select.kept import build_kept_set
@@ -50,11 +55,69 @@ class RoundOutcome:
     """``round/*``, ``df/*``, ``eddf/*``, ``ralw/*``, ``lora/*`` metrics of the round."""
 
 
+def prepare_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, round_index: int,
+                  value_fn: Callable[[np.ndarray], np.ndarray],
+                  q_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], action_dim: int,
+                  entropy: Optional[float], initial_entropy: Optional[float]) -> tuple[ShardSet, dict[str, float]]:
+    """Steps 1-2 of a round: the critic completes D_f, EDDF + RALW write the kept shard set to ``out_dir``.
+    Returns the kept set and the ``df/*``, ``round/*``, ``eddf/*``, ``ralw/*`` metrics (arguments as in
+    :func:`fine_tune_round`)."""
+    metrics: dict[str, float] = {}
+    shards, boot_metrics = bootstrap_truncated_shards(df_shards, cfg.env.frame_stack, value_fn, cfg.sac.gamma)
+    metrics.update(boot_metrics)
+    if cfg.eddf.signal == "q_value":  # the ablation: score D_f with the critic first
+        shards, q_metrics = score_df_shards(shards, cfg.env.frame_stack, q_fn, action_dim)
+        metrics.update(q_metrics)
+    kept, data_metrics = build_kept_set(shards, out_dir, cfg.eddf, cfg.ralw, action_dim, entropy=entropy,
+                                        seed=cfg.seed + round_index, initial_entropy=initial_entropy)
+    metrics.update(data_metrics)
+    return kept, metrics
+
+
+def finish_round(result: "RoundResult | LoRATrainerError", *, df_shards: list[Path], round_index: int,
+                 kept_rows: int, prior: list[Any], serving_version: int, timeout_s: float) -> RoundOutcome:
+    """Step 4 and the verdict: given the trainer's result (or the error its call ended with), hot-swap a new
+    adapter into every prior replica and say whether the round completed.
+
+    Args:
+        result: what the trainer's call returned, or the :class:`LoRATrainerError` it ended with.
+        df_shards: the D_f shards the round's kept set was built from (consumed if it completes).
+        round_index: ``c``.
+        kept_rows: rows of the round's kept set (for the log).
+        prior: the prior-service replica handles.
+        serving_version: the version the replicas serve now; a version not newer (a round collected after a
+            resume, whose adapter the restarted service already loaded) is not swapped again.
+        timeout_s: the longest wait for each hot swap.
+    """
+    if isinstance(result, LoRATrainerError):
+        log.error("fine-tune round %d failed (%s); D_f is kept for the next attempt and the previous adapter "
+                  "keeps serving", round_index, result)
+        return RoundOutcome(False, None, list(df_shards), {"round/failed": 1.0, "round/trained": 0.0})
+    metrics = dict(result.metrics)
+    metrics["round/failed"] = 0.0
+    metrics["round/trained"] = float(result.trained)
+    if not (result.trained and result.adapter_path):
+        log.warning("fine-tune round %d trained nothing (kept %d rows); it does not count and D_f is kept",
+                    round_index, kept_rows)
+        return RoundOutcome(False, None, list(df_shards), metrics)
+    if result.version <= serving_version:
+        metrics["lora/swap_failures"] = 0.0
+        return RoundOutcome(True, serving_version, list(df_shards), metrics)
+    answers = load_adapter_everywhere(prior, result.adapter_path, result.version, timeout_s)
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    for err in failed:
+        log.error("a prior replica refused adapter v%d: %s", result.version, err)
+    metrics["lora/swap_failures"] = float(len(failed))
+    serving = result.version if len(failed) < len(answers) else None
+    return RoundOutcome(True, serving, list(df_shards), metrics)
+
+
 def fine_tune_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, round_index: int, lora: Any,
                     prior: list[Any], value_fn: Callable[[np.ndarray], np.ndarray],
                     q_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], action_dim: int,
-                    entropy: Optional[float], initial_entropy: Optional[float], timeout_s: float) -> RoundOutcome:
-    """Run one round (see the module docstring).
+                    entropy: Optional[float], initial_entropy: Optional[float], timeout_s: float,
+                    serving_version: int = -1, version: Optional[int] = None) -> RoundOutcome:
+    """Run one round synchronously (see the module docstring).
 
     Args:
         cfg: the run's config.
@@ -69,34 +132,18 @@ def fine_tune_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, ro
         entropy: the policy's entropy now (``learner/entropy``), None before the first update.
         initial_entropy: the run's first measured policy entropy (``eddf.slope=run``).
         timeout_s: the longest wait for the trainer and each hot swap.
+        serving_version: the adapter version the prior replicas serve now.
+        version: the adapter version to write; None = the trainer's next.
     """
-    metrics: dict[str, float] = {}
-    shards, boot_metrics = bootstrap_truncated_shards(df_shards, cfg.env.frame_stack, value_fn, cfg.sac.gamma)
-    metrics.update(boot_metrics)
-    if cfg.eddf.signal == "q_value":  # the ablation: score D_f with the critic first
-        shards, q_metrics = score_df_shards(shards, cfg.env.frame_stack, q_fn, action_dim)
-        metrics.update(q_metrics)
-    kept, data_metrics = build_kept_set(shards, out_dir, cfg.eddf, cfg.ralw, action_dim, entropy=entropy,
-                                        seed=cfg.seed + round_index, initial_entropy=initial_entropy)
-    metrics.update(data_metrics)
+    kept, metrics = prepare_round(cfg, df_shards=df_shards, out_dir=out_dir, round_index=round_index,
+                                  value_fn=value_fn, q_fn=q_fn, action_dim=action_dim, entropy=entropy,
+                                  initial_entropy=initial_entropy)
+    result: RoundResult | LoRATrainerError
     try:
-        result = train_round_remote(lora, kept.path, timeout_s=timeout_s)
+        result = train_round_remote(lora, kept.path, timeout_s=timeout_s, version=version)
     except LoRATrainerError as exc:
-        log.error("fine-tune round %d failed (%s); D_f is kept for the next attempt and the previous adapter "
-                  "keeps serving", round_index, exc)
-        metrics.update({"round/failed": 1.0, "round/trained": 0.0})
-        return RoundOutcome(False, None, list(df_shards), metrics)
-    metrics.update(result.metrics)
-    metrics["round/failed"] = 0.0
-    metrics["round/trained"] = float(result.trained)
-    if not (result.trained and result.adapter_path):
-        log.warning("fine-tune round %d trained nothing (kept %d rows); it does not count and D_f is kept",
-                    round_index, kept.rows)
-        return RoundOutcome(False, None, list(df_shards), metrics)
-    answers = load_adapter_everywhere(prior, result.adapter_path, result.version, timeout_s)
-    failed = [a for a in answers if isinstance(a, BaseException)]
-    for err in failed:
-        log.error("a prior replica refused adapter v%d: %s", result.version, err)
-    metrics["lora/swap_failures"] = float(len(failed))
-    serving = result.version if len(failed) < len(answers) else None
-    return RoundOutcome(True, serving, list(df_shards), metrics)
+        result = exc
+    outcome = finish_round(result, df_shards=df_shards, round_index=round_index, kept_rows=kept.rows, prior=prior,
+                           serving_version=serving_version, timeout_s=timeout_s)
+    outcome.metrics = {**metrics, **outcome.metrics}
+    return outcome

@@ -11,14 +11,16 @@ One screen shows every part and its role (:meth:`CovrRun.setup`)::
 
 :meth:`CovrRun.run` then repeats ``algo.train()`` (sampling + SAC updates) and, at the schedule's env-step
 points (the clock starts after the uniform-random warm-up), a fine-tune round
-(:mod:`covr_ray.loop.finetune_round`): the critic bootstraps truncated D_f episodes, EDDF + RALW turn the
-env runners' D_f shards into a kept shard set, the LoRA trainer writes adapter ``v<N>``, every prior
-replica hot-swaps it, D_f's consumed shards are deleted, and lambda is set to ``sac.lam`` once
+(:mod:`covr_ray.loop.finetune_round`, driven by :mod:`covr_ray.loop.rounds`): the critic bootstraps
+truncated D_f episodes, EDDF + RALW turn the env runners' D_f shards into a kept shard set, the LoRA trainer
+writes adapter ``v<N>`` (with ``schedule.async_rounds``, the default, while ``algo.train()`` goes on), every
+prior replica hot-swaps it, D_f's consumed shards are deleted, and lambda is set to ``sac.lam`` once
 ``cold_start_rounds`` rounds have completed (0 before: the update is then the base algorithm's). A failed
-round keeps D_f and does not count. Priors older than ``prior.max_age_versions`` adapter versions are
-masked when the replay is sampled; a stretch of ``prior.starved_after_env_steps`` env steps without a new
-prior is reported (``loop/prior_starved``). Checkpoints and evaluations happen every
-``schedule.checkpoint_every`` / ``schedule.eval_every`` env steps and at the end.
+round keeps D_f and does not count. A checkpoint records a round in flight; a resume finishes it. Priors
+older than ``prior.max_age_versions`` adapter versions are masked when the replay is sampled; a stretch of
+``prior.starved_after_env_steps`` env steps without a new prior is reported (``loop/prior_starved``).
+Checkpoints and evaluations happen every ``schedule.checkpoint_every`` / ``schedule.eval_every`` env steps
+and at the end (after a round still in flight is collected).
 
 Resuming (``covr train --resume``, after a clean stop or a crash): the run directory's driver lock keeps a
 second driver out, the persisted run id names the new actors as before (leftovers of a killed driver are
@@ -40,14 +42,13 @@ from tqdm.auto import tqdm
 from covr_envs.registry import resolve_env_spec
 from covr_ray.config import CovrConfig
 from covr_ray.df.recorder import ENV_CONFIG_KEY, DfRecorderCallback
-from covr_ray.df.writer import delete_consumed
 from covr_ray.errors import PriorServiceError
 from covr_ray.evaluate import eval_metrics, eval_seed, evaluate_policy, write_eval_result
 from covr_ray.io import atomic_directory
 from covr_ray.log import get_logger
 from covr_ray.loop.actors import lora_actor_name, remove_leftover_actors, run_actor_names
-from covr_ray.loop.finetune_round import fine_tune_round
 from covr_ray.loop.resources import check_resources
+from covr_ray.loop.rounds import RoundDriver
 from covr_ray.loop.schedule import FinetuneSchedule, prior_weight
 from covr_ray.lora.actor import start_lora_trainer
 from covr_ray.metrics import MetricsSink
@@ -58,9 +59,9 @@ from covr_ray.prior.codecs import get_codec
 from covr_ray.prior.metrics import aggregate_replicas
 from covr_ray.prior.prompts import build_instruction
 from covr_ray.prior.service import start_prior_replicas
-from covr_ray.rl.algo import (build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict, q_values,
+from covr_ray.rl.algo import (build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict,
                               replay_buffer, restore_checkpoint, result_value, save_checkpoint, set_prior_age_limit,
-                              set_prior_weight, state_values)
+                              set_prior_weight)
 from covr_ray.run_dir import RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state
 
 log = get_logger(__name__)
@@ -107,6 +108,8 @@ class CovrRun:
         self._last_prior_log = 0.0
         self._last_eval: Optional[dict[str, Any]] = None
         self._last_eval_steps = -1
+        self.rounds = RoundDriver(self)  # fine-tune rounds, in flight or not (covr_ray.loop.rounds)
+        self._round_in_flight: Optional[dict[str, Any]] = None  # as a checkpoint recorded it
 
     # --- construction -------------------------------------------------------------------------------
 
@@ -157,6 +160,7 @@ class CovrRun:
         set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
         set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
         self._last_prior_at = self.env_steps
+        self.rounds.restore(self._round_in_flight)  # a round a checkpoint recorded in flight: collect or rerun
         self.sink.log({"loop/resumed": float(self.checkpoint_path is not None)}, step=self.env_steps)
         log.info("run %s: %s, env steps %d of %d, round %d, adapter v%d, lambda %.3g", self.run_id,
                  self.run_dir.root, self.env_steps, cfg.schedule.total_env_steps, self.schedule.round,
@@ -196,6 +200,7 @@ class CovrRun:
         self.initial_entropy = state.get("initial_entropy")
         self._next_checkpoint = int(state["next_checkpoint"])
         self._next_eval = int(state["next_eval"])
+        self._round_in_flight = state.get("round_in_flight")
         set_rng_state(state["rng"])
         log.info("resumed from %s at %d env steps (round %d)", self.checkpoint_path, self.env_steps,
                  self.schedule.round)
@@ -235,13 +240,15 @@ class CovrRun:
                         self.initial_entropy = self.entropy
                 metrics.update({"loop/env_steps": float(self.env_steps), "loop/round": float(self.schedule.round),
                                 "loop/lambda": self.current_lambda(),
-                                "lora/adapter_version": float(self.adapter_version)})
+                                "lora/adapter_version": float(self.adapter_version),
+                                "loop/round_in_flight": float(self.rounds.in_flight is not None)})
                 metrics.update(self._prior_health())
                 self.sink.log(metrics, step=self.env_steps)
                 self._log_prior_metrics()
-                if cfg.prior.enabled and self.schedule.due(self.env_steps):
-                    self.fine_tune_round()
+                if cfg.prior.enabled and self.rounds.step():  # submit / collect / run a round (sync)
                     bar.set_postfix(round=self.schedule.round, adapter=self.adapter_version)
+                if self.env_steps >= total:  # the last iteration: a round in flight is collected (bounded wait)
+                    self.rounds.finish()
                 if self.env_steps >= self._next_eval:
                     self.evaluate()
                     self._next_eval = self.env_steps + cfg.schedule.eval_every
@@ -303,39 +310,6 @@ class CovrRun:
                 log.warning("metrics of prior replica %d unavailable: %s", replica, exc)
         self.sink.log(aggregate_replicas(stats), step=self.env_steps)
 
-    def fine_tune_round(self) -> dict[str, float]:
-        """One round (:func:`covr_ray.loop.finetune_round.fine_tune_round`), then its consequences: a completed
-        round consumes D_f, advances the schedule, may switch guidance on and re-ages the priors; a failed one
-        keeps D_f and is retried one interval later."""
-        cfg = self.cfg
-        c = self.schedule.round
-        outcome = fine_tune_round(
-            cfg, df_shards=self.run_dir.df_shards(),
-            out_dir=self.run_dir.round_dir(c, self.env_steps), round_index=c, lora=self.lora,
-            prior=self.prior, value_fn=lambda obs: state_values(self.algo, obs, self.timeout_s),
-            q_fn=lambda obs, act: q_values(self.algo, obs, act, self.timeout_s),
-            action_dim=self.env_spec.action_dim, entropy=self.entropy, initial_entropy=self.initial_entropy,
-            timeout_s=self.timeout_s)
-        metrics = dict(outcome.metrics)
-        if outcome.completed:  # D_f is cleared only now that its round has completed
-            metrics["df/cleared_shards"] = float(delete_consumed(outcome.df_shards))
-            metrics.update(self.schedule.complete_round(self.env_steps))
-        else:
-            metrics["df/cleared_shards"] = 0.0
-            metrics.update(self.schedule.fail_round(self.env_steps))
-        if outcome.version is not None:
-            self.adapter_version = outcome.version
-            set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
-        lam = set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
-        metrics.update({"loop/lambda": lam, "lora/adapter_version": float(self.adapter_version)})
-        self.sink.log(metrics, step=self.env_steps)
-        self.history.append(dict(metrics, round=float(c), env_steps=float(self.env_steps)))
-        log.info("round %d at %d env steps %s: kept %d of %d D_f rows, adapter v%d, lambda %.3g", c, self.env_steps,
-                 "completed" if outcome.completed else "did NOT complete (retried later)",
-                 int(metrics.get("round/kept_rows", 0)), int(metrics.get("round/df_rows", 0)),
-                 self.adapter_version, lam)
-        return metrics
-
     # --- checkpoints, policy, eval ------------------------------------------------------------------
 
     def save_policy(self) -> Path:
@@ -354,6 +328,7 @@ class CovrRun:
             write_loop_state(tmp, {"env_steps": self.env_steps, "schedule": self.schedule.to_dict(),
                                    "adapter_version": self.adapter_version, "entropy": self.entropy,
                                    "initial_entropy": self.initial_entropy,
+                                   "round_in_flight": self.rounds.state(),
                                    "next_checkpoint": self._next_checkpoint, "next_eval": self._next_eval,
                                    "run_id": self.run_id, "rng": rng_state()})
         self.run_dir.commit_checkpoint(path)
@@ -382,6 +357,7 @@ class CovrRun:
                 ray.get([h.shutdown.remote() for h in self.prior], timeout=min(self.timeout_s, 30.0))
             except (GetTimeoutError, RayActorError, RayTaskError) as exc:
                 log.warning("prior service did not stop cleanly (%s); killing it", exc)
+        self.rounds.abandon()
         for handle in self.prior + ([self.lora] if self.lora is not None else []):
             ray.kill(handle, no_restart=True)
         self.prior, self.lora = [], None
