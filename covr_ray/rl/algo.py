@@ -202,6 +202,11 @@ def set_prior_age_limit(algo: Any, serving_version: int, max_age: Optional[int])
     replay_buffer(algo).set_prior_age_limit(serving_version, max_age)
 
 
+def num_updates(algo: Any, timeout_s: float = 600.0) -> int:
+    """Gradient updates the (first) learner has run since it was built or restored."""
+    return int(_foreach_learner(algo, lambda learner: learner.num_updates, timeout_s)[0])
+
+
 def get_prior_weight(algo: Any, timeout_s: float = 600.0) -> float:
     return float(_foreach_learner(algo, lambda learner: learner.get_prior_weight(), timeout_s)[0])
 
@@ -349,6 +354,6 @@ def restore_checkpoint(algo: CovrSAC, path: Union[str, os.PathLike]) -> CovrSAC:
 
 
 __all__ = ["CovrSAC", "CovrSACConfig", "build_algorithm_config", "set_prior_weight", "set_prior_age_limit",
-           "get_prior_weight", "policy_state_dict", "network_spec_for", "q_values", "state_values",
+           "get_prior_weight", "num_updates", "policy_state_dict", "network_spec_for", "q_values", "state_values",
            "learner_metrics", "result_value", "replay_buffer", "save_checkpoint", "restore_algorithm",
            "restore_checkpoint", "training_intensity"]

@@ -138,6 +138,29 @@ class PixelSACLearner(SACTorchLearner):
         return (torch.mean(weights * (fwd_out[QF_PREDS] - target) ** 2)
                 + torch.mean(weights * (fwd_out[QF_TWIN_PREDS] - target) ** 2))
 
+    def apply_gradients(self, gradients_dict: Dict[Any, Any]) -> None:
+        """RLlib's ``TorchLearner.apply_gradients`` (set the gradients, step every optimizer), with its
+        finiteness check done in one fused pass.
+
+        RLlib scans every gradient tensor twice with ``torch.isfinite(grad).all()`` (a bool tensor and a
+        host sync per tensor, ~60 tensors): 135 ms per update at 1 torch thread and 1.4-2.1 s at 2 threads
+        on the loaded 2-core box, against 5-15 ms for the fused norms here (7.26 M parameters,
+        docs/learner.md, "Throughput"). The norm of every gradient is finite exactly when its elements
+        are (or it overflowed); only then does RLlib's own path run, which zeroes non-finite elements (with
+        its warnings) and steps, so the result is RLlib's in every case.
+        """
+        grads = [g for g in gradients_dict.values() if g is not None]
+        if (self.config.torch_skip_nan_gradients or self._grad_scalers is not None
+                or self._lr_scheduler_classes is not None or not grads
+                or not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())):
+            super().apply_gradients(gradients_dict)
+            return
+        for pid, grad in gradients_dict.items():
+            self._params[pid].grad = grad
+        for module_id, optimizer_names in self._module_optimizers.items():
+            for optimizer_name in optimizer_names:
+                self.get_optimizer(module_id, optimizer_name).step()
+
     def after_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
         # Learner's own hook (lr schedules and their metrics). DQNLearner's target update is replaced
         # by the per-part Polyak rates below, so it is deliberately skipped.
@@ -152,6 +175,11 @@ class PixelSACLearner(SACTorchLearner):
                 module.soft_update_targets(critic_tau=config.tau, encoder_tau=float(self._covr["encoder_tau"]))
 
     # --- signals for the loop (call through LearnerGroup.foreach_learner) -----------------------------
+    @property
+    def num_updates(self) -> int:
+        """Gradient updates this learner has run (since it was built or restored)."""
+        return self._num_updates
+
     def policy_state(self, module_id: ModuleID = "default_policy") -> Dict[str, np.ndarray]:
         """Weights of the deployable policy (``encoder.*`` and ``actor.*``), as numpy arrays."""
         module = self.module[module_id].unwrapped()

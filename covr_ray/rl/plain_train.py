@@ -3,6 +3,8 @@
 This is not how COVR runs (``covr train`` runs RLlib on Ray); it is a check that the pixel SAC/RAD
 networks and update of :mod:`covr_ray.rl.plain` (op for op the RLlib learner's, see that module) learn,
 on machines that have a GPU but no Ray, and a curve to compare a Ray run with. No VLM prior (lambda 0).
+:class:`PlainLoop` (one agent step and the updates it owes) is also the single-process reference of
+``covr bench throughput``. The warm-up counts agent steps (``sac.learning_starts``, as RLlib counts them).
 
 How to run::
 
@@ -62,45 +64,80 @@ def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
 
+class PlainLoop:
+    """One env, one compact replay and one :class:`~covr_ray.rl.plain.PlainPixelSAC` in this process: the
+    single-process reference of ``covr train``'s sampling + update loop (no Ray, no RLlib).
+
+    What it shares with ``covr train`` (prior off): the run's env (:func:`make_env_from_config`: action
+    repeat, frame stack, image size), uniform random actions for the first ``sac.learning_starts`` agent
+    steps, then samples of the squashed-Gaussian policy; the compact replay (:class:`PixelReplay`, uniform
+    1-step transitions); the networks, augmentation and update (op for op the RLlib learner's); the
+    training ratio: once ``sac.learning_starts`` agent steps are collected, ``sac.updates_per_step``
+    updates per agent step (fractional ratios accumulate). :meth:`step` is one agent step and the updates
+    it owes.
+    """
+
+    def __init__(self, cfg: CovrConfig, device: str = "cpu") -> None:
+        from covr_envs.registry import make_env_from_config
+        from covr_ray.rl.replay import PixelReplay
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.env = make_env_from_config(cfg.env, cfg.seed)
+        obs_shape = tuple(self.env.observation_space.shape)
+        self.action_dim = int(self.env.action_space.shape[0])
+        self.trainer, self.spec = build_trainer(cfg, obs_shape, self.action_dim, device)  # type: ignore[arg-type]
+        self.replay = PixelReplay(cfg.sac.buffer_capacity, obs_shape, self.action_dim,
+                                  frame_stack=cfg.env.frame_stack, seed=cfg.seed)
+        self.obs, _info = self.env.reset(seed=cfg.seed)
+        self.episode = 0
+        self.agent_steps = 0
+        self.updates = 0
+        self.update_s = 0.0
+
+    def step(self) -> None:
+        """One agent step (random during the warm-up, the policy's sample after), stored; then the updates
+        owed by the training ratio."""
+        s = self.cfg.sac
+        warm = self.agent_steps < s.learning_starts
+        if warm:
+            action = self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+        else:
+            action = explore_action(self.trainer, self.obs)
+        next_obs, reward, terminated, truncated, _info = self.env.step(action)
+        self.replay.add_chunk(self.episode, np.stack([self.obs, next_obs]), action[None], np.array([reward]),
+                              terminated, truncated)
+        self.obs = next_obs
+        if terminated or truncated:
+            self.replay.end_episode(self.episode)
+            self.episode += 1
+            self.obs, _info = self.env.reset()
+        self.agent_steps += 1
+        # RLlib starts updating once its sampled-step count reaches learning_starts: the same count here.
+        owed = math.floor(s.updates_per_step * max(0, self.agent_steps - s.learning_starts) + 1e-9)
+        if self.agent_steps >= s.learning_starts and len(self.replay):
+            t0 = time.perf_counter()
+            while self.updates < owed:
+                self.trainer.update(_to_device(self.replay.sample(s.batch_size), self.trainer.device))
+                self.updates += 1
+            self.update_s += time.perf_counter() - t0
+
+
 def train(cfg: CovrConfig, env_steps: int, device: str, eval_every: int, eval_episodes: int,
           out: Optional[Path] = None) -> list[dict[str, Any]]:
     """Train for ``env_steps`` (action repeat counted); evaluate every ``eval_every``; returns the curve."""
-    from covr_envs.registry import make_env_from_config
     from covr_ray.evaluate import evaluate_policy
     from covr_ray.rl.networks import PixelPolicy
-    from covr_ray.rl.replay import PixelReplay
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    env = make_env_from_config(cfg.env, cfg.seed)
-    obs_shape = tuple(env.observation_space.shape)
-    action_dim = int(env.action_space.shape[0])
-    trainer, _spec = build_trainer(cfg, obs_shape, action_dim, device)
-    replay = PixelReplay(cfg.sac.buffer_capacity, obs_shape, action_dim, frame_stack=cfg.env.frame_stack,
-                         seed=cfg.seed)
+    loop = PlainLoop(cfg, device)
+    trainer = loop.trainer
     repeat = cfg.env.action_repeat
     agent_steps = math.ceil(env_steps / repeat)
     curve: list[dict[str, Any]] = []
-    obs, _info = env.reset(seed=cfg.seed)
-    episode, next_eval, updates, update_s = 0, eval_every, 0, 0.0
+    next_eval = eval_every
     for t in range(agent_steps):
-        if t * repeat < cfg.sac.learning_starts:
-            action = rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
-        else:
-            action = explore_action(trainer, obs)
-        next_obs, reward, terminated, truncated, _info = env.step(action)
-        replay.add_chunk(episode, np.stack([obs, next_obs]), action[None], np.array([reward]), terminated, truncated)
-        obs = next_obs
-        if terminated or truncated:
-            replay.end_episode(episode)
-            episode += 1
-            obs, _info = env.reset()
-        if t * repeat >= cfg.sac.learning_starts:
-            t0 = time.perf_counter()
-            for _ in range(max(1, round(cfg.sac.updates_per_step))):
-                trainer.update(_to_device(replay.sample(cfg.sac.batch_size), trainer.device))
-                updates += 1
-            update_s += time.perf_counter() - t0
+        loop.step()
         done_steps = (t + 1) * repeat
         if done_steps >= next_eval or t == agent_steps - 1:
             next_eval += eval_every
@@ -109,8 +146,8 @@ def train(cfg: CovrConfig, env_steps: int, device: str, eval_every: int, eval_ep
                                      seed=cfg.seed + 100_000 + done_steps)
             policy.to(trainer.device)
             point = {"env_steps": done_steps, "return_mean": result["return_mean"],
-                     "return_std": result["return_std"], "updates": updates,
-                     "updates_per_s": updates / update_s if update_s else 0.0}
+                     "return_std": result["return_std"], "updates": loop.updates,
+                     "updates_per_s": loop.updates / loop.update_s if loop.update_s else 0.0}
             curve.append(point)
             print(json.dumps(point), flush=True)
             if out is not None:
