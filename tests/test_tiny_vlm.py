@@ -110,3 +110,12 @@ def test_ensure_rebuilds_a_stale_build_and_keeps_a_fresh_one(tmp_path):
     assert json.loads(marker.read_text())["fingerprint"] == tiny_fingerprint()
     assert resolve_family(str(out)) == "qwen2_5_vl"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no .rebuild / .stale left behind
+
+
+def test_ensure_never_replaces_a_directory_that_is_not_a_tiny_build(tmp_path):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a tiny build|something else"):
+        ensure_tiny_vlm(other)
+    assert (other / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

@@ -250,7 +250,12 @@ def ensure_tiny_vlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int =
     """The tiny model in ``out_dir``, built if missing and rebuilt if a different version of this module (or
     another family, seed or shape) built it. The one rule every cache of tiny builds follows (tests, benches,
     ``make demo``). A rebuild is built beside the old directory and swapped in, so the old one stays whole
-    until the new one is complete."""
+    until the new one is complete.
+
+    Raises:
+        ConfigError: ``out_dir`` holds something that is not a tiny build (a model of more than 5 M
+            parameters, or other files): it is never replaced.
+    """
     out = Path(out_dir)
     want = {"fingerprint": tiny_fingerprint(), "family": family, "shape": shape, "seed": seed}
     have = built_by(out)
@@ -258,6 +263,10 @@ def ensure_tiny_vlm(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int =
         return out
     if not out.exists():
         return build_tiny_vlm(out, family=family, seed=seed, shape=shape)
+    old_tiny = (out / "config.json").is_file() and _count_params(out) <= 5_000_000  # built before the marker
+    if have is None and not old_tiny and any(out.iterdir()):
+        raise ConfigError("tiny VLM directory", str(out), "a new directory or a tiny build to refresh (it holds "
+                          f"something else: no {MARKER_FILE} and no model of at most 5 M parameters; left alone)")
     fresh = out.with_name(out.name + ".rebuild")
     if fresh.exists():
         shutil.rmtree(fresh)
@@ -281,9 +290,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
-    if (out / "config.json").is_file() and built_by(out) is None and _count_params(out) > 5_000_000:
-        raise ConfigError("out_dir", str(out), "a new directory or a tiny build (it holds a model of more "
-                          f"than 5 M parameters without {MARKER_FILE}: not a tiny build; it is left alone)")
     have = built_by(out)
     ensure_tiny_vlm(out, family=args.family, seed=args.seed, shape=args.shape)
     if have is not None and have == built_by(out):
