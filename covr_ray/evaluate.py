@@ -284,7 +284,7 @@ def evaluate_baseline(run_dir: str | Path, actor: str, episodes: int = 10, seed:
         CheckpointError: ``run_dir`` is not a run directory. ConfigError: bad ``actor`` / ``action`` /
         ``episodes`` / ``seed``.
     """
-    from covr_envs.registry import resolve_env_spec
+    from covr_envs.registry import load_env_spec
     from covr_ray.prior.codecs import get_codec
 
     if actor not in ("random", "constant"):
@@ -295,15 +295,15 @@ def evaluate_baseline(run_dir: str | Path, actor: str, episodes: int = 10, seed:
     cfg = run.read_config()
     seed = eval_seed(cfg) if seed is None else seed
     check_episodes_seed(episodes, seed)
-    spec = resolve_env_spec(cfg.env) if actor == "constant" else None
-    if spec is not None:
-        constant = parse_constant_action(action, get_codec(spec.codec, spec.action_dim), spec.action_dim)
+    spec = load_env_spec(cfg.env)  # no prompt needed (a gym: env without one can still be evaluated)
+    action_dim = int(spec.action_dim)
+    if actor == "constant":
+        codec = get_codec(cfg.env.codec or spec.codec, action_dim)  # the run's codec, as the prior service's
+        constant = parse_constant_action(action, codec, action_dim)
         act: ActFn = lambda frame, obs: constant  # noqa: E731
         json_path = run.constant_eval_result()
     else:
-        from covr_envs.registry import load_env_spec
-
-        act = random_act_fn(int(load_env_spec(cfg.env).action_dim), seed)
+        act = random_act_fn(action_dim, seed)
         json_path = run.random_eval_result()
     video_path = None
     if video:
@@ -312,7 +312,7 @@ def evaluate_baseline(run_dir: str | Path, actor: str, episodes: int = 10, seed:
         video_path = json_path.with_suffix("." + resolve_format(video_format))
     result = run_episodes_with_video(act, cfg.env, episodes, seed, actor_name=actor, video_path=video_path, fps=fps)
     result.update({"preset": cfg.preset, "run_seed": int(cfg.seed)})
-    if spec is not None:
+    if actor == "constant":
         result.update({"action": constant.tolist(), "action_text": action})
     path = write_result(json_path, result)
     log.info("eval %s: %s actions, return %.1f +- %.1f over %d episodes -> %s", run_dir, actor,
