@@ -26,7 +26,10 @@ from covr_ray.lora.actor import TEST_ROUND_DELAY_ENV, round_delay_from_env
 from covr_ray.lora.versions import ADAPTER_CONFIG, META_FILE
 from covr_ray.metrics import read_csv_metrics
 
-DELAY_S = 20.0
+# Long enough to dwarf an async round's own stall (0.2-0.5 s measured, loaded box), short enough that a quiet
+# box's loop (15+ env steps/s) does not run past round 1's point (250) and the run's end (420) while round 0
+# sleeps: with 20 s it reached 336 of 330 before round 1 was submitted.
+DELAY_S = 8.0
 SMOKE = ["schedule.checkpoint_every=100000", "schedule.eval_every=100000", "schedule.eval_episodes=1",
          "logging.tensorboard=false"]
 
@@ -108,7 +111,7 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(TEST_ROUND_DELAY_ENV, str(DELAY_S))
         cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={tmp / 'a'}",
-                                    "schedule.total_env_steps=330", *SMOKE])
+                                    "schedule.total_env_steps=420", *SMOKE])  # round 2 would be at 450
         run = CovrRun.new(cfg, progress=False).setup()
         try:
             run.run(stop_at_env_steps=150)  # the first round point (50 warm-up + 100)
