@@ -27,7 +27,8 @@ HELDOUT_KEYS = ("lora/heldout_action_err_before", "lora/heldout_action_err_after
                 "lora/heldout_parse_frac_after", "lora/heldout_token_acc_before", "lora/heldout_token_acc_after",
                 "lora/heldout_exact_frac_before", "lora/heldout_exact_frac_after", "lora/heldout_const_err",
                 "lora/heldout_const_answer_err", "lora/heldout_codec_err", "lora/heldout_rows", "lora/heldout_excluded_rows", "lora/heldout_by_episode",
-                "lora/heldout_episodes", "lora/heldout_eval_s")
+                "lora/heldout_episodes", "lora/heldout_eval_s", "lora/heldout_probe_err", "lora/heldout_probe_answer_err",
+                "lora/heldout_probe_s")
 EPISODES, STEPS = 12, 10  # 120 rows; 20 % = 24 rows -> 2 whole episodes (20 rows) held out
 
 
@@ -173,6 +174,7 @@ def test_round_fits_the_frames_better_than_the_best_constant(fitted):
     assert m["lora/heldout_token_acc_after"] > m["lora/heldout_token_acc_before"]
     assert m["lora/heldout_parse_frac_after"] >= 0.9
     assert m["lora/heldout_codec_err"] <= m["lora/heldout_action_err_after"]
+    assert m["lora/heldout_probe_err"] < 0.5 * m["lora/heldout_const_err"]  # the pixels show the action too
 
 
 def test_heldout_frac_zero_trains_on_every_row_and_reports_no_heldout_metrics(fitted, tiny_vlm_dir,

@@ -41,6 +41,7 @@ from covr_ray.frames import decode_frame
 from covr_ray.lora.data import IGNORE_INDEX, AnswerExamples, HeldoutSplit, collate, heldout_split, load_examples
 from covr_ray.lora.loss import (constant_action_error, constant_answer_error, heldout_action_error,
                                 weighted_answer_nll)
+from covr_ray.lora.probe import frame_probe
 from covr_ray.lora.versions import META_FILE, adapter_path, adapter_versions
 from covr_ray.io import atomic_directory, atomic_write_text
 from covr_ray.log import get_logger, setup_worker_logging
@@ -173,6 +174,11 @@ class LoRATrainer:
           answer", limited by the codec as the VLM is;
         - ``lora/heldout_codec_err``: the error of the codec's own round trip of ``a_r`` (encode, decode),
           the floor any answer can reach (the driving codec has 7 levels a dimension);
+        - ``lora/heldout_probe_err`` / ``lora/heldout_probe_answer_err``: a ridge regression from the frame's
+          pixels to ``a_r`` fitted on the training rows (:mod:`covr_ray.lora.probe`), scored on the same rows,
+          without and with the codec's round trip: a reference for how much of ``a_r`` one frame shows (the
+          probe well below the constant while the VLM sits on it: the fine-tune missed a signal; the probe at
+          the constant too: one frame hardly tells the action); ``lora/heldout_probe_s`` its seconds;
         - ``lora/heldout_rows`` (evaluated), ``lora/heldout_excluded_rows``, ``lora/heldout_by_episode``,
           ``lora/heldout_episodes``, ``lora/train_rows``, ``lora/heldout_eval_s`` (both evaluations).
 
@@ -280,11 +286,12 @@ class LoRATrainer:
                  len(train_rows), metrics["lora/loss_first"], metrics["lora/loss_last"], new_version, path)
         if heldout:
             log.info("LoRA round: held-out %d rows (%s): action error %.3f -> %.3f (best constant %.3f, best "
-                     "constant answer %.3f, codec floor %.3f), parsed %.2f -> %.2f, token accuracy %.2f -> %.2f",
+                     "constant answer %.3f, pixel probe %.3f, codec floor %.3f), parsed %.2f -> %.2f, token "
+                     "accuracy %.2f -> %.2f",
                      len(split.evaluated), "by episode" if split.by_episode else "by row",
                      heldout["lora/heldout_action_err_before"], heldout["lora/heldout_action_err_after"],
                      heldout["lora/heldout_const_err"], heldout["lora/heldout_const_answer_err"],
-                     heldout["lora/heldout_codec_err"],
+                     heldout.get("lora/heldout_probe_err", float("nan")), heldout["lora/heldout_codec_err"],
                      heldout["lora/heldout_parse_frac_before"], heldout["lora/heldout_parse_frac_after"],
                      heldout["lora/heldout_token_acc_before"], heldout["lora/heldout_token_acc_after"])
         return RoundResult(str(path), new_version, True, metrics, heldout_list)
@@ -326,12 +333,28 @@ class LoRATrainer:
         _const, const_err = constant_action_error(examples.actions[split.train], targets)
         _answer, answer_err = constant_answer_error(examples.actions[split.train], targets, self.codec)
         codec_err = heldout_action_error([self.codec.encode(a) for a in targets], targets, self.codec)["action_err"]
+        probe = self._frame_probe(examples, split)
         return {"lora/heldout_const_err": const_err, "lora/heldout_const_answer_err": answer_err,
-                "lora/heldout_codec_err": codec_err,
+                "lora/heldout_codec_err": codec_err, **probe,
                 "lora/heldout_rows": float(len(split.evaluated)),
                 "lora/heldout_excluded_rows": float(len(split.heldout)),
                 "lora/heldout_by_episode": float(split.by_episode),
                 "lora/heldout_episodes": float(split.episodes)}
+
+    def _frame_probe(self, examples: AnswerExamples, split: HeldoutSplit) -> dict[str, float]:
+        """``lora/heldout_probe_err`` / ``_answer_err`` / ``_s``: the linear pixel probe
+        (:func:`covr_ray.lora.probe.frame_probe`) fitted on the training rows, scored on the evaluated rows;
+        empty with fewer than two training rows."""
+        if len(split.train) < 2:
+            return {}
+        t0 = time.perf_counter()
+        train = [decode_frame(examples.frames[int(i)].as_py()) for i in split.train]
+        held = [decode_frame(examples.frames[int(i)].as_py()) for i in split.evaluated]
+        groups = [examples.episode_ids[int(i)] for i in split.train] if examples.episode_ids else ["given"] * len(train)
+        result = frame_probe(train, examples.actions[split.train], groups, held, examples.actions[split.evaluated],
+                             self.codec, rng=np.random.default_rng([self.seed, max(self.version, 0) + 1, 2]))
+        return {"lora/heldout_probe_err": result.err, "lora/heldout_probe_answer_err": result.answer_err,
+                "lora/heldout_probe_s": time.perf_counter() - t0}
 
     def _step(self, opt: Any, params: list, examples: Any, idx: np.ndarray) -> tuple[float, float, int]:
         import torch

@@ -9,7 +9,8 @@ From the run directory alone:
 - **the RL agent teaches the VLM**: per fine-tune round, the VLM's error on held-out episodes of the kept
   set before and after the round against the best constant action's (``lora/heldout_*`` in
   ``metrics.csv``, :meth:`covr_ray.lora.trainer.LoRATrainer.train_round`), the answer-token accuracy and
-  the share of answers that parse;
+  the share of answers that parse, and a linear probe of the frame's pixels (how much of ``a_r`` one frame
+  shows at all, :mod:`covr_ray.lora.probe`);
 - **the VLM as a policy**: the return of each evaluated adapter version (``eval/vlm-v<N>.json``,
   ``covr eval --actor vlm --adapter all``).
 
@@ -34,6 +35,7 @@ FIT_KEYS = {
     "const_err": "lora/heldout_const_err",
     "const_answer_err": "lora/heldout_const_answer_err",
     "codec_err": "lora/heldout_codec_err",
+    "probe_err": "lora/heldout_probe_err",
     "token_acc_after": "lora/heldout_token_acc_after",
     "parse_frac_after": "lora/heldout_parse_frac_after",
 }
@@ -131,14 +133,17 @@ def format_run_summary(summary: dict[str, Any]) -> str:
                 "an unparsed answer counts 2):"]
     if summary["vlm_fit"]:
         out.append(f"  {'round':>5} {'steps':>7} {'adapter':>7} {'rows':>5} {'before':>6} {'after':>6} "
-                   f"{'const':>6} {'const answer':>12} {'codec floor':>11} {'token acc':>9} {'parsed':>6}")
+                   f"{'const':>6} {'const answer':>12} {'pixel probe':>11} {'codec floor':>11} {'token acc':>9} {'parsed':>6}")
         for r in summary["vlm_fit"]:
             out.append(f"  {r['round']:>5} {r['env_steps']:>7} {'v' + str(r['adapter_version']):>7} "
                        f"{_num(r['heldout_rows'], 'd'):>5} {_num(r['err_before']):>6} {_num(r['err_after']):>6} "
-                       f"{_num(r['const_err']):>6} {_num(r['const_answer_err']):>12} {_num(r['codec_err']):>11} "
+                       f"{_num(r['const_err']):>6} {_num(r['const_answer_err']):>12} {_num(r['probe_err']):>11} "
+                       f"{_num(r['codec_err']):>11} "
                        f"{_num(r['token_acc_after']):>9} {_num(r['parse_frac_after']):>6}")
         out.append("  const: the best constant action (per-dimension median of the training rows); const answer: "
-                   "the best constant answer the VLM could write; codec floor: the error of a_r's own answer")
+                   "the best constant answer the VLM could write; pixel probe: a ridge regression from the frame's "
+                   "pixels fitted on the training rows (how much of a_r one frame shows); codec floor: the error "
+                   "of a_r's own answer")
     else:
         out.append("  no round measured a held-out fit (prior off, no round yet, or lora.heldout_frac=0)")
     out += ["", "VLM alone as the policy, per adapter version (v0 = base model):"]

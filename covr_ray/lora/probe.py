@@ -1,0 +1,126 @@
+"""The frame probe: how much of ``a_r`` one frame shows to a linear reader of its pixels.
+
+A round's held-out fit compares the VLM with the best constant answer (:mod:`covr_ray.lora.loss`). When the
+VLM only matches the constant, two causes look alike: the fine-tune failed to teach a frame -> action
+mapping, or the rows hold little such mapping to learn (the RL action depends on the stacked frames' motion,
+on what one small frame does not show, or is noise of an early policy). The probe separates them: a ridge
+regression from the frame's pixels (resized to :data:`PROBE_SIDE` px a side) to ``a_r``, fitted on the
+round's *training* rows only and scored on the same held-out rows as the VLM. Its ridge strength is chosen
+by leave-episodes-out cross-validation inside the training rows, so the held-out rows are never looked at.
+
+A VLM reads the frame through a far richer model than a linear map of pixels, so the probe is not a bound;
+it is a reference: a probe well below the constant says the frames carry a signal the VLM did not learn; a
+probe at the constant says a single frame hardly tells the action at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from covr_ray.lora.loss import heldout_action_error
+
+#: Frames are resized to this many pixels a side (RGB) before the ridge regression: 3,072 features.
+PROBE_SIDE = 32
+#: Ridge strengths tried, as multiples of the feature count (features are standardised).
+ALPHA_FACTORS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+#: At most this many training rows enter the fit (a seeded subsample): the dual solve is O(rows^3).
+MAX_FIT_ROWS = 1024
+#: Cross-validation folds of the training rows (by episode when there are at least two episodes).
+FOLDS = 4
+
+
+@dataclass
+class ProbeResult:
+    """A fitted probe scored on held-out rows.
+
+    Attributes:
+        err: mean over held-out rows and action dimensions of ``|clip(prediction) - a_r|``.
+        answer_err: the same after the codec's round trip of each prediction (the error of a frame-reading
+            VLM limited to the codec's answers), comparable with ``lora/heldout_const_answer_err``.
+        alpha_factor: the chosen ridge strength, a multiple of the feature count.
+        fit_rows: training rows the final fit used.
+    """
+
+    err: float
+    answer_err: float
+    alpha_factor: float
+    fit_rows: int
+
+
+def pixel_features(frames: Sequence[np.ndarray], side: int = PROBE_SIDE) -> np.ndarray:
+    """(N, side * side * 3) float64 in [0, 1]: each uint8 (H, W, 3) frame resized (bilinear) and flattened."""
+    from PIL import Image
+
+    out = np.empty((len(frames), side * side * 3), dtype=np.float64)
+    for i, frame in enumerate(frames):
+        img = Image.fromarray(np.asarray(frame, dtype=np.uint8), mode="RGB").resize((side, side), Image.BILINEAR)
+        out[i] = np.asarray(img, dtype=np.float64).reshape(-1) / 255.0
+    return out
+
+
+def _dual_ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
+    """Predictions on ``x_eval`` of ridge fits (standardised features, centred targets) for every alpha,
+    from one eigendecomposition of the fit rows' Gram matrix."""
+    mu, sd = x_fit.mean(0), x_fit.std(0) + 1e-6
+    a, b = (x_fit - mu) / sd, (x_eval - mu) / sd
+    y_mean = y_fit.mean(0)
+    evals, evecs = np.linalg.eigh(a @ a.T)
+    evals = np.clip(evals, 0.0, None)
+    proj = evecs.T @ (y_fit - y_mean)
+    cross = b @ a.T @ evecs
+    return [cross @ (proj / (evals + alpha)[:, None]) + y_mean for alpha in alphas]
+
+
+def _folds(groups: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Validation index sets: whole groups (episodes) when there are two or more, else random rows."""
+    names = list(dict.fromkeys(groups.tolist()))
+    if len(names) >= 2:
+        order = [names[i] for i in rng.permutation(len(names))]
+        k = min(FOLDS, len(order))
+        return [np.flatnonzero(np.isin(groups, np.asarray(order[f::k], dtype=object))) for f in range(k)]
+    rows = rng.permutation(len(groups))
+    return [np.sort(rows[f::FOLDS]) for f in range(min(FOLDS, len(rows)))]
+
+
+def frame_probe(train_frames: Sequence[np.ndarray], train_actions: np.ndarray, train_groups: Sequence[str],
+                heldout_frames: Sequence[np.ndarray], heldout_actions: np.ndarray, codec, *,
+                rng: np.random.Generator) -> ProbeResult:
+    """Fit the probe on the training rows and score it on the held-out rows (see the module docstring).
+
+    Args:
+        train_frames / heldout_frames: uint8 (H, W, 3) frames.
+        train_actions / heldout_actions: (N, action_dim) ``a_r``.
+        train_groups: the episode of each training row (cross-validation keeps episodes whole).
+        codec: the env's action codec (``encode``/``decode``), for ``answer_err``.
+        rng: the round's generator (subsample and folds).
+
+    Raises:
+        ValueError: fewer than two training rows or no held-out row.
+    """
+    y = np.asarray(train_actions, dtype=np.float64)
+    target = np.asarray(heldout_actions, dtype=np.float64)
+    if len(y) < 2 or len(target) == 0:
+        raise ValueError(f"the frame probe needs >= 2 training rows and >= 1 held-out row "
+                         f"(got {len(y)} and {len(target)})")
+    groups = np.asarray(list(train_groups), dtype=object)
+    keep = np.arange(len(y))
+    if len(keep) > MAX_FIT_ROWS:
+        keep = np.sort(rng.choice(len(y), size=MAX_FIT_ROWS, replace=False))
+    x = pixel_features([train_frames[int(i)] for i in keep])
+    y, groups = y[keep], groups[keep]
+    alphas = [f * x.shape[1] for f in ALPHA_FACTORS]
+    cv_err = np.zeros(len(alphas))
+    for val in _folds(groups, rng):
+        fit = np.setdiff1d(np.arange(len(y)), val)
+        if len(fit) < 2:
+            continue
+        for j, pred in enumerate(_dual_ridge(x[fit], y[fit], x[val], alphas)):
+            cv_err[j] += np.abs(np.clip(pred, -1, 1) - y[val]).sum()
+    best = int(np.argmin(cv_err))
+    pred = np.clip(_dual_ridge(x, y, pixel_features(heldout_frames), [alphas[best]])[0], -1.0, 1.0)
+    answer_err = heldout_action_error([codec.encode(p) for p in pred], target, codec)["action_err"]
+    return ProbeResult(err=float(np.abs(pred - target).mean()), answer_err=answer_err,
+                       alpha_factor=ALPHA_FACTORS[best], fit_rows=len(y))

@@ -1,0 +1,68 @@
+"""The frame probe (:mod:`covr_ray.lora.probe`): a ridge regression from a frame's pixels to ``a_r`` that
+reads a frame-dependent action and does not invent one where the action ignores the frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covr_ray.lora.loss import constant_action_error
+from covr_ray.lora.probe import ALPHA_FACTORS, frame_probe, pixel_features
+from covr_ray.prior.codecs import get_codec
+
+
+def _frames(rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames with a bright square whose column is uniform in [0, 1]; the rest is pixel noise."""
+    pos = rng.uniform(0, 1, n)
+    frames = []
+    for p in pos:
+        f = rng.integers(0, 60, (48, 48, 3)).astype(np.uint8)
+        col = int(4 + 36 * p)
+        f[18:30, col:col + 8] = 230
+        frames.append(f)
+    return frames, pos
+
+
+def _episodes(n: int, size: int) -> list[str]:
+    return [f"ep{i // size}" for i in range(n)]
+
+
+def test_pixel_features_resize_and_scale():
+    x = pixel_features([np.full((64, 80, 3), 255, np.uint8), np.zeros((20, 20, 3), np.uint8)], side=8)
+    assert x.shape == (2, 8 * 8 * 3) and np.allclose(x[0], 1.0) and np.allclose(x[1], 0.0)
+
+
+def test_probe_reads_an_action_that_the_frame_shows():
+    rng = np.random.default_rng(0)
+    frames, pos = _frames(rng, 160)
+    actions = np.stack([2 * pos - 1, 1 - pos], axis=1)  # steer follows the square, throttle too
+    codec = get_codec("driving", 2)
+    result = frame_probe(frames[:120], actions[:120], _episodes(120, 10), frames[120:], actions[120:], codec,
+                         rng=np.random.default_rng(1))
+    _, const_err = constant_action_error(actions[:120], actions[120:])
+    assert const_err > 0.25
+    assert result.err < 0.5 * const_err, (result, const_err)
+    assert result.answer_err < 0.5 * const_err + 1 / 6  # the codec's 7 levels add at most half a step
+    assert result.alpha_factor in ALPHA_FACTORS and result.fit_rows == 120
+
+
+def test_probe_does_not_beat_the_constant_where_the_action_ignores_the_frame():
+    rng = np.random.default_rng(2)
+    frames, _pos = _frames(rng, 160)
+    actions = rng.uniform(-1, 1, (160, 2))  # independent of the frame
+    result = frame_probe(frames[:120], actions[:120], _episodes(120, 10), frames[120:], actions[120:],
+                         get_codec("driving", 2), rng=np.random.default_rng(3))
+    _, const_err = constant_action_error(actions[:120], actions[120:])
+    assert result.err > 0.85 * const_err, (result, const_err)  # cross-validation picks a strong ridge
+
+
+def test_probe_with_one_episode_folds_by_row_and_rejects_too_few_rows():
+    rng = np.random.default_rng(4)
+    frames, pos = _frames(rng, 60)
+    actions = np.stack([2 * pos - 1, 2 * pos - 1], axis=1)
+    codec = get_codec("driving", 2)
+    result = frame_probe(frames[:50], actions[:50], ["one"] * 50, frames[50:], actions[50:], codec,
+                         rng=np.random.default_rng(5))
+    assert np.isfinite(result.err) and result.err < constant_action_error(actions[:50], actions[50:])[1]
+    with pytest.raises(ValueError, match="frame probe needs"):
+        frame_probe(frames[:1], actions[:1], ["one"], frames[50:], actions[50:], codec, rng=np.random.default_rng(0))
