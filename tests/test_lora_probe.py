@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from covr_ray.lora.loss import constant_action_error
-from covr_ray.lora.probe import ALPHA_FACTORS, frame_probe, pixel_features
+from covr_ray.lora.probe import ALPHA_FACTORS, MAX_FIT_ROWS, fit_rows, frame_probe, pixel_features
 from covr_ray.prior.codecs import get_codec
 
 
@@ -37,7 +37,8 @@ def test_probe_reads_an_action_that_the_frame_shows():
     frames, pos = _frames(rng, 160)
     actions = np.stack([2 * pos - 1, 1 - pos], axis=1)  # steer follows the square, throttle too
     codec = get_codec("driving", 2)
-    result = frame_probe(frames[:120], actions[:120], _episodes(120, 10), frames[120:], actions[120:], codec,
+    x = pixel_features(frames)
+    result = frame_probe(x[:120], actions[:120], _episodes(120, 10), x[120:], actions[120:], codec,
                          rng=np.random.default_rng(1))
     _, const_err = constant_action_error(actions[:120], actions[120:])
     assert const_err > 0.25
@@ -50,7 +51,8 @@ def test_probe_does_not_beat_the_constant_where_the_action_ignores_the_frame():
     rng = np.random.default_rng(2)
     frames, _pos = _frames(rng, 160)
     actions = rng.uniform(-1, 1, (160, 2))  # independent of the frame
-    result = frame_probe(frames[:120], actions[:120], _episodes(120, 10), frames[120:], actions[120:],
+    x = pixel_features(iter(frames))  # a generator works: frames are decoded one at a time in a round
+    result = frame_probe(x[:120], actions[:120], _episodes(120, 10), x[120:], actions[120:],
                          get_codec("driving", 2), rng=np.random.default_rng(3))
     _, const_err = constant_action_error(actions[:120], actions[120:])
     assert result.err > 0.85 * const_err, (result, const_err)  # cross-validation picks a strong ridge
@@ -61,8 +63,19 @@ def test_probe_with_one_episode_folds_by_row_and_rejects_too_few_rows():
     frames, pos = _frames(rng, 60)
     actions = np.stack([2 * pos - 1, 2 * pos - 1], axis=1)
     codec = get_codec("driving", 2)
-    result = frame_probe(frames[:50], actions[:50], ["one"] * 50, frames[50:], actions[50:], codec,
-                         rng=np.random.default_rng(5))
+    x = pixel_features(frames)
+    result = frame_probe(x[:50], actions[:50], ["one"] * 50, x[50:], actions[50:], codec, rng=np.random.default_rng(5))
     assert np.isfinite(result.err) and result.err < constant_action_error(actions[:50], actions[50:])[1]
     with pytest.raises(ValueError, match="frame probe needs"):
-        frame_probe(frames[:1], actions[:1], ["one"], frames[50:], actions[50:], codec, rng=np.random.default_rng(0))
+        frame_probe(x[:1], actions[:1], ["one"], x[50:], actions[50:], codec, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="groups"):
+        frame_probe(x[:50], actions[:40], ["one"] * 50, x[50:], actions[50:], codec, rng=np.random.default_rng(0))
+
+
+def test_fit_rows_caps_the_training_rows_with_a_seeded_subsample():
+    rows = np.arange(5, 5 + 3 * MAX_FIT_ROWS)
+    small = fit_rows(rows[:10], np.random.default_rng(0))
+    assert np.array_equal(small, rows[:10])
+    picked = fit_rows(rows, np.random.default_rng(0))
+    assert len(picked) == MAX_FIT_ROWS and np.all(np.diff(picked) > 0) and set(picked) <= set(rows)
+    assert np.array_equal(picked, fit_rows(rows, np.random.default_rng(0)))

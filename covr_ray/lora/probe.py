@@ -16,7 +16,7 @@ probe at the constant says a single frame hardly tells the action at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -50,15 +50,14 @@ class ProbeResult:
     fit_rows: int
 
 
-def pixel_features(frames: Sequence[np.ndarray], side: int = PROBE_SIDE) -> np.ndarray:
-    """(N, side * side * 3) float64 in [0, 1]: each uint8 (H, W, 3) frame resized (bilinear) and flattened."""
+def pixel_features(frames: Iterable[np.ndarray], side: int = PROBE_SIDE) -> np.ndarray:
+    """(N, side * side * 3) float64 in [0, 1]: each uint8 (H, W, 3) frame resized (bilinear) and flattened
+    (frames may come one at a time from a generator: only the small features are kept)."""
     from PIL import Image
 
-    out = np.empty((len(frames), side * side * 3), dtype=np.float64)
-    for i, frame in enumerate(frames):
-        img = Image.fromarray(np.asarray(frame, dtype=np.uint8), mode="RGB").resize((side, side), Image.BILINEAR)
-        out[i] = np.asarray(img, dtype=np.float64).reshape(-1) / 255.0
-    return out
+    rows = [np.asarray(Image.fromarray(np.asarray(f, dtype=np.uint8), mode="RGB").resize((side, side), Image.BILINEAR),
+                       dtype=np.float64).reshape(-1) / 255.0 for f in frames]
+    return np.stack(rows) if rows else np.zeros((0, side * side * 3))
 
 
 def _dual_ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
@@ -85,42 +84,47 @@ def _folds(groups: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     return [np.sort(rows[f::FOLDS]) for f in range(min(FOLDS, len(rows)))]
 
 
-def frame_probe(train_frames: Sequence[np.ndarray], train_actions: np.ndarray, train_groups: Sequence[str],
-                heldout_frames: Sequence[np.ndarray], heldout_actions: np.ndarray, codec, *,
+def frame_probe(train_x: np.ndarray, train_actions: np.ndarray, train_groups: Sequence[str],
+                heldout_x: np.ndarray, heldout_actions: np.ndarray, codec: Any, *,
                 rng: np.random.Generator) -> ProbeResult:
     """Fit the probe on the training rows and score it on the held-out rows (see the module docstring).
 
     Args:
-        train_frames / heldout_frames: uint8 (H, W, 3) frames.
+        train_x / heldout_x: :func:`pixel_features` of the frames (the caller subsamples the training rows
+            to at most :data:`MAX_FIT_ROWS`, :func:`fit_rows`, before decoding them).
         train_actions / heldout_actions: (N, action_dim) ``a_r``.
         train_groups: the episode of each training row (cross-validation keeps episodes whole).
         codec: the env's action codec (``encode``/``decode``), for ``answer_err``.
-        rng: the round's generator (subsample and folds).
+        rng: the round's generator (the folds).
 
     Raises:
-        ValueError: fewer than two training rows or no held-out row.
+        ValueError: fewer than two training rows, no held-out row, or rows and actions of different lengths.
     """
     y = np.asarray(train_actions, dtype=np.float64)
     target = np.asarray(heldout_actions, dtype=np.float64)
+    groups = np.asarray(list(train_groups), dtype=object)
     if len(y) < 2 or len(target) == 0:
         raise ValueError(f"the frame probe needs >= 2 training rows and >= 1 held-out row "
                          f"(got {len(y)} and {len(target)})")
-    groups = np.asarray(list(train_groups), dtype=object)
-    keep = np.arange(len(y))
-    if len(keep) > MAX_FIT_ROWS:
-        keep = np.sort(rng.choice(len(y), size=MAX_FIT_ROWS, replace=False))
-    x = pixel_features([train_frames[int(i)] for i in keep])
-    y, groups = y[keep], groups[keep]
-    alphas = [f * x.shape[1] for f in ALPHA_FACTORS]
+    if not len(train_x) == len(y) == len(groups) or len(heldout_x) != len(target):
+        raise ValueError(f"frame probe: {len(train_x)} training feature rows, {len(y)} actions, {len(groups)} "
+                         f"groups; {len(heldout_x)} held-out feature rows, {len(target)} actions")
+    alphas = [f * train_x.shape[1] for f in ALPHA_FACTORS]
     cv_err = np.zeros(len(alphas))
     for val in _folds(groups, rng):
         fit = np.setdiff1d(np.arange(len(y)), val)
         if len(fit) < 2:
             continue
-        for j, pred in enumerate(_dual_ridge(x[fit], y[fit], x[val], alphas)):
+        for j, pred in enumerate(_dual_ridge(train_x[fit], y[fit], train_x[val], alphas)):
             cv_err[j] += np.abs(np.clip(pred, -1, 1) - y[val]).sum()
     best = int(np.argmin(cv_err))
-    pred = np.clip(_dual_ridge(x, y, pixel_features(heldout_frames), [alphas[best]])[0], -1.0, 1.0)
+    pred = np.clip(_dual_ridge(train_x, y, heldout_x, [alphas[best]])[0], -1.0, 1.0)
     answer_err = heldout_action_error([codec.encode(p) for p in pred], target, codec)["action_err"]
     return ProbeResult(err=float(np.abs(pred - target).mean()), answer_err=answer_err,
                        alpha_factor=ALPHA_FACTORS[best], fit_rows=len(y))
+
+
+def fit_rows(train_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The training rows the probe fits on: all of them, or a seeded sorted subsample of :data:`MAX_FIT_ROWS`."""
+    rows = np.asarray(train_rows)
+    return rows if len(rows) <= MAX_FIT_ROWS else np.sort(rng.choice(rows, size=MAX_FIT_ROWS, replace=False))

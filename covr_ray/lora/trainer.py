@@ -38,10 +38,10 @@ from covr_ray.config import LoRASection
 from covr_ray.df.shards import ShardSet, open_shard_set
 from covr_ray.errors import CheckpointError, ConfigError, LoRATrainerError
 from covr_ray.frames import decode_frame
-from covr_ray.lora.data import IGNORE_INDEX, AnswerExamples, HeldoutSplit, collate, heldout_split, load_examples
-from covr_ray.lora.loss import (constant_action_error, constant_answer_error, heldout_action_error,
+from covr_ray.lora.data import IGNORE_INDEX, AnswerExamples, collate, heldout_split, load_examples
+from covr_ray.lora.heldout import heldout_references
+from covr_ray.lora.loss import (heldout_action_error,
                                 weighted_answer_nll)
-from covr_ray.lora.probe import frame_probe
 from covr_ray.lora.versions import META_FILE, adapter_path, adapter_versions
 from covr_ray.io import atomic_directory, atomic_write_text
 from covr_ray.log import get_logger, setup_worker_logging
@@ -257,7 +257,8 @@ class LoRATrainer:
             else:  # nothing moved: the model is the one measured before
                 after = {k.replace("_before", "_after"): v for k, v in heldout.items() if k.endswith("_before")}
             heldout.update(after)
-            heldout.update(self._heldout_baselines(examples, split))
+            heldout.update(heldout_references(examples, split, self.codec,
+                                              np.random.default_rng([self.seed, next_version, 2])))
         metrics.update(heldout)
         metrics["lora/train_rows"] = float(len(train_rows))
         heldout_list = [int(i) for i in split.heldout]
@@ -327,34 +328,6 @@ class LoRATrainer:
                 f"lora/heldout_exact_frac_{when}": err["exact_frac"],
                 f"lora/heldout_token_acc_{when}": correct / total if total else float("nan"),
                 "lora/heldout_eval_s": seconds}, seconds
-
-    def _heldout_baselines(self, examples: AnswerExamples, split: HeldoutSplit) -> dict[str, float]:
-        targets = examples.actions[split.evaluated]
-        _const, const_err = constant_action_error(examples.actions[split.train], targets)
-        _answer, answer_err = constant_answer_error(examples.actions[split.train], targets, self.codec)
-        codec_err = heldout_action_error([self.codec.encode(a) for a in targets], targets, self.codec)["action_err"]
-        probe = self._frame_probe(examples, split)
-        return {"lora/heldout_const_err": const_err, "lora/heldout_const_answer_err": answer_err,
-                "lora/heldout_codec_err": codec_err, **probe,
-                "lora/heldout_rows": float(len(split.evaluated)),
-                "lora/heldout_excluded_rows": float(len(split.heldout)),
-                "lora/heldout_by_episode": float(split.by_episode),
-                "lora/heldout_episodes": float(split.episodes)}
-
-    def _frame_probe(self, examples: AnswerExamples, split: HeldoutSplit) -> dict[str, float]:
-        """``lora/heldout_probe_err`` / ``_answer_err`` / ``_s``: the linear pixel probe
-        (:func:`covr_ray.lora.probe.frame_probe`) fitted on the training rows, scored on the evaluated rows;
-        empty with fewer than two training rows."""
-        if len(split.train) < 2:
-            return {}
-        t0 = time.perf_counter()
-        train = [decode_frame(examples.frames[int(i)].as_py()) for i in split.train]
-        held = [decode_frame(examples.frames[int(i)].as_py()) for i in split.evaluated]
-        groups = [examples.episode_ids[int(i)] for i in split.train] if examples.episode_ids else ["given"] * len(train)
-        result = frame_probe(train, examples.actions[split.train], groups, held, examples.actions[split.evaluated],
-                             self.codec, rng=np.random.default_rng([self.seed, max(self.version, 0) + 1, 2]))
-        return {"lora/heldout_probe_err": result.err, "lora/heldout_probe_answer_err": result.answer_err,
-                "lora/heldout_probe_s": time.perf_counter() - t0}
 
     def _step(self, opt: Any, params: list, examples: Any, idx: np.ndarray) -> tuple[float, float, int]:
         import torch
