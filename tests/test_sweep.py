@@ -34,7 +34,7 @@ from covr_ray.config import load_config
 from covr_ray.errors import ConfigError
 from covr_ray.evaluate import write_eval_result
 from covr_ray.run_dir import RunDir, write_loop_state
-from covr_ray.sweep.backends import train_args
+from covr_ray.sweep.backends import Handle, LocalBackend, poll_or_stop, train_args
 from covr_ray.sweep.runner import Sweep
 from covr_ray.sweep.spec import SweepSpecError, load_spec, validate_spec
 from covr_ray.sweep.state import MetricsTail, read_sweep_file, run_status
@@ -418,3 +418,23 @@ jobs = JobSubmissionClient(sys.argv[1]).list_jobs()
 ours = [j for j in jobs if (j.submission_id or "").startswith("covr-sweep-")]
 print(json.dumps([[j.submission_id, str(j.status.value)] for j in ours]))
 """
+
+
+def test_poll_or_stop_stops_an_overdue_step_it_started_and_leaves_a_foreign_one(tmp_path):
+    backend = LocalBackend(stop_timeout_s=10)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    handle = Handle(pid=proc.pid, proc=proc)
+    try:
+        assert poll_or_stop(backend, handle, tmp_path, overdue=False) == (None, False)  # goes on
+        code, stalled = poll_or_stop(backend, handle, tmp_path, overdue=True)
+        assert stalled and code == -signal.SIGTERM and proc.poll() == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    done = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    done.wait(timeout=60)
+    # ended by itself: its exit code, not a stall, even when overdue
+    assert poll_or_stop(backend, Handle(pid=done.pid, proc=done), tmp_path, overdue=True) == (0, False)
+    # a run some other process holds is never stopped; without the run's lock it counts as ended
+    assert poll_or_stop(backend, backend.attach("12345"), tmp_path, overdue=True) == (0, False)

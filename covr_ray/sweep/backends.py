@@ -64,6 +64,26 @@ class Handle:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def poll_or_stop(backend: Any, handle: Handle, run_dir: Path, overdue: bool) -> tuple[Optional[int], bool]:
+    """One poll of a step (a run or its VLM evaluation) on ``backend``, shared by every step of a sweep.
+
+    A step still going while ``overdue`` (its progress did not move for the sweep's stall timeout) is
+    stopped and polled again, unless the sweep did not start it (``handle.foreign``). A step that ended is
+    finished (``backend.finish``: its leftovers killed, its log closed).
+
+    Returns:
+        ``(exit code or None while it goes on, whether this call stopped it for stalling)``.
+    """
+    code = backend.poll(handle, run_dir)
+    stalled = code is None and overdue
+    if stalled and not handle.foreign:
+        backend.stop(handle)
+        code = backend.poll(handle, run_dir)
+    if code is not None:
+        backend.finish(handle)
+    return code, stalled and code is not None
+
+
 class LocalBackend:
     """``python -m covr_ray.cli train ...`` as a child process in a session of its own (so the sweep can
     stop it with everything it started, Ray included), its output appended to ``RUN_DIR/sweep.log``.

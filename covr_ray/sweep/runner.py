@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from covr_ray.errors import ConfigError, CovrError
-from covr_ray.sweep.backends import LOG_NAME, Handle, exit_text
+from covr_ray.sweep.backends import LOG_NAME, Handle, exit_text, poll_or_stop
 from covr_ray.sweep.spec import RunPlan, SweepSpec, SweepSpecError
 from covr_ray.sweep.state import (SWEEP_FILE, MetricsTail, SweepError, read_sweep_file, run_status,
                                   write_sweep_file)
@@ -305,14 +305,10 @@ class Sweep:
             if entry.tail.eval_return is not None:
                 entry.eval_return = entry.tail.eval_return
             self._print(entry)
-        code = self.backend.poll(entry.handle, entry.plan.run_dir)
-        stalled = code is None and self.stall_timeout_s > 0 and now - entry.last_progress > self.stall_timeout_s
-        if stalled and not entry.handle.foreign:
-            self.backend.stop(entry.handle)
-            code = self.backend.poll(entry.handle, entry.plan.run_dir)
+        overdue = self.stall_timeout_s > 0 and now - entry.last_progress > self.stall_timeout_s
+        code, stalled = poll_or_stop(self.backend, entry.handle, entry.plan.run_dir, overdue)
         if code is None:
             return False
-        self.backend.finish(entry.handle)
         entry.exit_code = code
         entry.tail.poll()
         if entry.tail.eval_return is not None:

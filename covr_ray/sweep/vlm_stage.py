@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from covr_ray.errors import CovrError
 from covr_ray.lora.versions import adapter_versions
 from covr_ray.run_dir import RunDir
-from covr_ray.sweep.backends import LOG_NAME, exit_text
+from covr_ray.sweep.backends import LOG_NAME, exit_text, poll_or_stop
 from covr_ray.sweep.spec import VLMEvalSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -230,14 +230,10 @@ class VLMStage:
                 vlm.written = len(status.versions) - len(status.missing)
                 if on_progress is not None:
                     on_progress()
-        code = self.backend.poll(entry.handle, entry.plan.run_dir)
-        stalled = code is None and self.stall_timeout_s > 0 and now - vlm.last_progress > self.stall_timeout_s
-        if stalled and not entry.handle.foreign:
-            self.backend.stop(entry.handle)
-            code = self.backend.poll(entry.handle, entry.plan.run_dir)
+        overdue = self.stall_timeout_s > 0 and now - vlm.last_progress > self.stall_timeout_s
+        code, stalled = poll_or_stop(self.backend, entry.handle, entry.plan.run_dir, overdue)
         if code is None:
             return False
-        self.backend.finish(entry.handle)
         entry.handle, vlm.exit_code, entry.state = None, code, "done"
         try:
             status = vlm_eval_status(entry.plan.run_dir, self.spec)
