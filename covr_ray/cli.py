@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("covr_ray.commands.export", "export a run's policy to ONNX or TorchScript with a verified manifest"),
     "report": ("covr_ray.commands.report", "tables (mean +- std, IQM with bootstrap CIs) and learning curves over runs"),
     "summary": ("covr_ray.commands.summary", "one run: policy evals vs random, the VLM's held-out fit per round, the VLM per adapter"),
+    "probe": ("covr_ray.commands.probe", "how much of the RL action one frame shows: per kept set and on the policy's rollouts"),
     "sweep": ("covr_ray.commands.sweep", "run a grid of variants x seeds as covr train runs (local or Ray jobs), resumable"),
 }
 

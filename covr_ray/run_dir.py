@@ -53,6 +53,7 @@ LOOP_STATE_FORMAT = 1
 _RUNNER_PREFIX = "runner-"
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _EVAL_RESULT_RE = re.compile(r"^eval-(\d+)\.json$")
+_ROUND_DIR_RE = re.compile(r"^round-(\d+)-step(\d+)$")
 _VLM_EVAL_RESULT_RE = re.compile(r"^vlm-v(\d+)\.json$")
 
 
@@ -104,6 +105,13 @@ class RunDir:
     def round_dir(self, round_index: int, env_steps: int) -> Path:
         """``rounds/round-<c, 3 digits>-step<env steps>``: the kept shard set of fine-tune round ``c``."""
         return self.rounds / f"round-{int(round_index):03d}-step{int(env_steps)}"
+
+    def round_dirs(self) -> list[tuple[int, int, Path]]:
+        """Every :meth:`round_dir` present, as ``(round index, env steps, path)`` sorted by round."""
+        if not self.rounds.is_dir():
+            return []
+        found = ((_ROUND_DIR_RE.match(p.name), p) for p in self.rounds.iterdir() if p.is_dir())
+        return sorted((int(m.group(1)), int(m.group(2)), p) for m, p in found if m)
 
     @property
     def policy(self) -> Path:

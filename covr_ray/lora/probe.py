@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from covr_ray.lora.loss import heldout_action_error
+from covr_ray.lora.loss import constant_action_error, constant_answer_error, heldout_action_error
 
 #: Frames are resized to this many pixels a side (RGB) before the ridge regression: 3,072 features.
 PROBE_SIDE = 32
@@ -73,15 +73,16 @@ def _dual_ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, alphas
     return [cross @ (proj / (evals + alpha)[:, None]) + y_mean for alpha in alphas]
 
 
-def _folds(groups: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Validation index sets: whole groups (episodes) when there are two or more, else random rows."""
+def _folds(groups: np.ndarray, rng: np.random.Generator, folds: int = FOLDS) -> list[np.ndarray]:
+    """``folds`` validation index sets: whole groups (episodes) dealt in a random order when there are two or
+    more groups (fewer sets when there are fewer groups), else random rows."""
     names = list(dict.fromkeys(groups.tolist()))
     if len(names) >= 2:
         order = [names[i] for i in rng.permutation(len(names))]
-        k = min(FOLDS, len(order))
+        k = min(folds, len(order))
         return [np.flatnonzero(np.isin(groups, np.asarray(order[f::k], dtype=object))) for f in range(k)]
     rows = rng.permutation(len(groups))
-    return [np.sort(rows[f::FOLDS]) for f in range(min(FOLDS, len(rows)))]
+    return [np.sort(rows[f::folds]) for f in range(min(folds, len(rows)))]
 
 
 def frame_probe(train_x: np.ndarray, train_actions: np.ndarray, train_groups: Sequence[str],
@@ -128,3 +129,37 @@ def fit_rows(train_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The training rows the probe fits on: all of them, or a seeded sorted subsample of :data:`MAX_FIT_ROWS`."""
     rows = np.asarray(train_rows)
     return rows if len(rows) <= MAX_FIT_ROWS else np.sort(rng.choice(rows, size=MAX_FIT_ROWS, replace=False))
+
+
+def cross_validated_probe(x: np.ndarray, actions: np.ndarray, groups: Sequence[str], codec: Any, *,
+                          folds: int = 5, rng: np.random.Generator) -> dict[str, float]:
+    """The probe against the constants on one set of rows, every row held out once: the rows are split into
+    ``folds`` parts (whole groups when there are at least two, :func:`_folds`), and each part is scored by a
+    probe and by the best constants fitted on the other parts.
+
+    Returns:
+        ``probe_err``, ``probe_answer_err``, ``const_err``, ``const_answer_err``, ``codec_err`` (row-weighted
+        means over the parts), ``probe_over_const`` and ``rows``, ``groups``, ``folds``.
+
+    Raises:
+        ValueError: fewer than 3 rows.
+    """
+    y = np.asarray(actions, dtype=np.float64)
+    ids = np.asarray(list(groups), dtype=object)
+    if len(y) < 3:
+        raise ValueError(f"cross-validating the frame probe needs >= 3 rows (got {len(y)})")
+    sums = dict.fromkeys(("probe_err", "probe_answer_err", "const_err", "const_answer_err", "codec_err"), 0.0)
+    parts = [p for p in _folds(ids, rng, folds) if 0 < len(p) <= len(y) - 2]
+    for held in parts:
+        train = np.setdiff1d(np.arange(len(y)), held)
+        probe = frame_probe(x[train], y[train], ids[train].tolist(), x[held], y[held], codec, rng=rng)
+        sums["probe_err"] += probe.err * len(held)
+        sums["probe_answer_err"] += probe.answer_err * len(held)
+        sums["const_err"] += constant_action_error(y[train], y[held])[1] * len(held)
+        sums["const_answer_err"] += constant_answer_error(y[train], y[held], codec)[1] * len(held)
+        sums["codec_err"] += heldout_action_error([codec.encode(a) for a in y[held]], y[held], codec)["action_err"] * len(held)
+    n = sum(len(p) for p in parts)
+    out = {k: v / n for k, v in sums.items()}
+    out["probe_over_const"] = out["probe_err"] / out["const_err"] if out["const_err"] > 0 else float("nan")
+    out.update(rows=float(len(y)), groups=float(len(set(ids.tolist()))), folds=float(len(parts)))
+    return out
