@@ -74,3 +74,11 @@ def test_probe_cli_with_policy_rollouts(run_dir: Path, capsys: pytest.CaptureFix
     assert all(np.isfinite(policy[k]) for k in ("probe_err", "const_err", "codec_err", "return_mean"))
     assert main(["probe", str(run_dir), "--episodes", "2"]) == 0
     assert "policy, 2 episodes" in capsys.readouterr().out
+
+
+def test_probe_errors_are_typed_before_any_work(run_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", str(tmp_path / "nope")]) == 2  # no run directory
+    assert "config.yaml" in capsys.readouterr().err
+    assert main(["probe", str(run_dir), "--episodes", "-1"]) == 2  # names the bad value
+    assert "episodes" in capsys.readouterr().err
