@@ -47,6 +47,11 @@ def wandb_mode(cfg: LoggingSection) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+#: The label of every ``covr_*`` Ray metric naming its run (the sink's gauges and the prior service's
+#: metrics): several runs on one Ray cluster (a sweep of Ray jobs) are told apart by it.
+RUN_TAG = "run"
+
+
 def ray_metric_name(key: str) -> str:
     """``learner/critic_loss`` -> ``covr_learner_critic_loss`` (Prometheus-safe)."""
     return "covr_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
@@ -63,13 +68,20 @@ class MetricsSink:
         config: the resolved run config, stored with the W&B run.
         ray_metrics: export each key as a Ray gauge (visible in the Ray dashboard's metrics) when Ray is
             initialised in this process.
+        run_label: the gauges' ``run`` label (:data:`RUN_TAG`), which tells runs sharing one Ray cluster
+            apart in Grafana; None: the run's id (``run_id`` in ``run_dir``) when it has one, else the
+            directory's name.
     """
 
     def __init__(self, run_dir: str | Path, cfg: LoggingSection, run_name: str = "covr",
-                 config: Optional[dict[str, Any]] = None, ray_metrics: bool = True) -> None:
+                 config: Optional[dict[str, Any]] = None, ray_metrics: bool = True,
+                 run_label: Optional[str] = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         paths = RunDir(self.run_dir)
+        if run_label is None:
+            run_label = paths.run_id if paths.run_id_path.is_file() else self.run_dir.resolve().name
+        self.run_label = run_label
         self.cfg = cfg
         self._tb = None
         self._wandb_run = None
@@ -138,7 +150,9 @@ class MetricsSink:
                 continue
             gauge = self._gauges.get(k)
             if gauge is None:
-                gauge = self._gauges[k] = Gauge(ray_metric_name(k), description=f"COVR metric {k}")
+                gauge = self._gauges[k] = Gauge(ray_metric_name(k), description=f"COVR metric {k}",
+                                                tag_keys=(RUN_TAG,))
+                gauge.set_default_tags({RUN_TAG: self.run_label})
             gauge.set(v)
 
     def close(self) -> None:

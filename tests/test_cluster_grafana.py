@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from covr_ray.metrics import KEY_PATTERN, ray_metric_name
+from covr_ray.metrics import KEY_PATTERN, RUN_TAG, ray_metric_name
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "cluster" / "grafana" / "covr_dashboard.json"
@@ -181,7 +181,7 @@ def service_metrics(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, tup
     _Recorder.made = []
     for cls in (Counter, Gauge, Histogram):
         monkeypatch.setattr(metrics, cls.__name__, cls)
-    _RayMetrics("0")
+    _RayMetrics("0", "r0")
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     for kind, name, tags in _Recorder.made:
         if kind == "Counter":
@@ -278,6 +278,10 @@ def test_dashboard_sits_beside_rays_own(dash):
     assert session["includeAll"] and re.fullmatch(session["allValue"], "session_2026-01-01_00-00-00_000000_1")
     assert session["query"]["query"] == session["definition"]
     assert re.fullmatch(r"label_values\((ray_\w+), SessionName\)", session["definition"])
+    run = variables["run"]  # the runs of the picked session, several at once
+    assert run["type"] == "query" and run["includeAll"] and run["multi"] and run["allValue"] == ".*"
+    assert run["query"]["query"] == run["definition"]
+    assert re.fullmatch(r'label_values\((ray_\w+)\{SessionName=~"\$SessionName"\}, run\)', run["definition"])
 
     for panel in panels(dash):
         if panel["type"] != "row":
@@ -322,13 +326,15 @@ def test_every_selector_names_a_metric_the_code_exports(dash, keys, monkeypatch)
             where = f"{panel['title']}: {name} in {expr!r}"
             assert name in sink or name in service, f"{where}: no code exports this metric"
             assert matchers.get("SessionName") == ("=~", "$SessionName"), f"{where}: no SessionName filter"
-            assert set(matchers) <= {"SessionName", "replica"}, f"{where}: a label no covr metric carries"
+            assert matchers.get(RUN_TAG) == ("=~", "$run"), f"{where}: no run filter"
+            assert set(matchers) <= {"SessionName", "replica", RUN_TAG}, f"{where}: a label no covr metric carries"
             replica = matchers.get("replica")
             if name in sink:
                 assert replica in (None, ("=", "")), f"{where}: the sink's gauges carry no replica label"
                 kind = "gauge"
             else:
                 assert replica is None or "replica" in service[name][1], where
+                assert RUN_TAG in service[name][1], f"{where}: the prior service's metric carries no run label"
                 kind = service[name][0]
             if fn in RATE_FUNCTIONS:
                 assert kind in ("counter", "histogram"), f"{where}: {fn}() of a {kind}"
@@ -381,6 +387,7 @@ _LIVE = textwrap.dedent("""
     import dataclasses, json, sys, tempfile, time, urllib.request
     import ray
     port, keys, wanted = int(sys.argv[1]), json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+    RUN = sys.argv[4]
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", _metrics_export_port=port,
              _system_config={"metrics_report_interval_ms": 200})
     try:
@@ -391,7 +398,7 @@ _LIVE = textwrap.dedent("""
         class Replica:  # a prior replica's PriorStats, as the service actor holds it
             def serve(self):
                 from covr_ray.prior.metrics import PriorStats
-                self.stats = PriorStats(replica="0")
+                self.stats = PriorStats(replica="0", run=RUN)
                 self.stats.batch(2)
                 self.stats.answer(12.0, parsed=True)
                 self.stats.answer(40.0, parsed=False)
@@ -402,8 +409,11 @@ _LIVE = textwrap.dedent("""
         replica = Replica.remote()
         assert ray.get(replica.serve.remote(), timeout=60)
         quiet = dataclasses.replace(CovrConfig().logging, wandb=False, tensorboard=False, csv=False)
-        with MetricsSink(tempfile.mkdtemp(), quiet) as sink:
-            assert sink._ray
+        run_dir = tempfile.mkdtemp()
+        with open(run_dir + "/run_id", "w") as f:  # the sink labels its gauges with the run's id
+            f.write(RUN)
+        with MetricsSink(run_dir, quiet) as sink:
+            assert sink._ray and sink.run_label == RUN
             sink.log({k: 1.0 for k in keys}, step=1)
             deadline, text = time.monotonic() + 60, ""
             while time.monotonic() < deadline:
@@ -444,7 +454,9 @@ def test_every_selector_selects_series_ray_really_exports(dash, keys):
     found = [(panel["title"], s) for panel, expr in targets(dash) for s in selectors(expr)]
     logged = sorted({sink[name] for _, (name, _, _) in found if name in sink})
     wanted = sorted({name for _, (name, _, _) in found})
-    proc = subprocess.run([sys.executable, "-c", _LIVE, str(_free_port()), json.dumps(logged), json.dumps(wanted)],
+    run_id = "grafana-test-run"
+    proc = subprocess.run([sys.executable, "-c", _LIVE, str(_free_port()), json.dumps(logged), json.dumps(wanted),
+                           run_id],
                           check=False, cwd=REPO, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -459,12 +471,15 @@ def test_every_selector_selects_series_ray_really_exports(dash, keys):
     assert not missing, f"Ray did not export {missing}"
     assert all(labels.get("SessionName") == session for name in wanted for labels in series[name]), \
         "a covr series without this session's SessionName label"
+    assert all(labels.get(RUN_TAG) == run_id for name in wanted for labels in series[name]), \
+        "a covr series without its run's label"
     # The dashboard's SessionName variable offers this session.
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     source = re.search(r"label_values\((\w+)", variables["SessionName"]["definition"]).group(1)
     assert any(labels.get("SessionName") == session for labels in series.get(source, []))
-    values = {"SessionName": variables["SessionName"]["allValue"], "window": "5m"}
-    for pinned in (values, {**values, "SessionName": re.escape(session)}):  # "All" and this session
+    values = {"SessionName": variables["SessionName"]["allValue"], "run": variables["run"]["allValue"], "window": "5m"}
+    pins = (values, {**values, "SessionName": re.escape(session)}, {**values, "run": re.escape(run_id)})
+    for pinned in pins:  # "All", this session, this run
         for title, (name, matchers, _fn) in found:
             assert any(_matches(labels, matchers, pinned) for labels in series.get(name, [])), \
                 f"{title}: {name}{{{matchers}}} selects nothing Ray exported ({len(series.get(name, []))} series)"

@@ -60,3 +60,18 @@ def test_wandb_offline_without_a_key(tmp_path, monkeypatch):
         sink.log({"prior/qps": 12.0}, step=5)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_run_label_is_the_runs_id_else_the_directory_name(tmp_path):
+    quiet = LoggingSection(wandb=False, tensorboard=False, csv=False)
+    bare = tmp_path / "my-run"
+    with MetricsSink(bare, quiet, ray_metrics=False) as sink:
+        assert sink.run_label == "my-run"
+    assert not (bare / "run_id").exists()  # reading the label writes nothing into the run
+    with_id = tmp_path / "other"
+    with_id.mkdir()
+    (with_id / "run_id").write_text("abc123\n")
+    with MetricsSink(with_id, quiet, ray_metrics=False) as sink:
+        assert sink.run_label == "abc123"
+    with MetricsSink(with_id, quiet, ray_metrics=False, run_label="given") as sink:
+        assert sink.run_label == "given"

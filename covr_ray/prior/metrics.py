@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 
 from covr_ray.log import get_logger
+from covr_ray.metrics import RUN_TAG
 
 log = get_logger(__name__)
 
@@ -35,11 +36,11 @@ def _in_ray() -> bool:
 class _RayMetrics:
     """Ray metrics of one replica (created only inside a Ray worker or driver)."""
 
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, run: str) -> None:
         from ray.util import metrics
 
-        tags = {"replica": replica}
-        keys = ("replica",)
+        tags = {"replica": replica, RUN_TAG: run}
+        keys = ("replica", RUN_TAG)
         self.queries = metrics.Counter("covr_prior_replica_queries", "Prior queries answered", tag_keys=keys)
         self.parse_failures = metrics.Counter("covr_prior_replica_parse_failures",
                                               "Answers that did not parse into an action", tag_keys=keys)
@@ -58,7 +59,7 @@ class _RayMetrics:
 class PriorStats:
     """Service counters plus rolling latency / batch-size / throughput windows."""
 
-    def __init__(self, replica: str = "0", ray_metrics: bool = True) -> None:
+    def __init__(self, replica: str = "0", ray_metrics: bool = True, run: str = "") -> None:
         self.queries = 0
         self.answered = 0
         self.parse_failures = 0
@@ -75,7 +76,7 @@ class PriorStats:
         self._ray: Optional[_RayMetrics] = None
         if ray_metrics and _in_ray():
             try:
-                self._ray = _RayMetrics(replica)
+                self._ray = _RayMetrics(replica, run)
             except (RuntimeError, ValueError) as exc:  # metrics unavailable: dict figures only
                 self._ray = None
                 log.warning("Ray metrics of the prior service disabled: %s", exc)

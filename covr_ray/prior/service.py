@@ -121,11 +121,12 @@ class PriorService:
         max_lora_rank: the largest LoRA rank the engine serves (``lora.rank``).
         seed: sampling seed.
         replica: replica index (metrics tag).
+        run_id: the run's id (the metrics' ``run`` tag).
     """
 
     def __init__(self, cfg: PriorSection, *, codec: str, action_dim: int, task_prompt: str,
                  action_description: str, adapter_dir: str, max_lora_rank: int = 128, seed: int = 0,
-                 replica: int = 0) -> None:
+                 replica: int = 0, run_id: str = "") -> None:
         setup_worker_logging()  # in a Ray actor: its INFO lines (start, adapter swaps) reach the run log
         cfg.validate("prior")
         self.cfg = cfg
@@ -140,7 +141,7 @@ class PriorService:
         self.max_new_tokens = setup.max_new_tokens
         options = setup.options
         self.replica = replica
-        self.stats = PriorStats(replica=str(replica))
+        self.stats = PriorStats(replica=str(replica), run=run_id)
         self.registry = AdapterRegistry(adapter_dir, cfg.max_adapters, max_lora_rank)
         # One engine thread: engine calls (generate, add/remove adapter) never overlap.
         self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="covr-prior-engine")
@@ -395,7 +396,7 @@ def start_prior_service(cfg: CovrConfig, *, run_id: str, adapter_dir: str | Path
     return actor_cls.options(**options).remote(
         cfg.prior, codec=codec, action_dim=action_dim, task_prompt=task_prompt,
         action_description=action_description, adapter_dir=str(adapter_dir), max_lora_rank=cfg.lora.rank,
-        seed=cfg.seed, replica=replica)
+        seed=cfg.seed, replica=replica, run_id=run_id)
 
 
 def start_prior_replicas(cfg: CovrConfig, *, run_id: str, adapter_dir: str | Path, codec: str, action_dim: int,
