@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-iterations", type=int, default=2,
                         help="untimed RLlib iterations after the warm-up (the single process skips as many steps)")
     parser.add_argument("--num-env-runners", default="1,2,4", help="comma-separated ray.num_env_runners values")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process, both paths (default: covr train's learner threads, "
+                             "ray.learner_threads)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
@@ -130,10 +132,16 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: Optional[list[str
     for name, value, lo in (("--steps", steps, 1), ("--repeats", repeats, 1), ("--skip-iterations", skip_iterations, 0)):
         if value < lo:
             raise ConfigError(name, value, f"an integer >= {lo}")
-    if threads is not None:
-        torch.set_num_threads(threads)
     sets = DEFAULT_SETS + list(overrides or []) + FIXED_SETS
     base = load_config(preset, sets)  # a bad preset or override fails here, before Ray starts
+    if threads is None:  # what covr train's learner gets (ray.learner_threads), for both paths alike
+        from covr_ray.rl.algo import learner_threads
+
+        threads = learner_threads(base)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        sets = sets + [f"ray.learner_threads={threads}"]  # CovrRun.setup keeps this process's threads
+        base = load_config(preset, sets)
     s = base.sac
     per_iter = s.rollout_fragment_length * base.ray.num_envs_per_env_runner
     block = -(-steps // (per_iter * max(runner_counts))) * per_iter * max(runner_counts)

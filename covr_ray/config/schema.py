@@ -491,8 +491,17 @@ class RaySection:
     """Restarts Ray grants the prior service and the LoRA trainer."""
     get_timeout_s: float = 600.0
     """Timeout of every blocking ``ray.get`` of the orchestrator, seconds."""
+    learner_threads: Optional[int] = None
+    """Torch intra-op threads of the SAC learner (it runs in the driver process). None: with a local Ray and
+    the learner on the CPU, the machine's CPUs less those the env runners, prior replicas and LoRA trainer
+    reserve beside it, at least 1 (:func:`covr_ray.rl.algo.learner_threads`; on a 2-core machine, 1: two
+    threads of a learner sharing the cores with its own actors wait on each other, 12x slower updates
+    were measured); otherwise torch's default."""
 
     def validate(self, path: str) -> None:
+        _check(f"{path}.learner_threads", self.learner_threads,
+               self.learner_threads is None or (isinstance(self.learner_threads, int) and self.learner_threads >= 1),
+               "None or an integer >= 1")
         _check(f"{path}.num_env_runners", self.num_env_runners, self.num_env_runners >= 0, ">= 0")
         _check(f"{path}.num_envs_per_env_runner", self.num_envs_per_env_runner,
                self.num_envs_per_env_runner >= 1, ">= 1")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
+import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
@@ -59,9 +60,9 @@ from covr_ray.prior.codecs import get_codec
 from covr_ray.prior.metrics import aggregate_replicas
 from covr_ray.prior.prompts import build_instruction
 from covr_ray.prior.service import start_prior_replicas
-from covr_ray.rl.algo import (build_algorithm_config, learner_metrics, network_spec_for, policy_state_dict,
-                              replay_buffer, restore_checkpoint, result_value, save_checkpoint, set_prior_age_limit,
-                              set_prior_weight)
+from covr_ray.rl.algo import (build_algorithm_config, learner_metrics, learner_threads, network_spec_for,
+                              policy_state_dict, replay_buffer, restore_checkpoint, result_value, save_checkpoint,
+                              set_prior_age_limit, set_prior_weight)
 from covr_ray.run_dir import RunDir, read_loop_state, rng_state, set_rng_state, write_loop_state
 
 log = get_logger(__name__)
@@ -154,6 +155,12 @@ class CovrRun:
         # runners get this run's context, so they query the prior service started just above.
         algo_config = build_algorithm_config(cfg, run_context=run_context)
         algo_config.callbacks([DfRecorderCallback, PriorClientStatsCallback])
+        threads = learner_threads(cfg)
+        if threads is not None:  # before the learner exists: its updates run on this process's threads
+            torch.set_num_threads(threads)
+        log.info("learner: %d torch threads (%s)", torch.get_num_threads(),
+                 "ray.learner_threads" if cfg.ray.learner_threads else
+                 "CPUs less the actors' reservations" if threads is not None else "torch's default")
         self.algo = algo_config.build_algo()
         if self.checkpoint_path is not None:
             self._restore()
@@ -161,7 +168,8 @@ class CovrRun:
         set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
         self._last_prior_at = self.env_steps
         self.rounds.restore(self._round_in_flight)  # a round a checkpoint recorded in flight: collect or rerun
-        self.sink.log({"loop/resumed": float(self.checkpoint_path is not None)}, step=self.env_steps)
+        self.sink.log({"loop/resumed": float(self.checkpoint_path is not None),
+                       "learner/torch_threads": float(torch.get_num_threads())}, step=self.env_steps)
         log.info("run %s: %s, env steps %d of %d, round %d, adapter v%d, lambda %.3g", self.run_id,
                  self.run_dir.root, self.env_steps, cfg.schedule.total_env_steps, self.schedule.round,
                  self.adapter_version, self.current_lambda())

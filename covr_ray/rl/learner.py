@@ -56,6 +56,7 @@ from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
 from covr_ray.rl.regulariser import prior_regulariser
 from covr_ray.rl.networks import squashed_mean
+from covr_ray.rl.optim import adam
 from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, LOGP_CURR, LOGP_NEXT, PixelSACModule
 
 #: learner_config_dict keys (written by covr_ray.rl.algo.build_algorithm_config) and defaults.
@@ -106,7 +107,7 @@ class PixelSACLearner(SACTorchLearner):
         }
         for name, (params, lr, beta1) in groups.items():
             self.register_optimizer(module_id=module_id, optimizer_name=name,
-                                    optimizer=torch.optim.Adam(params, betas=(beta1, 0.999)),
+                                    optimizer=adam(params, betas=(beta1, 0.999)),
                                     params=params, lr_or_lr_schedule=lr)
         # The temperature lives in the module (saved and restored with it); SAC's loss reads it here.
         self.curr_log_alpha[module_id] = module.log_alpha

@@ -27,6 +27,7 @@ from torch import nn
 
 from covr_ray.errors import LearnerError
 from covr_ray.rl.augment import RandomShift
+from covr_ray.rl.optim import adam
 from covr_ray.rl.regulariser import prior_regulariser
 from covr_ray.rl.networks import LOG_STD_MIN, Actor, Critic
 from covr_ray.rl.encoder import PixelEncoder
@@ -71,10 +72,10 @@ class PlainPixelSAC:
         self.target_update_every, self.prior_weight = target_update_every, prior_weight
         self.prior_action_source = prior_action_source
         self.target_entropy = -float(actor.action_dim)
-        self.critic_opt = torch.optim.Adam(list(self.encoder.parameters()) + list(self.critic.parameters()),
-                                           lr=critic_lr, betas=(0.9, 0.999))
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, betas=(0.9, 0.999))
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=alpha_lr, betas=(alpha_beta, 0.999))
+        self.critic_opt = adam(list(self.encoder.parameters()) + list(self.critic.parameters()), lr=critic_lr,
+                               betas=(0.9, 0.999))
+        self.actor_opt = adam(self.actor.parameters(), lr=actor_lr, betas=(0.9, 0.999))
+        self.alpha_opt = adam([self.log_alpha], lr=alpha_lr, betas=(alpha_beta, 0.999))
         self.num_updates = 0
 
     @classmethod
