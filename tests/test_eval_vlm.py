@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ SEED = 7
 EPISODES = 2
 RECORD_KEYS = {"env", "actor", "episodes", "seed", "returns", "return_mean", "return_std", "lengths", "length_mean",
                "length_std", "episode_env_steps", "distances_m", "distance_m_mean", "distance_m_std", "wall_s",
-               "adapter_version", "query_every", "queries", "parse_failures", "backend", "model", "preset", "run_seed",
-               "json_path"}
+               "adapter_version", "query_every", "queries", "parse_failures", "distinct_answers", "top_answer",
+               "top_answer_share", "backend", "model", "preset", "run_seed", "json_path"}
 
 
 def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -160,6 +161,11 @@ def test_the_adapter_changes_the_actions_and_unparsed_answers_hold(vlm_run: tupl
                 expected.append(held)
         assert k == len(texts) == policy.queries == sum(math.ceil(n / EVERY) for n in result["lengths"])
         assert policy.parse_failures == sum(policy.codec.decode(t) is None for t in texts)
+        counts = Counter(t.strip() for t in texts)  # the answers the stats summarise
+        top_text, top_n = counts.most_common(1)[0]
+        stats = policy.stats()
+        assert stats["distinct_answers"] == len(counts) and stats["top_answer_share"] == top_n / len(texts)
+        assert counts[stats["top_answer"]] == top_n
         assert _same(actions, expected)
         assert policy.version == 2
     assert policy.backend is None  # closed

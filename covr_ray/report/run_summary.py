@@ -94,7 +94,8 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         result = _read_json(path)
         vlm_policy.append({"adapter_version": version, **_episodes_summary(result),
                            "queries": result.get("queries"), "parse_failures": result.get("parse_failures"),
-                           "query_every": result.get("query_every")})
+                           "query_every": result.get("query_every"),
+                           "top_answer": result.get("top_answer"), "top_answer_share": result.get("top_answer_share")})
     return {"run_dir": str(run.root), "env": cfg.env.name, "preset": cfg.preset, "seed": int(cfg.seed),
             "total_env_steps": cfg.schedule.total_env_steps, "policy_curve": curve, "random": random,
             "constant": constant,
@@ -149,8 +150,10 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     out += ["", "VLM alone as the policy, per adapter version (v0 = base model):"]
     if summary["vlm_policy"]:
         for v in summary["vlm_policy"]:
+            same = (f"; {100 * v['top_answer_share']:.0f} % answered {v['top_answer']!r}"
+                    if v.get("top_answer_share") is not None else "")
             out.append(f"  v{v['adapter_version']:<3} {_pm(v)}   ({v['parse_failures']}/{v['queries']} answers "
-                       f"unparsed, a query every {v['query_every']} steps)")
+                       f"unparsed, a query every {v['query_every']} steps{same})")
     else:
         out.append("  not evaluated (covr eval RUN_DIR --actor vlm --adapter all)")
     return "\n".join(out) + "\n"

@@ -11,7 +11,9 @@ Adapter versions: ``v0`` is the base model, ``v<N>`` (N >= 1) the run's ``adapte
 versions only, :func:`covr_ray.lora.versions.list_adapters`); ``all`` evaluates v0 and every version, one
 engine for all of them (each version is loaded, evaluated, then unloaded). Each version's result is the
 policy eval's result dict (:mod:`covr_ray.evaluate`) plus ``actor: "vlm"``, ``adapter_version``,
-``query_every``, ``queries``, ``parse_failures``, ``backend``, ``model``, ``preset``, ``run_seed``, written
+``query_every``, ``queries``, ``parse_failures``, ``distinct_answers``, ``top_answer``, ``top_answer_share``
+(how often the VLM gave its most common answer: 1.0 = the same answer for every frame), ``backend``, ``model``,
+``preset``, ``run_seed``, written
 atomically to :meth:`RunDir.vlm_eval_result` (``eval/vlm-v<N>.json``)::
 
     results = evaluate_vlm("runs/driving-hw-0", adapter="all", episodes=10)   # [(result, path), ...]
@@ -20,6 +22,7 @@ atomically to :meth:`RunDir.vlm_eval_result` (``eval/vlm-v<N>.json``)::
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -110,6 +113,7 @@ class VLMPolicy:
         self.adapter: Optional[AdapterVersion] = None
         self.queries = 0
         self.parse_failures = 0
+        self.answers: Counter[str] = Counter()
         self._held = np.zeros(self.codec.action_dim, np.float32)
         self._step = 0
 
@@ -128,6 +132,7 @@ class VLMPolicy:
             self.backend.load_adapter(adapter)
             self.adapter = adapter
         self.queries = self.parse_failures = 0
+        self.answers = Counter()
         self.reset()
 
     def reset(self, episode: int = 0) -> None:
@@ -143,8 +148,9 @@ class VLMPolicy:
     def act(self, frame: np.ndarray, obs: Any = None) -> np.ndarray:
         """The action for this step (``obs`` is unused: the VLM sees only ``frame``)."""
         if self._step % self.every == 0:
-            _, action = self.answer(frame)
+            text, action = self.answer(frame)
             self.queries += 1
+            self.answers[text.strip()] += 1
             if action is None:
                 self.parse_failures += 1
             else:
@@ -153,8 +159,13 @@ class VLMPolicy:
         return self._held.copy()
 
     def stats(self) -> dict[str, Any]:
-        """Counters since the last :meth:`use_adapter`: ``queries``, ``parse_failures``."""
-        return {"queries": self.queries, "parse_failures": self.parse_failures}
+        """Counters since the last :meth:`use_adapter`: ``queries``, ``parse_failures``, ``distinct_answers``,
+        ``top_answer`` and ``top_answer_share`` (the most common answer text and its share of the queries: 1.0
+        is a VLM answering one thing whatever the frame; None without queries)."""
+        top = self.answers.most_common(1)
+        return {"queries": self.queries, "parse_failures": self.parse_failures,
+                "distinct_answers": len(self.answers), "top_answer": top[0][0] if top else None,
+                "top_answer_share": top[0][1] / self.queries if top and self.queries else None}
 
     def close(self) -> None:
         backend, self.backend = getattr(self, "backend", None), None
