@@ -55,8 +55,11 @@ def pixel_features(frames: Iterable[np.ndarray], side: int = PROBE_SIDE) -> np.n
     (frames may come one at a time from a generator: only the small features are kept)."""
     from PIL import Image
 
-    rows = [np.asarray(Image.fromarray(np.asarray(f, dtype=np.uint8), mode="RGB").resize((side, side), Image.BILINEAR),
-                       dtype=np.float64).reshape(-1) / 255.0 for f in frames]
+    def one(frame: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB").resize((side, side), Image.BILINEAR)
+        return np.asarray(img, dtype=np.float64).reshape(-1) / 255.0
+
+    rows = [one(f) for f in frames]
     return np.stack(rows) if rows else np.zeros((0, side * side * 3))
 
 
