@@ -160,7 +160,8 @@ def cross_validated_probe(x: np.ndarray, actions: np.ndarray, groups: Sequence[s
         sums["probe_answer_err"] += probe.answer_err * len(held)
         sums["const_err"] += constant_action_error(y[train], y[held])[1] * len(held)
         sums["const_answer_err"] += constant_answer_error(y[train], y[held], codec)[1] * len(held)
-        sums["codec_err"] += heldout_action_error([codec.encode(a) for a in y[held]], y[held], codec)["action_err"] * len(held)
+        codec_err = heldout_action_error([codec.encode(a) for a in y[held]], y[held], codec)["action_err"]
+        sums["codec_err"] += codec_err * len(held)
     n = sum(len(p) for p in parts)
     out = {k: v / n for k, v in sums.items()}
     out["probe_over_const"] = out["probe_err"] / out["const_err"] if out["const_err"] > 0 else float("nan")
