@@ -82,3 +82,8 @@ def test_probe_errors_are_typed_before_any_work(run_dir: Path, tmp_path: Path,
     assert "config.yaml" in capsys.readouterr().err
     assert main(["probe", str(run_dir), "--episodes", "-1"]) == 2  # names the bad value
     assert "episodes" in capsys.readouterr().err
+    bare = tmp_path / "bare"  # a run directory without its policy yet
+    bare.mkdir()
+    (bare / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    assert main(["probe", str(bare), "--episodes", "2"]) == 2
+    assert "policy.pt does not exist" in capsys.readouterr().err

@@ -98,7 +98,7 @@ def probe_run(run_dir: str | Path, episodes: int = 0, seed: Optional[int] = None
         CheckpointError: ``run_dir`` is no run; ``episodes`` > 0 without a policy artifact.
         ConfigError: bad ``episodes`` / ``seed``.
     """
-    from covr_ray.errors import CovrError
+    from covr_ray.errors import CheckpointError, CovrError
     from covr_ray.evaluate import check_episodes_seed, eval_seed
 
     run = RunDir(Path(run_dir))
@@ -106,6 +106,9 @@ def probe_run(run_dir: str | Path, episodes: int = 0, seed: Optional[int] = None
     seed = eval_seed(cfg) if seed is None else seed
     if episodes:
         check_episodes_seed(episodes, seed)
+        if not run.policy.is_file():  # before any kept set is read
+            raise CheckpointError(f"{run.policy} does not exist: --episodes rolls the run's policy network; "
+                                  "it is written at the run's first checkpoint")
     codec = _codec(cfg)
     kept = []
     for index, steps, path in run.round_dirs():
