@@ -138,7 +138,8 @@ def cross_validated_probe(x: np.ndarray, actions: np.ndarray, groups: Sequence[s
                           folds: int = 5, rng: np.random.Generator) -> dict[str, float]:
     """The probe against the constants on one set of rows, every row held out once: the rows are split into
     ``folds`` parts (whole groups when there are at least two, :func:`_folds`), and each part is scored by a
-    probe and by the best constants fitted on the other parts.
+    probe and by the best constants fitted on the other parts (at most :data:`MAX_FIT_ROWS` of them, a seeded
+    subsample, :func:`fit_rows`).
 
     Returns:
         ``probe_err``, ``probe_answer_err``, ``const_err``, ``const_answer_err``, ``codec_err`` (row-weighted
@@ -154,7 +155,7 @@ def cross_validated_probe(x: np.ndarray, actions: np.ndarray, groups: Sequence[s
     sums = dict.fromkeys(("probe_err", "probe_answer_err", "const_err", "const_answer_err", "codec_err"), 0.0)
     parts = [p for p in _folds(ids, rng, folds) if 0 < len(p) <= len(y) - 2]
     for held in parts:
-        train = np.setdiff1d(np.arange(len(y)), held)
+        train = fit_rows(np.setdiff1d(np.arange(len(y)), held), rng)  # at most MAX_FIT_ROWS
         probe = frame_probe(x[train], y[train], ids[train].tolist(), x[held], y[held], codec, rng=rng)
         sums["probe_err"] += probe.err * len(held)
         sums["probe_answer_err"] += probe.answer_err * len(held)
