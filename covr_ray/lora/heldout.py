@@ -18,7 +18,7 @@ import numpy as np
 
 from covr_ray.frames import decode_frame
 from covr_ray.lora.data import AnswerExamples, HeldoutSplit
-from covr_ray.lora.loss import constant_action_error, constant_answer_error, heldout_action_error
+from covr_ray.lora.loss import constant_references
 from covr_ray.lora.probe import fit_rows, frame_probe, pixel_features
 
 
@@ -28,11 +28,9 @@ def heldout_references(examples: AnswerExamples, split: HeldoutSplit, codec: Any
     ``_probe_answer_err``, ``_probe_s`` (the probe's three only with at least two training rows) and the
     split's counts (``lora/heldout_rows``, ``_excluded_rows``, ``_by_episode``, ``_episodes``)."""
     targets = examples.actions[split.evaluated]
-    _const, const_err = constant_action_error(examples.actions[split.train], targets)
-    _answer, answer_err = constant_answer_error(examples.actions[split.train], targets, codec)
-    codec_err = heldout_action_error([codec.encode(a) for a in targets], targets, codec)["action_err"]
-    out = {"lora/heldout_const_err": const_err, "lora/heldout_const_answer_err": answer_err,
-           "lora/heldout_codec_err": codec_err,
+    refs = constant_references(examples.actions[split.train], targets, codec)
+    out = {"lora/heldout_const_err": refs["const_err"], "lora/heldout_const_answer_err": refs["const_answer_err"],
+           "lora/heldout_codec_err": refs["codec_err"],
            "lora/heldout_rows": float(len(split.evaluated)),
            "lora/heldout_excluded_rows": float(len(split.heldout)),
            "lora/heldout_by_episode": float(split.by_episode),

@@ -132,3 +132,13 @@ def constant_answer_error(train_actions: np.ndarray, heldout_actions: np.ndarray
     held = np.asarray(heldout_actions, dtype=np.float64)
     return answers[best], float(np.mean(np.abs(held - values[best])))
 
+
+
+def constant_references(train_actions: np.ndarray, heldout_actions: np.ndarray, codec: Any) -> dict[str, float]:
+    """The three frame-blind references of a held-out fit: ``const_err`` (:func:`constant_action_error`),
+    ``const_answer_err`` (:func:`constant_answer_error`) and ``codec_err`` (the error of the codec's own round
+    trip of the held-out actions, the floor of any answer)."""
+    held = np.asarray(heldout_actions)
+    return {"const_err": constant_action_error(train_actions, held)[1],
+            "const_answer_err": constant_answer_error(train_actions, held, codec)[1],
+            "codec_err": heldout_action_error([codec.encode(a) for a in held], held, codec)["action_err"]}

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from covr_ray.lora.loss import constant_action_error, constant_answer_error, heldout_action_error
+from covr_ray.lora.loss import constant_references, heldout_action_error
 
 #: Frames are resized to this many pixels a side (RGB) before the ridge regression: 3,072 features.
 PROBE_SIDE = 32
@@ -159,10 +159,8 @@ def cross_validated_probe(x: np.ndarray, actions: np.ndarray, groups: Sequence[s
         probe = frame_probe(x[train], y[train], ids[train].tolist(), x[held], y[held], codec, rng=rng)
         sums["probe_err"] += probe.err * len(held)
         sums["probe_answer_err"] += probe.answer_err * len(held)
-        sums["const_err"] += constant_action_error(y[train], y[held])[1] * len(held)
-        sums["const_answer_err"] += constant_answer_error(y[train], y[held], codec)[1] * len(held)
-        codec_err = heldout_action_error([codec.encode(a) for a in y[held]], y[held], codec)["action_err"]
-        sums["codec_err"] += codec_err * len(held)
+        for key, value in constant_references(y[train], y[held], codec).items():
+            sums[key] += value * len(held)
     n = sum(len(p) for p in parts)
     out = {k: v / n for k, v in sums.items()}
     out["probe_over_const"] = out["probe_err"] / out["const_err"] if out["const_err"] > 0 else float("nan")
