@@ -21,7 +21,6 @@ import json
 import os
 import pkgutil
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 import pytest
 
 from covr_ray.metrics import KEY_PATTERN, RUN_TAG, ray_metric_name
+from support.ray_head import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "cluster" / "grafana" / "covr_dashboard.json"
@@ -432,12 +432,6 @@ SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+\S+")
 LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _matches(labels: dict[str, str], matchers: dict[str, tuple[str, str]], variables: dict[str, str]) -> bool:
     for label, (op, value) in matchers.items():
         value = VARIABLE.sub(lambda m: variables[m.group(1)], value)
@@ -455,7 +449,7 @@ def test_every_selector_selects_series_ray_really_exports(dash, keys):
     logged = sorted({sink[name] for _, (name, _, _) in found if name in sink})
     wanted = sorted({name for _, (name, _, _) in found})
     run_id = "grafana-test-run"
-    proc = subprocess.run([sys.executable, "-c", _LIVE, str(_free_port()), json.dumps(logged), json.dumps(wanted),
+    proc = subprocess.run([sys.executable, "-c", _LIVE, str(free_port()), json.dumps(logged), json.dumps(wanted),
                            run_id],
                           check=False, cwd=REPO, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})

@@ -12,64 +12,31 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from support.ray_head import start_head, stop_head
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(1)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s} s")
 
 
 @pytest.fixture()
 def ray_head():
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed in this environment")
-    tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")
-    gcs, dash = _free_port(), _free_port()
-    # every port the head opens is chosen here, so a second Ray on the machine (another run, another test
-    # session) cannot collide with this one on Ray's fixed default ports
-    ports = ["--dashboard-agent-listen-port", _free_port(), "--dashboard-agent-grpc-port", _free_port(),
-             "--runtime-env-agent-port", _free_port(), "--metrics-export-port", _free_port(),
-             "--node-manager-port", _free_port(), "--object-manager-port", _free_port()]
     # Ray 2.60 enables token auth: give this head (and the test's client) a token of their own instead of
     # touching ~/.ray/auth_token.
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
-         "--num-cpus", "2", "--temp-dir", tmp, "--disable-usage-stats", *map(str, ports)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    head = start_head(env, dashboard=True, timeout_s=240)
     try:
-        _wait_http(dash, 240)
-        yield {"dashboard": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env}
+        yield {"dashboard": head.dashboard, "gcs": head.gcs, "env": env}
     finally:
-        head.terminate()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_head(head)
 
 
 def test_ray_job_submit_runs_covr_train(ray_head, tmp_path):

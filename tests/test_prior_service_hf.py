@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import shutil
-import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,12 @@ from covr_ray.lora.random_adapter import build_random_adapter
 from covr_ray.lora.versions import adapter_path
 from covr_ray.prior.codecs import get_codec
 from covr_ray.prior.service import PriorService
+from support.ray_head import free_port
 
 
 def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (84, 84, 3), dtype=np.uint8) for _ in range(n)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _service(model: Path, adapter_dir: Path, **over: Any) -> PriorService:
@@ -94,7 +88,7 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def test_http_endpoint_listens_on_loopback_only_when_asked(tiny_vlm_dir: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    port = _free_port()
+    port = free_port()
 
     async def scenario() -> None:
         svc = _service(tiny_vlm_dir, tmp_path, http_port=port)

@@ -17,11 +17,8 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from covr_ray.sweep.backends import Handle, LocalBackend, poll_or_stop, train_ar
 from covr_ray.sweep.runner import Sweep
 from covr_ray.sweep.spec import SweepSpecError, load_spec, validate_spec
 from covr_ray.sweep.state import MetricsTail, read_sweep_file, run_status
+from support.ray_head import start_head, stop_head
 
 BIN = Path(sys.executable).parent
 SPEC: dict[str, Any] = {
@@ -198,64 +196,18 @@ class _NoBackend:
 
 # --- a real sweep --------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_head(extra: list[str], env: dict[str, str], timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
-    """``ray start --head --block`` on loopback with every port chosen here (another Ray on the machine
-    cannot collide), in a session of its own; returns it once it says it started."""
-    tmp = tempfile.mkdtemp(prefix="rays", dir="/tmp")
-    ports = ([] if "--dashboard-port" in extra else ["--dashboard-port", _free_port()]) + [
-             "--dashboard-agent-listen-port", _free_port(),
-             "--dashboard-agent-grpc-port", _free_port(), "--runtime-env-agent-port", _free_port(),
-             "--metrics-export-port", _free_port(), "--node-manager-port", _free_port(),
-             "--object-manager-port", _free_port(), "--ray-client-server-port", _free_port()]
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-                             "--num-cpus", "2", "--num-gpus", "0", "--temp-dir", tmp, "--disable-usage-stats",
-                             *map(str, ports + extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(head.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and head.poll() is None and not any("Ray runtime started" in x for x in lines):
-        time.sleep(0.5)
-    if not any("Ray runtime started" in x for x in lines):
-        _stop_head(head, tmp)
-        raise RuntimeError("ray start --head did not start:\n" + "".join(lines)[-3000:])
-    return head, tmp
-
-
-def _stop_head(head: subprocess.Popen, tmp: str) -> None:
-    head.terminate()  # `ray start --block` stops the processes it started
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        head.kill()
-    try:  # and whatever of its session is left: this head's processes only
-        os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """One Ray head (2 CPUs, no dashboard) on loopback that every run of the sweep joins."""
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed in this environment")
-    port = _free_port()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                MUJOCO_GL="egl", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    head, tmp = _start_head(["--port", str(port), "--include-dashboard", "false"], env)
+    head = start_head(env)
     try:
-        yield {"address": f"127.0.0.1:{port}", "env": env}
+        yield {"address": head.gcs, "env": env}
     finally:
-        _stop_head(head, tmp)
+        stop_head(head)
 
 
 def _sweep_cmd(spec: Path, out: Path, address: str) -> list[str]:
@@ -354,16 +306,14 @@ def job_head():
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed in this environment")
     pytest.importorskip("ray.job_submission", reason="ray[default] is not installed")
-    gcs, dash = _free_port(), _free_port()
     # the jobs' entrypoint is `covr train ...`: the head (and so the jobs) find `covr` on PATH, as in an image
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                PYTHONUNBUFFERED="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    head, tmp = _start_head(["--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                             "--dashboard-port", str(dash)], env)
+    head = start_head(env, dashboard=True)
     try:
-        yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "env": env}
+        yield {"address": head.dashboard, "gcs": head.gcs, "env": env}
     finally:
-        _stop_head(head, tmp)
+        stop_head(head)
 
 
 @pytest.mark.timeout(900)
