@@ -4,7 +4,9 @@
   and LoRA rounds, over the same run with ``prior.enabled=false`` (plain SAC/RAD), same preset, seed and
   env steps. Actor start-up (engine load) is excluded: it is paid once per run, not per step.
 - ``env_rate_prior_on_over_off``: agent steps per second of one env wrapped in the prior client (querying a
-  live prior service every ``prior.prior_every`` steps, never blocking) over the bare env.
+  live prior service every ``prior.prior_every`` steps, never blocking) over the bare env, in
+  ``--env-repeats`` alternating blocks of ``--env-steps`` each (``env_rate_blocks_off`` / ``_on``), with the
+  service's answers per second and median latency beside it.
 
 Targets (:data:`TARGETS`): <= 1.15 and >= 0.95, on a quiet machine. The output states what was measured and
 under which conditions: ``preset``, ``steps`` (env steps of each run), ``env_rate_agent_steps``,
@@ -35,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="smoke", help="preset of both runs (default smoke)")
     parser.add_argument("--model", help="VLM for the prior (default: the tiny local build)")
     parser.add_argument("--steps", type=int, default=300, help="env steps of each run")
-    parser.add_argument("--env-steps", type=int, default=300, help="agent steps of the env-rate measurement")
+    parser.add_argument("--env-steps", type=int, default=300, help="agent steps of each env-rate block")
+    parser.add_argument("--env-repeats", type=int, default=3,
+                        help="env-rate blocks per side (bare, prior on), alternating")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
 
@@ -61,6 +65,10 @@ def _timed_run(cfg: Any) -> tuple[float, dict[str, float]]:
         job.close()
 
 
+def _round(value: Any, digits: int) -> Any:
+    return None if value is None else round(float(value), digits)
+
+
 def _env_rate(env: Any, steps: int, seed: int) -> float:
     env.reset(seed=seed)
     env.action_space.seed(seed)
@@ -72,8 +80,11 @@ def _env_rate(env: Any, steps: int, seed: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def env_rates(cfg: Any, steps: int, timeout_s: float) -> tuple[float, float]:
-    """(bare env steps/s, steps/s with the prior client querying a live service)."""
+def env_rates(cfg: Any, steps: int, timeout_s: float, repeats: int = 3) -> dict[str, Any]:
+    """Bare env steps/s and steps/s with the prior client querying a live service: after an untimed
+    warm-up of each, ``repeats`` timed blocks of ``steps`` agent steps alternate between the two (a change
+    of the machine's load hits both alike); the rates are totals over the blocks. Also the service's own
+    figures over the run (answers per second, latency), the other side of the trade."""
     import ray
 
     from covr_envs.registry import make_env_from_config, resolve_env_spec
@@ -81,7 +92,7 @@ def env_rates(cfg: Any, steps: int, timeout_s: float) -> tuple[float, float]:
     from covr_ray.prior.service import start_prior_service
 
     spec = resolve_env_spec(cfg.env)
-    off = _env_rate(make_env_from_config(cfg.env, cfg.seed), steps, cfg.seed)
+    bare = make_env_from_config(cfg.env, cfg.seed)
     with tempfile.TemporaryDirectory() as adapters:
         run_id = f"bench-{int(time.time())}"
         service = start_prior_service(cfg, run_id=run_id, adapter_dir=adapters, codec=spec.codec,
@@ -89,19 +100,34 @@ def env_rates(cfg: Any, steps: int, timeout_s: float) -> tuple[float, float]:
                                       action_description=spec.action_description)
         try:
             ray.get(service.info.remote(), timeout=timeout_s)
-            env = PriorWrapper.from_config(make_env_from_config(cfg.env, cfg.seed), cfg, run_id=run_id,
-                                           worker_index=0, action_dim=spec.action_dim)
-            on = _env_rate(env, steps, cfg.seed)
+            wrapped = PriorWrapper.from_config(make_env_from_config(cfg.env, cfg.seed), cfg, run_id=run_id,
+                                               worker_index=0, action_dim=spec.action_dim)
+            for env in (bare, wrapped):  # untimed: first resets, first queries, caches
+                _env_rate(env, min(steps, 50), cfg.seed)
+            blocks: dict[str, list[float]] = {"off": [], "on": []}
+            for i in range(repeats):
+                for key, env in (("off", bare), ("on", wrapped)) if i % 2 == 0 else (("on", wrapped), ("off", bare)):
+                    blocks[key].append(steps / _env_rate(env, steps, cfg.seed + 1 + i))  # seconds
+            served = ray.get(service.metrics.remote(), timeout=timeout_s)
         finally:
             ray.kill(service, no_restart=True)
-    return off, on
+    return {"off": steps * repeats / sum(blocks["off"]), "on": steps * repeats / sum(blocks["on"]),
+            "blocks_off": [round(steps / b, 1) for b in blocks["off"]],
+            "blocks_on": [round(steps / b, 1) for b in blocks["on"]],
+            "prior_answers_per_s": served.get("prior/qps"), "prior_latency_p50_ms": served.get("prior/latency_p50_ms"),
+            "prior_client": {k.split("/", 1)[1]: v for k, v in wrapped.prior_stats().items()
+                             if k.split("/", 1)[1] in ("sent", "answered", "skipped_busy", "timeouts", "errors")}}
 
 
 def run(args: argparse.Namespace) -> int:
     import ray
 
     from covr_ray.config import load_config
+    from covr_ray.errors import ConfigError
 
+    for name, value in (("--steps", args.steps), ("--env-steps", args.env_steps), ("--env-repeats", args.env_repeats)):
+        if value < 1:
+            raise ConfigError(name, value, "an integer >= 1")
     model = args.model or _tiny_model()
     common = [f"prior.model={model}", f"schedule.total_env_steps={args.steps}", "schedule.eval_every=1000000000",
               "schedule.checkpoint_every=1000000000", "schedule.eval_episodes=1", "logging.wandb=false",
@@ -115,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         base_cfg = load_config(args.preset, common + [f"run_dir={tmp}/base", "prior.enabled=false"])
         covr_s, covr_rounds = _timed_run(covr_cfg)
         base_s, _ = _timed_run(base_cfg)
-    off, on = env_rates(covr_cfg, args.env_steps, covr_cfg.ray.get_timeout_s)
+    rates = env_rates(covr_cfg, args.env_steps, covr_cfg.ray.get_timeout_s, repeats=args.env_repeats)
+    off, on = rates["off"], rates["on"]
     out: dict[str, Any] = {
         "preset": args.preset, "steps": args.steps, "env_rate_agent_steps": args.env_steps,
         "covr_over_base_wallclock": round(covr_s / base_s, 3), "env_rate_prior_on_over_off": round(on / off, 3),
@@ -123,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         "async_rounds": covr_cfg.schedule.async_rounds, "rounds": int(covr_rounds["rounds"]),
         "learner_stall_s": round(covr_rounds["learner_stall_s"], 2),
         "env_steps_per_s_prior_off": round(off, 1), "env_steps_per_s_prior_on": round(on, 1),
+        "env_rate_repeats": args.env_repeats, "env_rate_blocks_off": rates["blocks_off"],
+        "env_rate_blocks_on": rates["blocks_on"], "prior_answers_per_s": _round(rates["prior_answers_per_s"], 2),
+        "prior_latency_p50_ms": _round(rates["prior_latency_p50_ms"], 1), "prior_client": rates["prior_client"],
         "load_avg_1m_before": load_avg_before, "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(), "model": model}
     for key, (op, target) in TARGETS.items():

@@ -491,6 +491,11 @@ class RaySection:
     """Restarts Ray grants the prior service and the LoRA trainer."""
     get_timeout_s: float = 600.0
     """Timeout of every blocking ``ray.get`` of the orchestrator, seconds."""
+    overlap_sampling: bool = True
+    """Remote env runners sample the next fragment while the learner runs its updates on the last one (one
+    iteration of policy lag: a fragment is sampled with the weights from before the updates it overlaps);
+    False: sample, then update, in turn, as RLlib's SAC does. Needs ``num_env_runners >= 1`` (with 0 the
+    driver samples, in turn). See docs/learner.md, "Sampling while the learner updates"."""
     learner_threads: Optional[int] = None
     """Torch intra-op threads of the SAC learner (it runs in the driver process). None: with a local Ray and
     the learner on the CPU, the machine's CPUs less those the env runners, prior replicas and LoRA trainer
@@ -503,6 +508,8 @@ class RaySection:
                self.learner_threads is None or (isinstance(self.learner_threads, int) and self.learner_threads >= 1),
                "None or an integer >= 1")
         _check(f"{path}.num_env_runners", self.num_env_runners, self.num_env_runners >= 0, ">= 0")
+        _check(f"{path}.overlap_sampling", self.overlap_sampling, isinstance(self.overlap_sampling, bool),
+               "true or false")
         _check(f"{path}.num_envs_per_env_runner", self.num_envs_per_env_runner,
                self.num_envs_per_env_runner >= 1, ">= 1")
         for name in ("num_cpus_per_env_runner", "num_gpus_learner", "num_gpus_prior", "num_gpus_lora",

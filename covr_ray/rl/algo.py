@@ -46,7 +46,7 @@ from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
 from covr_ray.rl.networks import NetworkSpec
 from covr_ray.rl.rl_module import PixelSACModule, network_spec
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
-from covr_ray.rl.training_step import columnar_training_step
+from covr_ray.rl.training_step import columnar_training_step, settle_sampling
 
 #: sub-directory of an algorithm checkpoint holding the replay buffer.
 REPLAY_DIR = "covr_replay"
@@ -71,13 +71,17 @@ class CovrSAC(SAC):
         columnar_training_step(self, MODULE_ID)
 
     def save_to_path(self, path: Optional[Union[str, Path]] = None, **kwargs: Any) -> str:
-        """RLlib's checkpoint (module, optimizers, connectors, metrics) plus ``covr_replay/``."""
+        """RLlib's checkpoint (module, optimizers, connectors, metrics) plus ``covr_replay/``, taken with no
+        fragment in flight (:func:`~covr_ray.rl.training_step.settle_sampling`)."""
+        settle_sampling(self)
         out = super().save_to_path(path, **kwargs)
         if self.local_replay_buffer is not None:
             self.local_replay_buffer.save(Path(out) / REPLAY_DIR, overwrite=True)
         return out
 
     def restore_from_path(self, path: Union[str, Path], *args: Any, **kwargs: Any) -> None:
+        settle_sampling(self)  # a fragment sampled before the restore belongs to the state left behind
+        self._covr_pending_sample = []
         super().restore_from_path(path, *args, **kwargs)
         replay_dir = Path(path) / REPLAY_DIR
         if kwargs.get("component") is None and replay_dir.is_dir() and self.local_replay_buffer is not None:
@@ -85,10 +89,18 @@ class CovrSAC(SAC):
 
 
 class CovrSACConfig(SACConfig):
-    """``SACConfig`` whose algorithm is :class:`CovrSAC`."""
+    """``SACConfig`` whose algorithm is :class:`CovrSAC`, plus ``overlap_sampling`` (``ray.overlap_sampling``:
+    remote env runners sample the next fragment while the learner updates; see
+    :mod:`covr_ray.rl.training_step`)."""
 
     def __init__(self, algo_class: Optional[type] = None) -> None:
         super().__init__(algo_class=algo_class or CovrSAC)
+        self.overlap_sampling = False
+
+    def covr(self, *, overlap_sampling: bool) -> "CovrSACConfig":
+        """Set COVR's own iteration settings (in place, like RLlib's config methods); returns ``self``."""
+        self.overlap_sampling = bool(overlap_sampling)
+        return self
 
 
 def prior_columns_connector(input_observation_space: Any = None, input_action_space: Any = None) -> List[Any]:
@@ -186,6 +198,7 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
                   store_buffer_in_checkpoints=False)
         .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=0)
         .debugging(seed=cfg.seed, log_sys_usage=False)
+        .covr(overlap_sampling=r.overlap_sampling)
     )
     if env is None:  # the run's env through covr_envs: env id, env_config with seeds, runners, fault tolerance
         return configure_env_runners(config, cfg, run_context=run_context)

@@ -14,10 +14,26 @@ started, then sync weights) with one change: each update's batch is
 and handed to ``Learner.update(batch=...)`` (RLlib's learner connector does not run on a batch).
 ``tests/test_rl_bench.py`` checks that update against the plain-PyTorch reference
 (:mod:`covr_ray.rl.plain`).
+
+**Sampling while the learner updates** (``ray.overlap_sampling``, on by default, remote env runners only).
+RLlib's iteration samples, then updates: the env runners idle while the learner works and the learner idles
+while they sample, so the parallelism of a distributed actor-learner system is never collected (on 2 cores
+the distributed base ran at 0.97-0.99x a single-process loop). With the overlap, an iteration takes the
+fragment sampled during the previous iteration's updates, launches the next one, runs its updates while the
+runners sample it, then waits for it and keeps it for the next iteration (:func:`settle_sampling`): an
+iteration lasts about max(sampling, updates) instead of their sum, and ``train()`` returns with the runners
+idle (RLlib's end-of-iteration sync of their connector states would wait for them anyway). The weights are
+synced after the wait: a fragment is sampled with the weights from before the updates it overlaps (one
+iteration of policy lag, ``rollout_fragment_length`` env steps; harmless for an off-policy learner). Each
+fragment is counted, stored and trained on once at the same update ratio: after ``n`` iterations both modes
+have counted, stored and trained on the same number of steps. A checkpoint does not hold the kept fragment;
+a run resumed from it starts fresh runners. A runner that dies mid-fragment is marked unhealthy and
+restarted by the next ``train()``, as with RLlib's own sampling. Tests: tests/test_rl_overlap.py.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict
 
 import numpy as np
@@ -44,6 +60,8 @@ from ray.rllib.utils.metrics import (
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
 
+logger = logging.getLogger(__name__)
+
 
 def columns_batch(arrays: Dict[str, np.ndarray], module_id: str) -> MultiAgentBatch:
     """Train batch for SAC's loss from :meth:`PixelReplay.sample` arrays (1-step transitions): RLlib's
@@ -58,23 +76,97 @@ def columns_batch(arrays: Dict[str, np.ndarray], module_id: str) -> MultiAgentBa
     return MultiAgentBatch({module_id: SampleBatch(cols)}, env_steps=b)
 
 
+#: tag of the overlapped sample requests (:func:`launch_sample`) among the env runners' async requests.
+SAMPLE_TAG = "covr_sample"
+#: timer of the driver's wait, after an overlapped iteration's updates, for the fragment sampled meanwhile.
+SAMPLE_WAIT_TIMER = "overlap_sample_wait_timer"
+
+
+def overlaps_sampling(algo: Any) -> bool:
+    """Whether ``algo`` samples its remote env runners while its learner updates (``ray.overlap_sampling``:
+    configs pickled before that setting existed, and runs sampling in the driver, do not)."""
+    return bool(getattr(algo.config, "overlap_sampling", False)) and algo.env_runner_group.num_remote_workers() > 0
+
+
+def launch_sample(algo: Any) -> int:
+    """Ask every healthy remote env runner for its next fragment (and its metrics) without waiting; the
+    runners sample with the weights they hold now. Returns the number of requests made."""
+    return algo.env_runner_group.foreach_env_runner_async(lambda w: (w.sample(), w.get_metrics()), tag=SAMPLE_TAG)
+
+
+def _wait_sample(algo: Any) -> list[Any]:
+    """The (episodes, metrics) pairs of the requests in flight, once all are back or ``sample_timeout_s`` ran
+    out (a runner that died is marked unhealthy and restarted by the next ``train()``, as RLlib does)."""
+    group = algo.env_runner_group
+    if group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:
+        return []
+    return [r for _, r in group.fetch_ready_async_reqs(tags=SAMPLE_TAG, timeout_seconds=algo.config.sample_timeout_s)]
+
+
+def settle_sampling(algo: Any) -> None:
+    """Wait for the fragment in flight and keep it for the next iteration (not yet in the replay, not yet
+    counted): after this no env runner samples for ``algo``. The end of every overlapped iteration calls it,
+    so ``train()`` returns with the runners idle (RLlib's end-of-iteration sync of the runners' connector
+    states would wait for them anyway, with a 10 s timeout); :meth:`CovrSAC.save_to_path` too. A checkpoint
+    then holds a synchronous iteration's state: a run resumed from it starts fresh env runners and never
+    sees the kept fragment (sampled, not counted, not stored), as a crash loses an unfinished fragment."""
+    if overlaps_sampling(algo):
+        algo._covr_pending_sample = getattr(algo, "_covr_pending_sample", []) + _wait_sample(algo)
+
+
+def _overlapped_sample(algo: Any) -> tuple[list[Any], list[Any]]:
+    """One fragment per healthy runner: the one kept from the previous iteration (sampled while that
+    iteration's learner updated) or, if none, one sampled now; then the next one is launched, to be sampled
+    during this iteration's updates."""
+    pending = getattr(algo, "_covr_pending_sample", [])
+    algo._covr_pending_sample = []
+    if not pending:
+        if algo.env_runner_group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:
+            launch_sample(algo)  # the first iteration, after a restore, or after a runner came back
+        pending = _wait_sample(algo)
+    launch_sample(algo)
+    if not pending:
+        logger.warning("no fragment came back from the env runners within sample_timeout_s=%s s",
+                       algo.config.sample_timeout_s)
+    return [e for episodes, _ in pending for e in episodes], [m for _, m in pending]
+
+
 def columnar_training_step(algo: Any, module_id: str) -> None:
     """One SAC training iteration of ``algo`` (a :class:`covr_ray.rl.algo.CovrSAC`) on columnar batches."""
     config = algo.config
     replay = algo.local_replay_buffer
     store_weight, sample_and_train_weight = calculate_rr_weights(config)
+    overlap = overlaps_sampling(algo)
     for _ in range(store_weight):
         with algo.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes, env_runner_results = synchronous_parallel_sample(
-                worker_set=algo.env_runner_group, concat=True, sample_timeout_s=config.sample_timeout_s,
-                _uses_new_env_runners=True, _return_metrics=True)
+            if overlap:
+                episodes, env_runner_results = _overlapped_sample(algo)
+            else:
+                episodes, env_runner_results = synchronous_parallel_sample(
+                    worker_set=algo.env_runner_group, concat=True, sample_timeout_s=config.sample_timeout_s,
+                    _uses_new_env_runners=True, _return_metrics=True)
         algo.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         with algo.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
             replay.add(episodes)
+    learner_results = _updates(algo, module_id, sample_and_train_weight)
+    if overlap:
+        with algo.metrics.log_time((TIMERS, SAMPLE_WAIT_TIMER)):
+            settle_sampling(algo)  # the fragment sampled during the updates: the next iteration's
+    if learner_results is None:
+        return
+    with algo.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+        algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
+                                           policies=set(learner_results[0].keys()) - {ALL_MODULES},
+                                           global_vars=None, inference_only=True)
 
+
+def _updates(algo: Any, module_id: str, sample_and_train_weight: int) -> Any:
+    """The iteration's ``sample_and_train_weight`` updates once learning has started; their results (None
+    before that)."""
+    config, replay = algo.config, algo.local_replay_buffer
     env_steps = algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
     if env_steps < config.num_steps_sampled_before_learning_starts or replay.core is None or not len(replay):
-        return
+        return None
     timesteps = {
         NUM_ENV_STEPS_SAMPLED_LIFETIME: env_steps,
         NUM_AGENT_STEPS_SAMPLED_LIFETIME: algo.metrics.peek(
@@ -92,8 +184,5 @@ def columnar_training_step(algo: Any, module_id: str) -> None:
                     module_results.pop(TD_ERROR_KEY, None)
             algo.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
     if learner_results is None:
-        raise LearnerError(f"no update ran: the round-robin weights were {store_weight}/{sample_and_train_weight}")
-    with algo.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-        algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
-                                           policies=set(learner_results[0].keys()) - {ALL_MODULES},
-                                           global_vars=None, inference_only=True)
+        raise LearnerError(f"no update ran: {sample_and_train_weight} updates an iteration")
+    return learner_results

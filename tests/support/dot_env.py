@@ -2,7 +2,8 @@
 
 ``DotEnv``: a white dot on black, moved by a 2-D velocity action in [-1, 1]; reward = -distance to the
 centre; observations are the last ``frame_stack`` RGB frames stacked on channels, newest last, uint8
-``(3 * frame_stack, S, S)`` - the same contract as covr_envs' pixel envs.
+``(3 * frame_stack, S, S)`` - the same contract as covr_envs' pixel envs. Optionally each step sleeps
+(``step_sleep_s``: a slower simulator) and appends its start and end times to a file (``step_log``).
 
 ``PriorInfoWrapper``: writes the env-side prior contract of covr_ray.columns into step infos: a unique
 step id per transition, a prior every ``every`` steps (the oracle action toward the centre, or a fixed
@@ -14,6 +15,7 @@ with Ray Tune under a name (the env of the algorithm-level tests). Their own tes
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -30,6 +32,8 @@ class DotEnv(gym.Env):
         self.size = int(config.get("size", 24))
         self.frame_stack = int(config.get("frame_stack", 3))
         self.max_steps = int(config.get("max_steps", 20))
+        self.step_sleep_s = float(config.get("step_sleep_s", 0.0))  # a slower simulator
+        self.step_log = config.get("step_log")  # a file to append "<start> <end>" (time.time()) of each step to
         self.observation_space = gym.spaces.Box(0, 255, (3 * self.frame_stack, self.size, self.size), np.uint8)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self._pos = np.zeros(2)
@@ -56,6 +60,12 @@ class DotEnv(gym.Env):
         return np.clip(-self._pos * 2.0, -1.0, 1.0).astype(np.float32)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        started = time.time()
+        if self.step_sleep_s:
+            time.sleep(self.step_sleep_s)
+        if self.step_log:
+            with open(self.step_log, "a") as fh:
+                fh.write(f"{started} {time.time()}\n")
         a = np.clip(np.asarray(action, np.float64).reshape(2), -1.0, 1.0)
         self._pos = np.clip(self._pos + 0.2 * a, -1.0, 1.0)
         self._t += 1

@@ -1,0 +1,185 @@
+"""``ray.overlap_sampling``: the remote env runners sample the next fragment while the learner updates.
+
+On the tiny pixel env (support/dot_env.py, 20 ms a step so a fragment outlasts the updates), one remote env
+runner, through the real RLlib algorithm: env steps run during learner updates with the overlap and never
+without it, while both modes count the same env steps and run the same updates, and the runner ends each
+iteration with the learner's weights; ``train()`` returns with the runners idle, the fragment sampled
+during the updates kept for the next iteration, and a run goes on from a checkpoint, saved or restored; a
+runner SIGKILLed while it samples is replaced and sampling goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from covr_ray.config import load_config
+from support.dot_env import register_prior_dot_env
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+FRAGMENT = 8
+
+
+@pytest.fixture(scope="module")
+def dot_env(ray_session: None) -> str:
+    return register_prior_dot_env("covr_test_overlap_dot")
+
+
+def _build(env: str, overlap: bool, step_log: Path, **env_config: Any) -> Any:
+    from covr_ray.rl.algo import build_algorithm_config
+
+    cfg = load_config("smoke", overrides=[
+        "sac.hidden_dim=32", "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16", "sac.learning_starts=16",
+        f"sac.rollout_fragment_length={FRAGMENT}", "sac.updates_per_step=1", "sac.buffer_capacity=500",
+        "ray.num_env_runners=1", "ray.num_cpus_per_env_runner=1", "env.image_size=24", "prior.enabled=false",
+        f"ray.overlap_sampling={str(overlap).lower()}"])
+    config = build_algorithm_config(cfg, env=env, env_config={"size": 24, "step_sleep_s": 0.02,
+                                                              "step_log": str(step_log), **env_config})
+    config.fault_tolerance(delay_between_env_runner_restarts_s=0.5)
+    return config.build_algo()
+
+
+def _record_updates(algo: Any) -> list[tuple[float, float]]:
+    """Wall-clock spans of the learner group's updates (each call goes through to the real update)."""
+    spans: list[tuple[float, float]] = []
+    update = algo.learner_group.update
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        try:
+            return update(*args, **kwargs)
+        finally:
+            spans.append((started, time.time()))
+
+    algo.learner_group.update = recorded
+    return spans
+
+
+def _steps(log: Path) -> list[tuple[float, float]]:
+    return [tuple(map(float, line.split())) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def _runner_weights(algo: Any) -> dict[str, Any]:
+    [state] = algo.env_runner_group.foreach_env_runner(
+        lambda w: {k: v.detach().cpu().numpy() for k, v in w.module.state_dict().items()},
+        local_env_runner=False, timeout_seconds=60)
+    return state
+
+
+def _learner_weights(algo: Any) -> dict[str, Any]:
+    from covr_ray.rl.algo import MODULE_ID
+
+    [res] = algo.learner_group.foreach_learner(
+        lambda learner: {k: v.detach().cpu().numpy() for k, v in learner.module[MODULE_ID].state_dict().items()})
+    return res.get()
+
+
+def _lifetime_steps(algo: Any) -> int:
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    return int(algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+
+
+def test_env_steps_run_during_updates_with_the_overlap_only_and_both_modes_count_alike(dot_env: str,
+                                                                                    tmp_path: Path) -> None:
+    from covr_ray.rl.algo import num_updates
+
+    seen: dict[bool, dict[str, Any]] = {}
+    for overlap in (True, False):
+        log = tmp_path / f"steps-{overlap}.txt"
+        algo = _build(dot_env, overlap, log)
+        try:
+            spans = _record_updates(algo)
+            for _ in range(6):
+                algo.train()
+            steps = _steps(log)
+            during = sum(any(s < u_end and e > u_start for s, e in steps) for u_start, u_end in spans)
+            runner, learner = _runner_weights(algo), _learner_weights(algo)
+            assert runner and set(runner) <= set(learner)
+            assert all(np.array_equal(v, learner[k]) for k, v in runner.items())  # synced, not dropped
+            seen[overlap] = {"updates": num_updates(algo), "counted": _lifetime_steps(algo),
+                             "in_replay": len(algo.local_replay_buffer),
+                             "spans": len(spans), "during": during}
+        finally:
+            algo.stop()
+    on, off = seen[True], seen[False]
+    assert off["during"] == 0, off  # sample, then update, in turn: the test can tell them apart
+    assert on["during"] >= on["spans"] // 2 >= 1, on  # the learner updates while the runner steps
+    assert on["counted"] == off["counted"] == 6 * FRAGMENT, seen  # one fragment an iteration either way
+    assert on["in_replay"] == on["counted"] and off["in_replay"] == off["counted"], seen
+    assert on["updates"] == off["updates"] > 0, seen  # the same update ratio
+
+
+def test_train_returns_with_the_runners_idle_and_a_checkpoint_goes_on_from_there(dot_env: str,
+                                                                                 tmp_path: Path) -> None:
+    from covr_ray.rl.algo import restore_checkpoint, save_checkpoint
+    from covr_ray.rl.training_step import SAMPLE_TAG
+
+    algo = _build(dot_env, True, tmp_path / "steps.txt")
+    try:
+        for _ in range(4):
+            algo.train()
+        group = algo.env_runner_group
+        assert group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0  # nothing samples between iterations ...
+        assert len(algo._covr_pending_sample) == 1  # ... the fragment sampled during the updates is kept
+        counted = _lifetime_steps(algo)
+        assert len(algo.local_replay_buffer) == counted == 4 * FRAGMENT
+        checkpoint = save_checkpoint(algo, tmp_path / "ckpt")
+        algo.train()  # the kept fragment is counted and stored now
+        assert _lifetime_steps(algo) == len(algo.local_replay_buffer) == counted + FRAGMENT
+    finally:
+        algo.stop()
+    again = _build(dot_env, True, tmp_path / "steps-again.txt")
+    try:
+        restore_checkpoint(again, checkpoint)  # a resumed run: the kept fragment is not in the checkpoint
+        assert _lifetime_steps(again) == len(again.local_replay_buffer) == counted
+        for _ in range(2):
+            again.train()
+        assert _lifetime_steps(again) == len(again.local_replay_buffer) == counted + 2 * FRAGMENT
+    finally:
+        again.stop()
+
+
+def test_a_runner_killed_while_it_samples_is_replaced_and_sampling_goes_on(dot_env: str, tmp_path: Path) -> None:
+    algo = _build(dot_env, True, tmp_path / "steps.txt")
+    try:
+        for _ in range(3):
+            algo.train()
+        group = algo.env_runner_group
+        [old_pid] = group.foreach_env_runner(lambda w: os.getpid(), local_env_runner=False, timeout_seconds=60)
+        counted = _lifetime_steps(algo)
+        # the runner's process crashes 50 ms into the next iteration: while it samples the next fragment
+        killer = threading.Timer(0.05, os.kill, (old_pid, signal.SIGKILL))
+        killer.start()
+        algo.train()
+        killer.join()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _lifetime_steps(algo) < counted + 3 * FRAGMENT:
+            algo.train()  # each train() probes and restarts unhealthy runners first
+        assert _lifetime_steps(algo) >= counted + 3 * FRAGMENT, "sampling did not go on within 120 s"
+        assert group.num_remote_worker_restarts() >= 1
+        [new_pid] = group.foreach_env_runner(lambda w: os.getpid(), local_env_runner=False, timeout_seconds=60)
+        assert new_pid != old_pid
+        assert len(algo.local_replay_buffer) == _lifetime_steps(algo)
+    finally:
+        algo.stop()
+
+
+def test_the_setting_reaches_the_algorithm_config_and_a_bad_value_is_refused_by_name() -> None:
+    from covr_ray.errors import ConfigError
+    from covr_ray.rl.algo import build_algorithm_config
+
+    assert load_config("smoke").ray.overlap_sampling is True  # on by default
+    for value in (True, False):
+        cfg = load_config("smoke", [f"ray.overlap_sampling={str(value).lower()}"])
+        assert build_algorithm_config(cfg, env="covr_test_overlap_dot").overlap_sampling is value
+    with pytest.raises(ConfigError, match="ray.overlap_sampling"):
+        load_config("smoke", ["ray.overlap_sampling=3"])
