@@ -323,7 +323,8 @@ def evaluate_baseline(run_dir: str | Path, actor: str, episodes: int = 10, seed:
 def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = None, *, video: bool = False,
                  video_format: str = "auto", fps: float = 15.0) -> tuple[dict[str, Any], Path]:
     """``covr eval``: evaluate the run's policy artifact (``policy/policy.pt``) on the run's env; write the
-    result JSON (:meth:`RunDir.eval_result`).
+    result JSON (:meth:`RunDir.new_eval_result`: the loop's final evaluation at the same env steps, or an
+    earlier ``covr eval``, is kept, and this one goes beside it).
 
     The env comes from the run's ``config.yaml``; the policy's meta must agree with it. ``seed`` defaults to
     :func:`eval_seed`. With ``video``, the first episode goes to :meth:`RunDir.eval_video`.
@@ -345,15 +346,17 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: Optional[int] = 
         raise CheckpointError(f"policy in {run_dir} was trained on {meta['env']!r} but {run.config_path.name} "
                               f"names {cfg.env.name!r}")
     steps = int(meta["env_steps"])
+    json_path = run.new_eval_result(steps)  # the loop's own result at these steps (or an earlier one) is kept
     video_path = None
-    if video:
+    if video:  # named like the JSON: eval-<steps>[.n].json -> video-<steps>[.n].<ext>
         from covr_ray.video import resolve_format
 
-        video_path = run.eval_video(steps, resolve_format(video_format))
+        video_path = json_path.with_name("video-" + json_path.name[len("eval-"):]).with_suffix(
+            "." + resolve_format(video_format))
     result = evaluate_policy(policy, cfg.env, episodes, eval_seed(cfg) if seed is None else seed,
                              video_path=video_path, fps=fps)
     result.update({"env_steps": steps, "preset": cfg.preset, "run_seed": int(cfg.seed)})
-    path = write_eval_result(run.root, result)
+    path = write_result(json_path, result)
     log.info("eval %s: return %.1f +- %.1f over %d episodes -> %s", run_dir, result["return_mean"],
              result["return_std"], episodes, path)
     return result, path

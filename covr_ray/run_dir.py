@@ -126,6 +126,16 @@ class RunDir:
         """``eval/eval-<env_steps>.json``: the evaluation of the policy trained for ``env_steps``."""
         return self.eval / f"eval-{int(env_steps)}.json"
 
+    def new_eval_result(self, env_steps: int) -> Path:
+        """Where a new evaluation of the policy trained for ``env_steps`` goes without replacing one already
+        written (the loop's own, an earlier ``covr eval``): :meth:`eval_result` while it is free, else
+        ``eval/eval-<env_steps>.<n>.json`` with the first free ``n >= 2`` (read by hand; :meth:`eval_results`
+        lists the first only)."""
+        path, n = self.eval_result(env_steps), 2
+        while path.exists():
+            path, n = self.eval / f"eval-{int(env_steps)}.{n}.json", n + 1
+        return path
+
     def eval_results(self) -> list[tuple[int, Path]]:
         """Every :meth:`eval_result` file present, as ``(env_steps, path)`` sorted by steps (none when
         ``eval/`` is absent)."""

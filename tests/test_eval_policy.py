@@ -129,6 +129,22 @@ def test_evaluate_run_writes_json_and_gif(tmp_path: Path) -> None:
         assert gif.format == "GIF" and gif.n_frames == result["lengths"][0] + 1
 
 
+def test_a_second_eval_keeps_the_first_and_goes_beside_it(tmp_path: Path) -> None:
+    """The loop's final evaluation (or an earlier `covr eval`) at the same env steps is never written over."""
+    from covr_ray.run_dir import RunDir
+
+    run_dir, _, _ = make_run_dir(tmp_path, seed=3)
+    loop_result = {"env_steps": 123, "episodes": 5, "returns": [1.0] * 5, "by": "the loop"}
+    write_eval_result(run_dir, loop_result)
+    before = (run_dir / "eval" / "eval-123.json").read_bytes()
+    paths = [evaluate_run(run_dir, episodes=1, video=True, video_format="gif")[1] for _ in range(2)]
+    assert [p.name for p in paths] == ["eval-123.2.json", "eval-123.3.json"]
+    assert (run_dir / "eval" / "eval-123.json").read_bytes() == before  # kept, byte for byte
+    assert (run_dir / "eval" / "video-123.2.gif").is_file() and (run_dir / "eval" / "video-123.3.gif").is_file()
+    assert json.loads(paths[1].read_text())["episodes"] == 1
+    assert RunDir(run_dir).eval_results() == [(123, run_dir / "eval" / "eval-123.json")]  # the run's own
+
+
 def test_cli_eval_json_and_mp4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the video extra (imageio, imageio-ffmpeg)")
     run_dir, _, _ = make_run_dir(tmp_path)
