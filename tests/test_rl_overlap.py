@@ -2,10 +2,11 @@
 
 On the tiny pixel env (support/dot_env.py, 20 ms a step so a fragment outlasts the updates), one remote env
 runner, through the real RLlib algorithm: env steps run during learner updates with the overlap and never
-without it, while both modes count the same env steps and run the same updates, and the runner ends each
-iteration with the learner's weights; ``train()`` returns with the runners idle, the fragment sampled
-during the updates kept for the next iteration, and a run goes on from a checkpoint, saved or restored; a
-runner SIGKILLed while it samples is replaced and sampling goes on.
+without it, while both modes store the same env steps and run the same updates, and the runner ends each
+iteration with the learner's weights; ``train()`` returns with the runners idle and the fragment sampled
+during the updates counted and kept for the next iteration's replay, a checkpoint holds every step it
+counts, and a run goes on from it, saved or restored; a runner SIGKILLed while it samples is replaced and
+sampling goes on. (The warm-up that follows the count on a remote runner: tests/test_rl_algo.py.)
 """
 
 from __future__ import annotations
@@ -15,22 +16,30 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 
 from covr_ray.config import load_config
 from support.dot_env import register_prior_dot_env
+from support.ray_local import local_ray
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 FRAGMENT = 8
 
 
+TESTS = Path(__file__).resolve().parent
+
+
 @pytest.fixture(scope="module")
-def dot_env(ray_session: None) -> str:
-    return register_prior_dot_env("covr_test_overlap_dot")
+def dot_env() -> Iterator[str]:
+    """The tiny pixel env, registered with a local Ray whose workers import it from tests/ (the remote env
+    runners unpickle its creator by reference)."""
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    with local_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": path}}):
+        yield register_prior_dot_env("covr_test_overlap_dot")
 
 
 def _build(env: str, overlap: bool, step_log: Path, **env_config: Any) -> Any:
@@ -82,6 +91,12 @@ def _learner_weights(algo: Any) -> dict[str, Any]:
     return res.get()
 
 
+def _pending_steps(algo: Any) -> int:
+    from covr_ray.rl.training_step import pending_episodes
+
+    return sum(len(e) for e in pending_episodes(algo))
+
+
 def _lifetime_steps(algo: Any) -> int:
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
@@ -106,20 +121,22 @@ def test_env_steps_run_during_updates_with_the_overlap_only_and_both_modes_count
             assert runner and set(runner) <= set(learner)
             assert all(np.array_equal(v, learner[k]) for k, v in runner.items())  # synced, not dropped
             seen[overlap] = {"updates": num_updates(algo), "counted": _lifetime_steps(algo),
-                             "in_replay": len(algo.local_replay_buffer),
+                             "in_replay": len(algo.local_replay_buffer), "pending": _pending_steps(algo),
                              "spans": len(spans), "during": during}
         finally:
             algo.stop()
     on, off = seen[True], seen[False]
     assert off["during"] == 0, off  # sample, then update, in turn: the test can tell them apart
     assert on["during"] >= on["spans"] // 2 >= 1, on  # the learner updates while the runner steps
-    assert on["counted"] == off["counted"] == 6 * FRAGMENT, seen  # one fragment an iteration either way
-    assert on["in_replay"] == on["counted"] and off["in_replay"] == off["counted"], seen
+    # one fragment stored and trained on an iteration either way; the overlap has also counted the one it
+    # sampled during the last updates (the runners sampled it), which the next iteration stores
+    assert off["in_replay"] == off["counted"] == on["in_replay"] == 6 * FRAGMENT and off["pending"] == 0, seen
+    assert on["counted"] == 7 * FRAGMENT and on["pending"] == FRAGMENT, seen
     assert on["updates"] == off["updates"] > 0, seen  # the same update ratio
 
 
-def test_train_returns_with_the_runners_idle_and_a_checkpoint_goes_on_from_there(dot_env: str,
-                                                                                 tmp_path: Path) -> None:
+def test_train_returns_with_the_runners_idle_and_a_checkpoint_holds_every_counted_step(dot_env: str,
+                                                                                       tmp_path: Path) -> None:
     from covr_ray.rl.algo import restore_checkpoint, save_checkpoint
     from covr_ray.rl.training_step import SAMPLE_TAG
 
@@ -128,22 +145,24 @@ def test_train_returns_with_the_runners_idle_and_a_checkpoint_goes_on_from_there
         for _ in range(4):
             algo.train()
         group = algo.env_runner_group
-        assert group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0  # nothing samples between iterations ...
-        assert len(algo._covr_pending_sample) == 1  # ... the fragment sampled during the updates is kept
-        counted = _lifetime_steps(algo)
-        assert len(algo.local_replay_buffer) == counted == 4 * FRAGMENT
+        assert group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0  # nothing samples between iterations
+        # the fragment sampled during the last updates is counted, and kept for the next iteration's replay
+        assert _lifetime_steps(algo) == 5 * FRAGMENT and _pending_steps(algo) == FRAGMENT
+        assert len(algo.local_replay_buffer) == 4 * FRAGMENT
         checkpoint = save_checkpoint(algo, tmp_path / "ckpt")
-        algo.train()  # the kept fragment is counted and stored now
-        assert _lifetime_steps(algo) == len(algo.local_replay_buffer) == counted + FRAGMENT
+        assert len(algo.local_replay_buffer) == _lifetime_steps(algo) == 5 * FRAGMENT  # stored before the save
+        assert _pending_steps(algo) == 0
+        algo.train()  # nothing kept: it samples one fragment now, then one during its updates
+        assert _lifetime_steps(algo) == 7 * FRAGMENT and len(algo.local_replay_buffer) == 6 * FRAGMENT
     finally:
         algo.stop()
     again = _build(dot_env, True, tmp_path / "steps-again.txt")
     try:
-        restore_checkpoint(again, checkpoint)  # a resumed run: the kept fragment is not in the checkpoint
-        assert _lifetime_steps(again) == len(again.local_replay_buffer) == counted
+        restore_checkpoint(again, checkpoint)  # a resumed run: every step the checkpoint counts is in its replay
+        assert _lifetime_steps(again) == len(again.local_replay_buffer) == 5 * FRAGMENT
         for _ in range(2):
             again.train()
-        assert _lifetime_steps(again) == len(again.local_replay_buffer) == counted + 2 * FRAGMENT
+        assert _lifetime_steps(again) == 8 * FRAGMENT and len(again.local_replay_buffer) == 7 * FRAGMENT
     finally:
         again.stop()
 
@@ -168,7 +187,7 @@ def test_a_runner_killed_while_it_samples_is_replaced_and_sampling_goes_on(dot_e
         assert group.num_remote_worker_restarts() >= 1
         [new_pid] = group.foreach_env_runner(lambda w: os.getpid(), local_env_runner=False, timeout_seconds=60)
         assert new_pid != old_pid
-        assert len(algo.local_replay_buffer) == _lifetime_steps(algo)
+        assert len(algo.local_replay_buffer) + _pending_steps(algo) == _lifetime_steps(algo)
     finally:
         algo.stop()
 

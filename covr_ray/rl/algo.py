@@ -46,7 +46,7 @@ from covr_ray.rl.learner import CovrSACLearner, check_prior_weight
 from covr_ray.rl.networks import NetworkSpec
 from covr_ray.rl.rl_module import PixelSACModule, network_spec
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
-from covr_ray.rl.training_step import columnar_training_step, settle_sampling
+from covr_ray.rl.training_step import columnar_training_step, settle_sampling, store_pending
 
 #: sub-directory of an algorithm checkpoint holding the replay buffer.
 REPLAY_DIR = "covr_replay"
@@ -72,8 +72,8 @@ class CovrSAC(SAC):
 
     def save_to_path(self, path: Optional[Union[str, Path]] = None, **kwargs: Any) -> str:
         """RLlib's checkpoint (module, optimizers, connectors, metrics) plus ``covr_replay/``, taken with no
-        fragment in flight (:func:`~covr_ray.rl.training_step.settle_sampling`)."""
-        settle_sampling(self)
+        fragment in flight and every counted step in the replay (:func:`~covr_ray.rl.training_step.store_pending`)."""
+        store_pending(self)
         out = super().save_to_path(path, **kwargs)
         if self.local_replay_buffer is not None:
             self.local_replay_buffer.save(Path(out) / REPLAY_DIR, overwrite=True)
@@ -81,7 +81,7 @@ class CovrSAC(SAC):
 
     def restore_from_path(self, path: Union[str, Path], *args: Any, **kwargs: Any) -> None:
         settle_sampling(self)  # a fragment sampled before the restore belongs to the state left behind
-        self._covr_pending_sample = []
+        self._covr_pending_episodes = []
         super().restore_from_path(path, *args, **kwargs)
         replay_dir = Path(path) / REPLAY_DIR
         if kwargs.get("component") is None and replay_dir.is_dir() and self.local_replay_buffer is not None:

@@ -18,17 +18,21 @@ and handed to ``Learner.update(batch=...)`` (RLlib's learner connector does not 
 **Sampling while the learner updates** (``ray.overlap_sampling``, on by default, remote env runners only).
 RLlib's iteration samples, then updates: the env runners idle while the learner works and the learner idles
 while they sample, so the parallelism of a distributed actor-learner system is never collected (on 2 cores
-the distributed base ran at 0.97-0.99x a single-process loop). With the overlap, an iteration takes the
+the distributed base ran at 0.93-0.99x a single-process loop). With the overlap, an iteration stores the
 fragment sampled during the previous iteration's updates, launches the next one, runs its updates while the
-runners sample it, then waits for it and keeps it for the next iteration (:func:`settle_sampling`): an
-iteration lasts about max(sampling, updates) instead of their sum, and ``train()`` returns with the runners
-idle (RLlib's end-of-iteration sync of their connector states would wait for them anyway). The weights are
-synced after the wait: a fragment is sampled with the weights from before the updates it overlaps (one
-iteration of policy lag, ``rollout_fragment_length`` env steps; harmless for an off-policy learner). Each
-fragment is counted, stored and trained on once at the same update ratio: after ``n`` iterations both modes
-have counted, stored and trained on the same number of steps. A checkpoint does not hold the kept fragment;
-a run resumed from it starts fresh runners. A runner that dies mid-fragment is marked unhealthy and
-restarted by the next ``train()``, as with RLlib's own sampling. Tests: tests/test_rl_overlap.py.
+runners sample it, then waits for it, counts it and keeps its episodes for the next iteration
+(:func:`settle_sampling`): an iteration lasts about max(sampling, updates) instead of their sum, ``train()``
+returns with the runners idle (RLlib's end-of-iteration sync of their connector states would otherwise wait
+for them, 10 s timeout), and the algorithm's count of sampled steps is what the runners sampled (RLlib
+broadcasts it back to them each iteration and the module's warm-up follows it; counting a fragment only when
+stored would wind their count back and stretch the warm-up). The weights are synced after the wait; Ray runs
+one caller's calls to an actor in order, so a fragment is sampled with the weights from before the updates
+it overlaps: one iteration of policy lag (``rollout_fragment_length`` env steps; harmless for an off-policy
+learner). The replay holds the counted steps less the kept fragment; each fragment is stored and trained on
+once, and both modes run the same updates for the same iterations. A checkpoint stores the kept fragment
+first (:func:`store_pending`), so it holds every step it counts. A runner that dies mid-fragment is marked
+unhealthy and restarted by the next ``train()``, as with RLlib's own sampling. Tests:
+tests/test_rl_overlap.py.
 """
 
 from __future__ import annotations
@@ -94,41 +98,56 @@ def launch_sample(algo: Any) -> int:
     return algo.env_runner_group.foreach_env_runner_async(lambda w: (w.sample(), w.get_metrics()), tag=SAMPLE_TAG)
 
 
-def _wait_sample(algo: Any) -> list[Any]:
-    """The (episodes, metrics) pairs of the requests in flight, once all are back or ``sample_timeout_s`` ran
-    out (a runner that died is marked unhealthy and restarted by the next ``train()``, as RLlib does)."""
+def _collect_sample(algo: Any) -> list[Any]:
+    """Wait for the fragments in flight (all back, or ``sample_timeout_s`` ran out; a runner that died is
+    marked unhealthy and restarted by the next ``train()``, as RLlib does), count them (their env-runner
+    metrics go into the algorithm's now) and return their episodes."""
     group = algo.env_runner_group
     if group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:
         return []
-    return [r for _, r in group.fetch_ready_async_reqs(tags=SAMPLE_TAG, timeout_seconds=algo.config.sample_timeout_s)]
+    got = [r for _, r in group.fetch_ready_async_reqs(tags=SAMPLE_TAG, timeout_seconds=algo.config.sample_timeout_s)]
+    algo.metrics.aggregate([m for _, m in got], key=ENV_RUNNER_RESULTS)
+    return [e for episodes, _ in got for e in episodes]
+
+
+def pending_episodes(algo: Any) -> list[Any]:
+    """Episode chunks sampled and counted but not yet in the replay (the fragment sampled during the last
+    iteration's updates, stored by the next iteration)."""
+    return list(getattr(algo, "_covr_pending_episodes", []))
 
 
 def settle_sampling(algo: Any) -> None:
-    """Wait for the fragment in flight and keep it for the next iteration (not yet in the replay, not yet
-    counted): after this no env runner samples for ``algo``. The end of every overlapped iteration calls it,
-    so ``train()`` returns with the runners idle (RLlib's end-of-iteration sync of the runners' connector
-    states would wait for them anyway, with a 10 s timeout); :meth:`CovrSAC.save_to_path` too. A checkpoint
-    then holds a synchronous iteration's state: a run resumed from it starts fresh env runners and never
-    sees the kept fragment (sampled, not counted, not stored), as a crash loses an unfinished fragment."""
+    """Wait for the fragment in flight, count it, and keep its episodes for the next iteration's replay
+    add: after this no env runner samples for ``algo``. The end of every overlapped iteration calls it, so
+    ``train()`` returns with the runners idle and the algorithm's count of sampled steps equal to what the
+    runners sampled (RLlib broadcasts that count back to them, and their warm-up follows it)."""
     if overlaps_sampling(algo):
-        algo._covr_pending_sample = getattr(algo, "_covr_pending_sample", []) + _wait_sample(algo)
+        algo._covr_pending_episodes = pending_episodes(algo) + _collect_sample(algo)
 
 
-def _overlapped_sample(algo: Any) -> tuple[list[Any], list[Any]]:
-    """One fragment per healthy runner: the one kept from the previous iteration (sampled while that
-    iteration's learner updated) or, if none, one sampled now; then the next one is launched, to be sampled
-    during this iteration's updates."""
-    pending = getattr(algo, "_covr_pending_sample", [])
-    algo._covr_pending_sample = []
-    if not pending:
+def store_pending(algo: Any) -> None:
+    """Settle, then put the kept episodes into the replay now (:meth:`CovrSAC.save_to_path`: a checkpoint
+    holds every step it counts)."""
+    settle_sampling(algo)
+    episodes, algo._covr_pending_episodes = pending_episodes(algo), []
+    if episodes:
+        algo.local_replay_buffer.add(episodes)
+
+
+def _overlapped_sample(algo: Any) -> list[Any]:
+    """Episodes of one fragment per healthy runner, counted: the one kept from the previous iteration
+    (sampled while that iteration's learner updated) or, if none, one sampled now; then the next one is
+    launched, to be sampled during this iteration's updates."""
+    episodes, algo._covr_pending_episodes = pending_episodes(algo), []
+    if not episodes:
         if algo.env_runner_group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:
-            launch_sample(algo)  # the first iteration, after a restore, or after a runner came back
-        pending = _wait_sample(algo)
+            launch_sample(algo)  # the first iteration, after a restore or a checkpoint, or a runner came back
+        episodes = _collect_sample(algo)
     launch_sample(algo)
-    if not pending:
+    if not episodes:
         logger.warning("no fragment came back from the env runners within sample_timeout_s=%s s",
                        algo.config.sample_timeout_s)
-    return [e for episodes, _ in pending for e in episodes], [m for _, m in pending]
+    return episodes
 
 
 def columnar_training_step(algo: Any, module_id: str) -> None:
@@ -140,12 +159,12 @@ def columnar_training_step(algo: Any, module_id: str) -> None:
     for _ in range(store_weight):
         with algo.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             if overlap:
-                episodes, env_runner_results = _overlapped_sample(algo)
+                episodes = _overlapped_sample(algo)  # counted when it arrived
             else:
                 episodes, env_runner_results = synchronous_parallel_sample(
                     worker_set=algo.env_runner_group, concat=True, sample_timeout_s=config.sample_timeout_s,
                     _uses_new_env_runners=True, _return_metrics=True)
-        algo.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+                algo.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         with algo.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
             replay.add(episodes)
     learner_results = _updates(algo, module_id, sample_and_train_weight)
