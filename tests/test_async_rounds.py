@@ -26,12 +26,14 @@ from covr_ray.lora.actor import TEST_ROUND_DELAY_ENV, round_delay_from_env
 from covr_ray.lora.versions import ADAPTER_CONFIG, META_FILE
 from covr_ray.metrics import read_csv_metrics
 
-# Long enough to dwarf an async round's own stall (0.2-0.5 s measured, loaded box), short enough that a quiet
-# box's loop (15+ env steps/s) does not run past round 1's point (250) and the run's end (420) while round 0
-# sleeps: with 20 s it reached 336 of 330 before round 1 was submitted.
+# Long enough to dwarf an async round's own stall (0.2-0.5 s measured, loaded box). The rounds are spaced so
+# that a fast loop cannot reach the run's end while round 0 sleeps: round points at 350 / 650 / 1,250 env
+# steps (50 warm-up, then 300, 300, 600) and the end at 900, 550 steps after round 0 is submitted, i.e. room
+# for a loop of up to ~65 env steps/s (a quiet 2-core box ran 34/s with the env runner sampling during the
+# updates; with the old spacing, rounds at 150 / 250 and the end at 420, it reached 424 while round 0 slept).
 DELAY_S = 8.0
 SMOKE = ["schedule.checkpoint_every=100000", "schedule.eval_every=100000", "schedule.eval_episodes=1",
-         "logging.tensorboard=false"]
+         "schedule.first_interval=300", "logging.tensorboard=false"]
 
 
 # --- without Ray ------------------------------------------------------------------------------------------
@@ -111,10 +113,10 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(TEST_ROUND_DELAY_ENV, str(DELAY_S))
         cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={tmp / 'a'}",
-                                    "schedule.total_env_steps=420", *SMOKE])  # round 2 would be at 450
+                                    "schedule.total_env_steps=900", *SMOKE])  # round 2 would be at 1,250
         run = CovrRun.new(cfg, progress=False).setup()
         try:
-            run.run(stop_at_env_steps=150)  # the first round point (50 warm-up + 100)
+            run.run(stop_at_env_steps=350)  # the first round point (50 warm-up + 300)
             while run.rounds.in_flight is None:
                 _one_more_iteration(run)
             first = run.rounds.in_flight
@@ -164,7 +166,7 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
 def test_training_goes_on_during_an_async_round_and_the_adapter_moves_after_it(slow_rounds):
     r0 = slow_rounds["round0"]
     h = r0["history"]
-    assert r0["index"] == 0 and r0["submitted_at"] >= 150 and h["round"] == 0.0
+    assert r0["index"] == 0 and r0["submitted_at"] >= 350 and h["round"] == 0.0
     assert h["round/failed"] == 0.0 and h["round/trained"] == 1.0 and h["schedule/round"] == 1.0
     assert r0["version_at_submit"] == -1 and r0["version_after"] == 1 == h["lora/adapter_version"]
     assert h["round/wall_s"] >= DELAY_S  # the round really took the delay...
@@ -205,7 +207,7 @@ def test_a_checkpoint_mid_round_records_it_and_a_resumed_run_completes_it(slow_r
     assert done["round/resumed"] == 1.0 and done["round/failed"] == 0.0 and done["lora/adapter_version"] == 2.0
     assert done["df/cleared_shards"] == len(r1["consumed"]) >= 1 and not (r1["consumed"] & slow_rounds["df_final"])
     final = slow_rounds["final"]
-    assert final["rounds"] == 2 and final["adapter_version"] == 2 and final["env_steps"] >= 330
+    assert final["rounds"] == 2 and final["adapter_version"] == 2 and final["env_steps"] >= 900
     assert final["failed_rounds"] == 0
 
 
