@@ -41,7 +41,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	MUJOCO_GL=egl $(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
-# The demo: COVR on the embedded highway with the tiny VLM (CPU, about 12 min on 2 cores), then the policy
+# The demo: COVR on the embedded highway with the tiny VLM (CPU, about 5 min on 2 cores), then the policy
 # network alone with a video, uniform random actions and the neutral constant action on the same episodes
 # (the levels to beat; on this highway the constant is strong: docs/results.md), the VLM alone
 # as the policy with every adapter (v0 = base model), a report, and the run's summary in both directions.
