@@ -211,6 +211,32 @@ def test_a_checkpoint_mid_round_records_it_and_a_resumed_run_completes_it(slow_r
     assert final["failed_rounds"] == 0
 
 
+def test_wait_at_next_round_holds_the_loop_at_the_next_point_until_the_round_is_in(ray_session, tiny_vlm_dir,
+                                                                                  tmp_path, monkeypatch):
+    """``schedule.wait_at_next_round``: round 0 (submitted at 150) sleeps 30 s; the loop trains on to the next
+    point (250), waits there for round 0, then submits round 1 at once: the lag is at most one interval."""
+    from covr_ray.loop.orchestrator import CovrRun
+
+    monkeypatch.setenv(TEST_ROUND_DELAY_ENV, "30")
+    cfg = load_config("smoke", [f"prior.model={tiny_vlm_dir}", f"run_dir={tmp_path / 'c'}", *SMOKE,
+                                "schedule.first_interval=100", "schedule.total_env_steps=440",  # points 150, 250
+                                "schedule.wait_at_next_round=true"])
+    run = CovrRun.new(cfg, progress=False).setup()
+    try:
+        run.run(stop_at_env_steps=150)
+        while run.rounds.in_flight is None or run.rounds.in_flight.round_index != 1:
+            _one_more_iteration(run)
+        second = run.rounds.in_flight.submitted_at
+    finally:
+        run.close()
+    (h,) = [x for x in run.history if x["round"] == 0.0]
+    step = run.cfg.sac.rollout_fragment_length * 2  # what one iteration can count (a fragment stored, one sampled)
+    assert h["round/trained"] == 1.0 and h["round/wall_s"] >= 30.0
+    assert 250 <= h["env_steps"] < 250 + step, h  # collected at the next point: the loop waited there ...
+    assert h["loop/learner_stall_s"] > 0.0
+    assert second == h["env_steps"]  # ... and round 1, due since 250, was submitted as round 0 came in
+
+
 def test_the_dashboard_shows_the_learner_stall():
     dash = json.loads((Path(__file__).resolve().parents[1] / "cluster" / "grafana" / "covr_dashboard.json").read_text())
     exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in dash["panels"]}

@@ -447,9 +447,16 @@ class ScheduleSection:
     flight (a round point reached meanwhile waits); a checkpoint records the round in flight and a resume
     finishes it. False = the loop waits for every round (the learner stalls for its length; measured as
     ``loop/learner_stall_s``). docs/finetune.md, "Asynchronous rounds"."""
+    wait_at_next_round: bool = False
+    """With ``async_rounds``: when the next round point arrives while a round is still in flight, the loop
+    waits for that round (the wait counted in ``loop/learner_stall_s``) instead of training on, so rounds
+    lag their points by at most one interval and guidance switches on near its scheduled step. For runs
+    where RL outruns the rounds (small CPU runs) but the schedule matters. False = never wait (a warning)."""
 
     def validate(self, path: str) -> None:
         _check(f"{path}.async_rounds", self.async_rounds, isinstance(self.async_rounds, bool), "true or false")
+        _check(f"{path}.wait_at_next_round", self.wait_at_next_round, isinstance(self.wait_at_next_round, bool),
+               "true or false")
         _check(f"{path}.total_env_steps", self.total_env_steps, self.total_env_steps >= 1, "an integer >= 1")
         _check(f"{path}.first_interval", self.first_interval, self.first_interval >= 1, "an integer >= 1")
         if self.max_interval is not None:

@@ -18,7 +18,9 @@ round), advances the schedule (``psi`` grows), re-ages the priors, and switches 
 and was restarted by Ray; or it trained nothing) keeps D_f, does not count, and is retried one interval
 after its point. The schedule only moves when a round is collected, so while a round is in flight its own
 point stays due; when the *next* point arrives too, that round waits (a warning says so) and is prepared as
-soon as the one in flight is collected: at most one round is in flight.
+soon as the one in flight is collected: at most one round is in flight. With ``schedule.wait_at_next_round``
+the loop itself waits there for the round in flight instead (bounded by its ``ray.get_timeout_s``; the wait
+is in ``loop/learner_stall_s``), then starts the due round: rounds lag their points by at most one interval.
 
 ``loop/learner_stall_s`` per round: the wall time the loop spent on the round instead of ``algo.train()``:
 building the kept set, submitting, collecting (hot swap included), and any blocking wait (the whole
@@ -158,10 +160,19 @@ class RoundDriver:
             return True
         if self.in_flight is not None:
             nxt = sched.next_round_at + next_interval(sched.interval, sched.round, sched.cfg.max_interval)
+            if self.run.env_steps >= nxt and sched.cfg.wait_at_next_round:
+                log.info("round %d is due at %d env steps and round %d (submitted at %d env steps) is still in "
+                         "flight: the loop waits for it (schedule.wait_at_next_round)", sched.round + 1, nxt,
+                         sched.round, self.in_flight.submitted_at)
+                self._poll(wait=True)
+                if self.in_flight is None and sched.due(self.run.env_steps):
+                    self._submit()
+                return True
             if self.run.env_steps >= nxt and self._waiting_logged_for != sched.round:
                 self._waiting_logged_for = sched.round
                 log.warning("round %d is due at %d env steps but round %d (submitted at %d env steps) is still in "
-                            "flight: it waits, and starts when round %d is collected (at most one round in flight)",
+                            "flight: it waits, and starts when round %d is collected (at most one round in flight; "
+                            "schedule.wait_at_next_round=true makes the loop wait instead)",
                             sched.round + 1, nxt, sched.round, self.in_flight.submitted_at, sched.round)
         return changed
 
