@@ -25,14 +25,14 @@ runners sample it, then waits for it, counts it and keeps its episodes for the n
 returns with the runners idle (RLlib's end-of-iteration sync of their connector states would otherwise wait
 for them, 10 s timeout), and the algorithm's count of sampled steps is what the runners sampled (RLlib
 broadcasts it back to them each iteration and the module's warm-up follows it; counting a fragment only when
-stored would wind their count back and stretch the warm-up). The weights are synced after the wait; Ray runs
-one caller's calls to an actor in order, so a fragment is sampled with the weights from before the updates
-it overlaps: one iteration of policy lag (``rollout_fragment_length`` env steps; harmless for an off-policy
-learner). The replay holds the counted steps less the kept fragment; each fragment is stored and trained on
-once, and both modes run the same updates for the same iterations. A checkpoint stores the kept fragment
-first (:func:`store_pending`), so it holds every step it counts. A runner that dies mid-fragment is marked
-unhealthy and restarted by the next ``train()``, as with RLlib's own sampling. Tests:
-tests/test_rl_overlap.py.
+stored would wind their count back and stretch the warm-up). One fragment is counted per iteration, as in
+turn; a fragment's updates run one iteration after it was sampled (after ``n`` iterations the replay and
+the updates are one fragment behind the count). The weights are synced after the wait; Ray runs one caller's
+calls to an actor in order, so a fragment is sampled with the weights from before the updates it overlaps:
+one iteration of policy lag (``rollout_fragment_length`` env steps; harmless for an off-policy learner). A
+checkpoint stores the kept fragment first (:func:`store_pending`), so it holds every step it counts. A runner
+that dies mid-fragment is marked unhealthy and restarted by the next ``train()``, as with RLlib's own
+sampling. Tests: tests/test_rl_overlap.py.
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ def _collect_sample(algo: Any) -> list[Any]:
     if group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:
         return []
     got = [r for _, r in group.fetch_ready_async_reqs(tags=SAMPLE_TAG, timeout_seconds=algo.config.sample_timeout_s)]
+    if not got:
+        logger.warning("no fragment came back from the env runners within sample_timeout_s=%s s",
+                       algo.config.sample_timeout_s)
     algo.metrics.aggregate([m for _, m in got], key=ENV_RUNNER_RESULTS)
     return [e for episodes, _ in got for e in episodes]
 
@@ -135,18 +138,12 @@ def store_pending(algo: Any) -> None:
 
 
 def _overlapped_sample(algo: Any) -> list[Any]:
-    """Episodes of one fragment per healthy runner, counted: the one kept from the previous iteration
-    (sampled while that iteration's learner updated) or, if none, one sampled now; then the next one is
-    launched, to be sampled during this iteration's updates."""
+    """The episodes kept from the previous iteration (sampled and counted while its learner updated; none
+    in the first iteration and after a checkpoint or a restore), and the next fragment launched, to be
+    sampled during this iteration's updates. One fragment per iteration, as in turn."""
     episodes, algo._covr_pending_episodes = pending_episodes(algo), []
-    if not episodes:
-        if algo.env_runner_group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:
-            launch_sample(algo)  # the first iteration, after a restore or a checkpoint, or a runner came back
-        episodes = _collect_sample(algo)
-    launch_sample(algo)
-    if not episodes:
-        logger.warning("no fragment came back from the env runners within sample_timeout_s=%s s",
-                       algo.config.sample_timeout_s)
+    if algo.env_runner_group.num_in_flight_async_reqs(tag=SAMPLE_TAG) == 0:  # else: one still out (timed out)
+        launch_sample(algo)
     return episodes
 
 
