@@ -43,6 +43,32 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _processes_with(env_entry: str) -> list[int]:
+    """Pids of the processes whose environment holds ``env_entry`` (``KEY=value``)."""
+    found, needle = [], env_entry.encode() + b"\0"
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle in fh.read() + b"\0":
+                    found.append(int(pid))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+def _wait_gone(env_entry: str, timeout_s: float) -> None:
+    """SIGKILL, until none is left, every process whose environment holds ``env_entry``."""
+    deadline = time.monotonic() + timeout_s
+    while (pids := _processes_with(env_entry)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    assert not _processes_with(env_entry), f"processes of the killed run still alive after {timeout_s} s"
+
+
 def _run_until_killed(root: Path, model: Path, tmp: Path) -> dict:
     """``covr train`` in its own process; SIGKILL once a checkpoint taken after a completed round exists and the
     run has gone past it."""
@@ -81,6 +107,9 @@ def _run_until_killed(root: Path, model: Path, tmp: Path) -> dict:
         except ProcessLookupError:
             pass
         log.close()
+        # and wait until they are gone: a LoRA trainer of the dead run that outlived the kill by a moment once
+        # saved its round's adapter after the test had listed the adapters and before the resume did
+        _wait_gone(f"RAY_TMPDIR={tmp / 'ray'}", timeout_s=120)
     return {"checkpoint_steps": ckpt_steps, "killed_at": killed_at}
 
 

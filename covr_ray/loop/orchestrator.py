@@ -257,6 +257,7 @@ class CovrRun:
                     bar.set_postfix(round=self.schedule.round, adapter=self.adapter_version)
                 if self.env_steps >= total:  # the last iteration: a round in flight is collected (bounded wait)
                     self.rounds.finish()
+                    self._log_prior_metrics(force=True)  # the service's state after the last round
                 if self.env_steps >= self._next_eval:
                     self.evaluate()
                     self._next_eval = self.env_steps + cfg.schedule.eval_every
@@ -304,8 +305,9 @@ class CovrRun:
         return {"loop/prior_starved": float(starved), "loop/priors_added": float(added),
                 "loop/env_steps_since_prior": float(silent)}
 
-    def _log_prior_metrics(self) -> None:
-        if not self.prior or time.monotonic() - self._last_prior_log < self.cfg.logging.log_every_s:
+    def _log_prior_metrics(self, force: bool = False) -> None:
+        """The prior replicas' metrics, at most every ``logging.log_every_s`` (``force``: now)."""
+        if not self.prior or (not force and time.monotonic() - self._last_prior_log < self.cfg.logging.log_every_s):
             return
 
 
