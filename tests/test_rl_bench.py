@@ -43,6 +43,10 @@ step early.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import gymnasium as gym
@@ -51,7 +55,9 @@ import pytest
 import torch
 from torch import nn
 
+from covr_ray.bench.learner import run_plain_bench
 from covr_ray.cli import main
+from covr_ray.errors import ConfigError
 from covr_ray.rl.plain import PlainPixelSAC
 from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
 from covr_ray.rl.training_step import columns_batch
@@ -215,3 +221,30 @@ def test_bench_learner_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
             "rllib_over_plain"} <= figures.keys()
     assert figures["batch_size"] == 8 and figures["obs_shape"] == [9, 24, 24] and figures["device"] == "cpu"
     assert figures["updates_per_s"] > 0 and figures["rllib_over_plain"] > 0
+
+
+def test_bench_learner_plain_path_runs_without_ray_or_gymnasium() -> None:
+    """`--paths plain` is what a GPU machine with PyTorch alone runs (cluster/gpu_figures.sh): with Ray and
+    gymnasium made unimportable it still times the reference learner, on batches sampled from its replay and
+    on one batch already on the device."""
+    code = textwrap.dedent("""
+        import json, sys
+        sys.modules["ray"] = None
+        sys.modules["gymnasium"] = None
+        from covr_ray.cli import main
+        sys.exit(main(["bench", "learner", "--paths", "plain", "--json", "--batch-size", "8", "--image-size",
+                       "24", "--updates", "2", "--warmup", "1", "--action-dim", "2", "--device", "cpu",
+                       "--set", "sac.hidden_dim=32", "--set", "sac.num_filters=8", "--set", "sac.feature_dim=16"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["paths"] == "plain" and figures["device"] == "cpu" and figures["obs_shape"] == [9, 24, 24]
+    assert figures["updates_per_s"] > 0 and figures["resident_updates_per_s"] > 0
+    assert figures["batch_size"] == 8 and figures["action_dim"] == 2 and figures["updates_timed"] == 2
+
+
+def test_bench_learner_plain_rejects_bad_sizes() -> None:
+    with pytest.raises(ConfigError, match="--action-dim"):
+        run_plain_bench(action_dim=0, batch_size=8, image_size=24, updates=1, device="cpu")

@@ -12,10 +12,18 @@ frame-stacked episodes (random pixels: speed does not depend on the content):
 ``rllib_over_plain`` = time per RLlib update / time per plain update (1.0 = no overhead); both are
 medians of interleaved calls, so a change of machine load hits both paths alike.
 
+``--paths plain`` measures the plain reference learner alone (:func:`covr_ray.rl.plain_train.build_trainer`,
+the single-process trainer's networks and hyperparameters) and imports no Ray (nor gymnasium when
+``--action-dim`` is given): it runs on a GPU machine that has PyTorch only. Its batches come from a :class:`~covr_ray.rl.replay.PixelReplay` of
+synthetic episodes, sampled on the CPU and copied to the device per update as
+:class:`~covr_ray.rl.plain_train.PlainLoop` does (``updates_per_s``); ``resident_updates_per_s`` repeats
+the update on one batch already on the device (the update's own ceiling, no sampling or copy).
+
 How to run::
 
     covr bench learner --json                          # dmc-cartpole-swingup preset, batch 64, 84x84
     covr bench learner --json --batch-size 256 --device cuda --updates 50
+    covr bench learner --json --paths plain --batch-size 512 --device cuda --updates 50   # no Ray needed
 
 Prints one JSON object: ``updates_per_s``, ``batch_size``, ``obs_shape``, ``device``, ``plain_updates_per_s``,
 ``rllib_over_plain`` plus the base, threads, parameter count and the replay's bytes per stored step.
@@ -40,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates per path first")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--paths", choices=["both", "plain"], default="both",
+                        help="both: RLlib and plain, interleaved; plain: the plain reference learner alone "
+                             "(no Ray or gymnasium import)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
@@ -169,9 +180,95 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
     }
 
 
+def _fill_pixel_replay(replay: Any, obs_shape: tuple[int, int, int], frame_stack: int, action_dim: int,
+                       steps: int, seed: int) -> None:
+    """Synthetic frame-stacked episodes of 125 steps into a :class:`PixelReplay`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    c, length, episode = obs_shape[0] // frame_stack, 125, 0
+    while len(replay) < steps:
+        frames = rng.integers(0, 256, (length + frame_stack, c) + obs_shape[1:], dtype=np.uint8)
+        obs = np.stack([frames[t:t + frame_stack].reshape(obs_shape) for t in range(length + 1)])
+        replay.add_chunk(episode, obs, rng.uniform(-1, 1, (length, action_dim)), rng.normal(size=length),
+                         terminated=False, truncated=True)
+        replay.end_episode(episode)
+        episode += 1
+
+
+def run_plain_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None = None, batch_size: int = 64,
+                    image_size: int = 84, action_dim: int | None = None, updates: int = 10, warmup: int = 2,
+                    device: str = "auto", threads: int | None = None) -> Dict[str, Any]:
+    """The plain reference learner alone, no Ray or gymnasium (see the module docstring)."""
+    import torch
+
+    from covr_ray.config import load_config
+    from covr_ray.errors import ConfigError
+    from covr_ray.rl.networks import count_parameters
+    from covr_ray.rl.plain_train import _to_device, build_trainer
+    from covr_ray.rl.replay import PixelReplay
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("--device", device, "cpu or auto on a machine without CUDA")
+    for name, value, lo in (("--updates", updates, 1), ("--warmup", warmup, 0), ("--batch-size", batch_size, 1),
+                            ("--action-dim", 1 if action_dim is None else action_dim, 1)):
+        if value < lo:
+            raise ConfigError(name, value, f"an integer >= {lo}")
+    cfg = load_config(preset, overrides=list(overrides or []) + [
+        f"sac.batch_size={batch_size}", f"env.image_size={image_size}"])
+    if action_dim is None:
+        from covr_envs.registry import resolve_env_spec
+
+        action_dim = resolve_env_spec(cfg.env).action_dim
+    obs_shape = (3 * cfg.env.frame_stack, image_size, image_size)
+    torch.manual_seed(cfg.seed)
+    trainer, _spec = build_trainer(cfg, obs_shape, action_dim, "cuda" if use_cuda else "cpu")
+    dev = trainer.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    capacity = max(4 * batch_size, 1000)
+    replay = PixelReplay(capacity, obs_shape, action_dim, frame_stack=cfg.env.frame_stack, seed=cfg.seed)
+    _fill_pixel_replay(replay, obs_shape, cfg.env.frame_stack, action_dim, capacity, cfg.seed)
+    resident = _to_device(replay.sample(batch_size), dev)
+
+    def sampled_update() -> None:
+        trainer.update(_to_device(replay.sample(batch_size), dev))
+
+    def resident_update() -> None:
+        trainer.update(resident)
+
+    paths = [sampled_update, resident_update]
+    for fn in paths:
+        for _ in range(warmup):
+            fn()
+    sampled_s, resident_s = _timed(paths, updates, sync)
+    return {
+        "updates_per_s": round(1.0 / sampled_s, 3),
+        "resident_updates_per_s": round(1.0 / resident_s, 3),
+        "batch_size": batch_size,
+        "obs_shape": list(obs_shape),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "paths": "plain",
+        "base": cfg.sac.base,
+        "hidden_dim": cfg.sac.hidden_dim,
+        "action_dim": action_dim,
+        "threads": torch.get_num_threads(),
+        "parameters": count_parameters([trainer.encoder, trainer.actor, trainer.critic]),
+        "updates_timed": updates,
+        "torch": torch.__version__,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from covr_ray.bench import print_figures
 
+    if args.paths == "plain":
+        figures = run_plain_bench(args.preset, args.overrides, args.batch_size, args.image_size,
+                                  args.action_dim, args.updates, args.warmup, args.device, args.threads)
+        print_figures(figures, args.json)
+        return 0
     figures = run_bench(args.preset, args.overrides, args.batch_size, args.image_size, args.action_dim,
                         args.updates, args.warmup, args.device, args.threads)
     print_figures(figures, args.json)
