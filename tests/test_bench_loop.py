@@ -25,8 +25,13 @@ def test_env_rates_alternate_blocks_and_the_wrapped_env_queries_the_live_service
     # the rates are totals over the blocks: between the slowest and the fastest block of each side
     for side in ("off", "on"):
         assert min(out[f"blocks_{side}"]) - 0.1 <= out[side] <= max(out[f"blocks_{side}"]) + 0.1
+    # the service answered the wrapped env before the timing (the warm-up waits for it), and every prior step
+    # of the on-blocks went to the client: a query sent, or skipped while one was in flight (on a loaded
+    # machine one answer can take longer than the short blocks)
+    assert out["prior_client_warmup"]["answered"] >= 1, out["prior_client_warmup"]
     client = out["prior_client"]
-    assert client["sent"] >= 1 and client["answered"] >= 1, client  # the on-blocks really queried the VLM
+    # prior_every=2: at least 12 prior steps in each of the 2 on-blocks of 24 steps (an episode's first step counts)
+    assert client["sent"] + client["skipped_busy"] >= 24, client
     assert out["prior_answers_per_s"] is not None and out["prior_answers_per_s"] > 0
 
 

@@ -5,8 +5,9 @@
   env steps. Actor start-up (engine load) is excluded: it is paid once per run, not per step.
 - ``env_rate_prior_on_over_off``: agent steps per second of one env wrapped in the prior client (querying a
   live prior service every ``prior.prior_every`` steps, never blocking) over the bare env, in
-  ``--env-repeats`` alternating blocks of ``--env-steps`` each (``env_rate_blocks_off`` / ``_on``), with the
-  service's answers per second and median latency beside it.
+  ``--env-repeats`` alternating blocks of ``--env-steps`` each (``env_rate_blocks_off`` / ``_on``), after an
+  untimed warm-up that lasts until the service has answered once; with the service's answers per second and
+  median latency beside it, and the client's counts over the timed blocks (``prior_client``).
 
 Targets (:data:`TARGETS`): <= 1.15 and >= 0.95, on a quiet machine. The output states what was measured and
 under which conditions: ``preset``, ``steps`` (env steps of each run), ``env_rate_agent_steps``,
@@ -69,7 +70,8 @@ def _round(value: Any, digits: int) -> Any:
     return None if value is None else round(float(value), digits)
 
 
-def _env_rate(env: Any, steps: int, seed: int) -> float:
+def _env_block_s(env: Any, steps: int, seed: int) -> float:
+    """Seconds for ``steps`` random-action agent steps of ``env`` (reset first, untimed)."""
     env.reset(seed=seed)
     env.action_space.seed(seed)
     t0 = time.perf_counter()
@@ -77,14 +79,16 @@ def _env_rate(env: Any, steps: int, seed: int) -> float:
         _obs, _r, terminated, truncated, _info = env.step(env.action_space.sample())
         if terminated or truncated:
             env.reset()
-    return steps / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
 def env_rates(cfg: Any, steps: int, timeout_s: float, repeats: int = 3) -> dict[str, Any]:
     """Bare env steps/s and steps/s with the prior client querying a live service: after an untimed
     warm-up of each, ``repeats`` timed blocks of ``steps`` agent steps alternate between the two (a change
-    of the machine's load hits both alike); the rates are totals over the blocks. Also the service's own
-    figures over the run (answers per second, latency), the other side of the trade."""
+    of the machine's load hits both alike); the rates are totals over the blocks. The warm-up of the wrapped env
+    lasts until the service has answered it once. Also the service's own figures over the run (answers per
+    second, latency), the other side of the trade, and the client's counts over the timed blocks
+    (``prior_client``; ``prior_client_warmup``: before them)."""
     import ray
 
     from covr_envs.registry import make_env_from_config, resolve_env_spec
@@ -103,11 +107,13 @@ def env_rates(cfg: Any, steps: int, timeout_s: float, repeats: int = 3) -> dict[
             wrapped = PriorWrapper.from_config(make_env_from_config(cfg.env, cfg.seed), cfg, run_id=run_id,
                                                worker_index=0, action_dim=spec.action_dim)
             for env in (bare, wrapped):  # untimed: first resets, first queries, caches
-                _env_rate(env, min(steps, 50), cfg.seed)
+                _env_block_s(env, min(steps, 50), cfg.seed)
+            _until_first_answer(wrapped, timeout_s, cfg.seed)  # the timed blocks exclude the first answer's wait
+            warm = _client_counts(wrapped)
             blocks: dict[str, list[float]] = {"off": [], "on": []}
             for i in range(repeats):
                 for key, env in (("off", bare), ("on", wrapped)) if i % 2 == 0 else (("on", wrapped), ("off", bare)):
-                    blocks[key].append(steps / _env_rate(env, steps, cfg.seed + 1 + i))  # seconds
+                    blocks[key].append(_env_block_s(env, steps, cfg.seed + 1 + i))
             served = ray.get(service.metrics.remote(), timeout=timeout_s)
         finally:
             ray.kill(service, no_restart=True)
@@ -115,8 +121,29 @@ def env_rates(cfg: Any, steps: int, timeout_s: float, repeats: int = 3) -> dict[
             "blocks_off": [round(steps / b, 1) for b in blocks["off"]],
             "blocks_on": [round(steps / b, 1) for b in blocks["on"]],
             "prior_answers_per_s": served.get("prior/qps"), "prior_latency_p50_ms": served.get("prior/latency_p50_ms"),
-            "prior_client": {k.split("/", 1)[1]: v for k, v in wrapped.prior_stats().items()
-                             if k.split("/", 1)[1] in ("sent", "answered", "skipped_busy", "timeouts", "errors")}}
+            "prior_client_warmup": warm,
+            "prior_client": {k: v - warm[k] for k, v in _client_counts(wrapped).items()}}
+
+
+_CLIENT_COUNTS = ("sent", "answered", "skipped_busy", "timeouts", "errors")
+
+
+def _client_counts(wrapped: Any) -> dict[str, float]:
+    stats = wrapped.prior_stats()
+    return {k: stats.get(f"prior_client/{k}", 0.0) for k in _CLIENT_COUNTS}
+
+
+def _until_first_answer(wrapped: Any, timeout_s: float, seed: int) -> None:
+    """Step the prior-wrapped env (untimed) until the service has answered it once; a service that does not
+    answer within ``timeout_s`` is an error, not a rate."""
+    from covr_ray.errors import PriorServiceError
+
+    deadline = time.monotonic() + timeout_s
+    while _client_counts(wrapped)["answered"] < 1:
+        if time.monotonic() > deadline:
+            raise PriorServiceError(f"the prior service answered none of the env's queries within {timeout_s} s "
+                                    f"(client counts {_client_counts(wrapped)})")
+        _env_block_s(wrapped, 10, seed)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,7 +80,10 @@ class CovrSAC(SAC):
         return out
 
     def restore_from_path(self, path: Union[str, Path], *args: Any, **kwargs: Any) -> None:
-        settle_sampling(self)  # a fragment sampled before the restore belongs to the state left behind
+        # train() returns with the runners idle, so normally nothing is in flight here; after an interrupted
+        # train() a fragment may be: wait for it (no runner samples during the restore), then drop it with the
+        # rest of the state the restore replaces.
+        settle_sampling(self)
         self._covr_pending_episodes = []
         super().restore_from_path(path, *args, **kwargs)
         replay_dir = Path(path) / REPLAY_DIR
