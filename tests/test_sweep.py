@@ -388,3 +388,50 @@ def test_poll_or_stop_stops_an_overdue_step_it_started_and_leaves_a_foreign_one(
     assert poll_or_stop(backend, Handle(pid=done.pid, proc=done), tmp_path, overdue=True) == (0, False)
     # a run some other process holds is never stopped; without the run's lock it counts as ended
     assert poll_or_stop(backend, backend.attach("12345"), tmp_path, overdue=True) == (0, False)
+
+
+class _TrivialRunBackend(LocalBackend):
+    """Local mode whose "runs" are a short no-op process each (the scheduling is under test, not covr train);
+    records when each started."""
+
+    def __init__(self) -> None:
+        super().__init__(stop_timeout_s=10)
+        self.started: list[tuple[str, float]] = []
+
+    def start(self, plan: Any, resume: bool, attempt: int) -> Handle:
+        self.started.append((plan.rel, time.monotonic()))
+        proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+        return Handle(pid=proc.pid, proc=proc)
+
+
+def test_max_parallel_counts_a_run_followed_elsewhere(tmp_path: Path) -> None:
+    """A run another process holds (a `covr train` by hand, or the orphan of a killed sweep) runs on the same
+    machine: with --max-parallel 1 the sweep starts nothing until it ends."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(seeds=[0], variants={"base": ["prior.enabled=false"],
+                                                            "sac": ["prior.enabled=false", "sac.base=sac"]})))
+    spec, out = load_spec(path), tmp_path / "out"
+    held = next(p for p in spec.plans(out) if p.variant == "base")
+    RunDir.create(held.run_dir, held.config())
+    holder = subprocess.Popen(  # holds the run's driver lock for 4 s, as a live driver does
+        [sys.executable, "-c", "import sys, time; from covr_ray.run_dir import RunDir; "
+                               "RunDir(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(4)",
+         str(held.run_dir)], stdout=subprocess.PIPE, text=True, env={**os.environ,
+                                                                     "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        locked_at = time.monotonic()
+        backend = _TrivialRunBackend()
+        sweep = Sweep(spec, out, backend=backend, max_parallel=1, poll_s=0.2, echo=lambda line: None)
+        actions = {e.plan.rel: e.action for e in sweep.prepare()}
+        assert actions == {"base/s0": "attach", "sac/s0": "new"}, actions
+        sweep.run()
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=10)
+    # sac/s0 first, not before the followed run ended (the holder keeps the lock 4 s after `locked_at`);
+    # then base/s0, which the holder left unfinished, resumed like any crashed run
+    assert [rel for rel, _ in backend.started] == ["sac/s0", "base/s0"]
+    assert backend.started[0][1] - locked_at >= 3.0, backend.started[0][1] - locked_at

@@ -219,7 +219,7 @@ class Sweep:
         self._save()
         try:
             while queue or running:
-                while queue and len([e for e in running if not (e.handle and e.handle.foreign)]) < self.max_parallel:
+                while queue and len(running) < self.max_parallel:  # runs followed elsewhere count too
                     entry = queue.pop(0)
                     self._start(entry)
                     running.append(entry)
