@@ -14,10 +14,11 @@ medians of interleaved calls, so a change of machine load hits both paths alike.
 
 ``--paths plain`` measures the plain reference learner alone (:func:`covr_ray.rl.plain_train.build_trainer`,
 the single-process trainer's networks and hyperparameters) and imports no Ray (nor gymnasium when
-``--action-dim`` is given): it runs on a GPU machine that has PyTorch only. Its batches come from a :class:`~covr_ray.rl.replay.PixelReplay` of
-synthetic episodes, sampled on the CPU and copied to the device per update as
-:class:`~covr_ray.rl.plain_train.PlainLoop` does (``updates_per_s``); ``resident_updates_per_s`` repeats
-the update on one batch already on the device (the update's own ceiling, no sampling or copy).
+``--action-dim`` is given): it runs on a GPU machine that has PyTorch only. Its batches come from a
+:class:`~covr_ray.rl.replay.PixelReplay` of synthetic episodes, sampled on the CPU and copied to the device
+per update as :class:`~covr_ray.rl.plain_train.PlainLoop` does (``updates_per_s``);
+``resident_updates_per_s`` repeats the update on one batch already on the device (the update's own ceiling,
+no sampling or copy).
 
 How to run::
 
@@ -50,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--paths", choices=["both", "plain"], default="both",
                         help="both: RLlib and plain, interleaved; plain: the plain reference learner alone "
-                             "(no Ray or gymnasium import)")
+                             "(no Ray import; no gymnasium either with --action-dim)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
 
 
