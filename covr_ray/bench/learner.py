@@ -16,9 +16,10 @@ medians of interleaved calls, so a change of machine load hits both paths alike.
 the single-process trainer's networks and hyperparameters) and imports no Ray (nor gymnasium when
 ``--action-dim`` is given): it runs on a GPU machine that has PyTorch only. Its batches come from a
 :class:`~covr_ray.rl.replay.PixelReplay` of synthetic episodes, sampled on the CPU and copied to the device
-per update as :class:`~covr_ray.rl.plain_train.PlainLoop` does (``updates_per_s``);
+per update as :class:`~covr_ray.rl.plain_train.PlainLoop` does, into the replay's reused buffers
+(``updates_per_s``); into fresh arrays (``fresh_buffers_updates_per_s``, ``reuse_over_fresh`` the speed-up);
 ``resident_updates_per_s`` repeats the update on one batch already on the device (the update's own ceiling,
-no sampling or copy).
+no sampling or copy). The three are interleaved.
 
 How to run::
 
@@ -234,19 +235,24 @@ def run_plain_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] |
     _fill_pixel_replay(replay, obs_shape, cfg.env.frame_stack, action_dim, capacity, cfg.seed)
     resident = _to_device(replay.sample(batch_size), dev)
 
-    def sampled_update() -> None:
+    def sampled_update() -> None:  # as PlainLoop and the training step: the replay's buffers reused
+        trainer.update(_to_device(replay.sample(batch_size, reuse_buffers=True), dev))
+
+    def fresh_update() -> None:
         trainer.update(_to_device(replay.sample(batch_size), dev))
 
     def resident_update() -> None:
         trainer.update(resident)
 
-    paths = [sampled_update, resident_update]
+    paths = [sampled_update, fresh_update, resident_update]
     for fn in paths:
         for _ in range(warmup):
             fn()
-    sampled_s, resident_s = _timed(paths, updates, sync)
+    sampled_s, fresh_s, resident_s = _timed(paths, updates, sync)
     return {
         "updates_per_s": round(1.0 / sampled_s, 3),
+        "fresh_buffers_updates_per_s": round(1.0 / fresh_s, 3),
+        "reuse_over_fresh": round(fresh_s / sampled_s, 3),
         "resident_updates_per_s": round(1.0 / resident_s, 3),
         "batch_size": batch_size,
         "obs_shape": list(obs_shape),

@@ -119,7 +119,8 @@ class PlainLoop:
         if self.agent_steps >= s.learning_starts and len(self.replay):
             t0 = time.perf_counter()
             while self.updates < owed:
-                self.trainer.update(_to_device(self.replay.sample(s.batch_size), self.trainer.device))
+                batch = self.replay.sample(s.batch_size, reuse_buffers=True)  # consumed before the next
+                self.trainer.update(_to_device(batch, self.trainer.device))
                 self.updates += 1
             self.update_s += time.perf_counter() - t0
 

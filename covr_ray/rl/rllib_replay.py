@@ -112,7 +112,7 @@ class CovrEpisodeReplayBuffer(ReplayBufferInterface):
         """``num_items`` uniform 1-step transitions as columns (:meth:`PixelReplay.sample`'s arrays, the
         priors after the age mask). Raises ReplayError for an empty buffer and for RLlib's other sample
         forms (``n_step`` other than 1, ``batch_length_T``, ``sample_episodes``): there is no episode
-        sampling path."""
+        sampling path. ``reuse_buffers=True``: see :meth:`PixelReplay.sample`."""
         n_step, length = kwargs.get("n_step", 1), kwargs.get("batch_length_T")
         as_episodes = kwargs.get("sample_episodes")
         if n_step not in (None, 1) or length or as_episodes:
@@ -122,7 +122,7 @@ class CovrEpisodeReplayBuffer(ReplayBufferInterface):
             raise ReplayError(f"sample needs num_items >= 1, got {num_items!r}")
         if self.core is None or len(self.core) == 0:
             raise ReplayError("cannot sample from an empty replay buffer")
-        return self.core.sample(int(num_items))
+        return self.core.sample(int(num_items), reuse_buffers=bool(kwargs.get("reuse_buffers", False)))
 
     def get_metrics(self) -> Dict[str, Any]:
         """The buffer's metrics as of the last ``add`` (sizes, coverages), with the counters refreshed

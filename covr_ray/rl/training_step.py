@@ -191,7 +191,8 @@ def _updates(algo: Any, module_id: str, sample_and_train_weight: int) -> Any:
     learner_results = None
     for _ in range(sample_and_train_weight):
         with algo.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
-            batch = columns_batch(replay.sample(config.total_train_batch_size), module_id)
+            # the update consumes the batch before the next sample: the replay's buffers can be reused
+            batch = columns_batch(replay.sample(config.total_train_batch_size, reuse_buffers=True), module_id)
         algo.metrics.aggregate([replay.get_metrics()], key=REPLAY_BUFFER_RESULTS)
         with algo.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = algo.learner_group.update(batch=batch, timesteps=timesteps)
