@@ -170,7 +170,12 @@ def test_guidance_survives_the_crash_the_new_service_answers_and_priors_reach_th
     assert added[-1] > added[0]  # new priors kept reaching the replay after the resume
     assert max(values("prior/answered_total")) > 0 and max(values("prior/replicas")) == 1
     answered = values("prior_client/answered")  # what the env runners' prior wrappers counted (run totals)
-    assert answered[-1] > answered[0] and values("prior_client/with_prior_frac")[-1] > 0
+    assert answered[-1] > answered[0]
+    # and the answers were used: at their own steps (in time), or attached to them by step id when late. On a
+    # loaded box (load 12, answers taking 0.8-1.1 s) every answer came late: with_prior stayed 0 while
+    # replay/late_priors_attached grew with the answers
+    in_time, attached_late = values("prior_client/with_prior"), values("replay/late_priors_attached")
+    assert in_time[-1] > in_time[0] or attached_late[-1] > attached_late[0], (in_time, attached_late)
 
 
 def test_rounds_ran_after_warmup_and_adapters_were_hot_swapped(crashed_and_resumed):
