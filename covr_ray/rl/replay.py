@@ -34,7 +34,7 @@ The pool is allocated with ``np.zeros`` (pages are committed only when first wri
 
 Sampling into reused buffers: a batch's ``obs`` and ``next_obs`` are the largest arrays the training loop
 makes (2 x 32.5 MB at batch 512, 9x84x84), and a fresh array that large is fresh memory to the allocator,
-mapped page by page as the gather first writes it: ~900-1,000 page faults a sample, measured, most of the
+mapped page by page as the gather first writes it: ~900-1,000 page faults a sample, measured, 40-70 % of the
 gather's CPU time (2-core box: 4.0 vs 1.3 ms a sample at batch 128, 17.2 vs 9.9 ms at 512, CPU time).
 ``sample(..., reuse_buffers=True)`` gathers the frames into two pairs of arrays the buffer keeps and hands
 out in turn: a batch stays valid until the second sample after it. The training loops consume each batch
