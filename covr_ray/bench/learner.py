@@ -98,6 +98,24 @@ def _fill_replay(buf: Any, obs_shape: tuple[int, int, int], frame_stack: int, ac
                                     observation_space=obs_space, action_space=act_space)])
 
 
+def _check_and_set(device: str, threads: int | None, minimums: tuple[tuple[str, int, int], ...]) -> bool:
+    """Both benches' argument checks (each ``(flag, value, lowest allowed)``; ConfigError naming the flag) and
+    torch's thread count; returns whether the learner runs on CUDA."""
+    import torch
+
+    from covr_ray.errors import ConfigError
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("--device", device, "cpu or auto on a machine without CUDA")
+    for name, value, lo in minimums:
+        if value < lo:
+            raise ConfigError(name, value, f"an integer >= {lo}")
+    return use_cuda
+
+
 def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None = None, batch_size: int = 64,
               image_size: int = 84, action_dim: int | None = None, updates: int = 10, warmup: int = 2,
               device: str = "auto", threads: int | None = None) -> Dict[str, Any]:
@@ -107,21 +125,14 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
     import torch
 
     from covr_ray.config import load_config
-    from covr_ray.errors import ConfigError
     from covr_ray.rl.algo import MODULE_ID, build_algorithm_config
     from covr_ray.rl.networks import count_parameters
     from covr_ray.rl.plain import PlainPixelSAC
     from covr_ray.rl.rllib_replay import CovrEpisodeReplayBuffer
     from covr_ray.rl.training_step import columns_batch
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("--device", device, "cpu or auto on a machine without CUDA")
-    for name, value, lo in (("--updates", updates, 1), ("--warmup", warmup, 0), ("--batch-size", batch_size, 1)):
-        if value < lo:
-            raise ConfigError(name, value, f"an integer >= {lo}")
+    use_cuda = _check_and_set(device, threads, (("--updates", updates, 1), ("--warmup", warmup, 0),
+                                                 ("--batch-size", batch_size, 1)))
     cfg = load_config(preset, overrides=list(overrides or []) + [
         f"sac.batch_size={batch_size}", f"env.image_size={image_size}", "schedule.cold_start_rounds=0",
         f"sac.buffer_capacity={max(4 * batch_size, 1000)}"])
@@ -205,20 +216,13 @@ def run_plain_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] |
     import torch
 
     from covr_ray.config import load_config
-    from covr_ray.errors import ConfigError
     from covr_ray.rl.networks import count_parameters
     from covr_ray.rl.plain_train import _to_device, build_trainer
     from covr_ray.rl.replay import PixelReplay
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("--device", device, "cpu or auto on a machine without CUDA")
-    for name, value, lo in (("--updates", updates, 1), ("--warmup", warmup, 0), ("--batch-size", batch_size, 1),
-                            ("--action-dim", 1 if action_dim is None else action_dim, 1)):
-        if value < lo:
-            raise ConfigError(name, value, f"an integer >= {lo}")
+    use_cuda = _check_and_set(device, threads, (("--updates", updates, 1), ("--warmup", warmup, 0),
+                                                 ("--batch-size", batch_size, 1),
+                                                 ("--action-dim", 1 if action_dim is None else action_dim, 1)))
     cfg = load_config(preset, overrides=list(overrides or []) + [
         f"sac.batch_size={batch_size}", f"env.image_size={image_size}"])
     if action_dim is None:
