@@ -134,9 +134,10 @@ def _sync(plain: PlainPixelSAC, learner: Any) -> None:
             plain_opt.state[mine[name_of[id(p)]]] = {k: v.clone() for k, v in rllib_opt.state[p].items()}
 
 
-@pytest.mark.parametrize("base,lam,critic_loss", [("rad", 0.0, "mse"), ("sac", 3.0, "mse"), ("rad", 0.0, "huber")])
-def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, critic_loss: str) -> None:
-    cfg = tiny_cfg(base=base, lam=lam, critic_loss=critic_loss)
+@pytest.mark.parametrize("base,lam,critic_loss,gate", [("rad", 0.0, "mse", "none"), ("sac", 3.0, "mse", "none"),
+                                                      ("rad", 0.0, "huber", "none"), ("rad", 3.0, "mse", "q_filter")])
+def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, critic_loss: str, gate: str) -> None:
+    cfg = tiny_cfg(base=base, lam=lam, critic_loss=critic_loss, gate=gate)
     learner = make_learner(cfg, seed=3)
     module = learner.module[MID]
     module.double()  # in place: RLlib's optimizers keep the same parameter objects (their state is still empty)
@@ -145,10 +146,11 @@ def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, c
                                       alpha_lr=s.alpha_lr, alpha_beta=s.alpha_beta, tau=s.tau,
                                       encoder_tau=s.encoder_tau, target_update_every=s.target_update_every,
                                       prior_weight=lam, prior_action_source=s.prior_action_source,
-                                      critic_loss=s.critic_loss)
+                                      critic_loss=s.critic_loss, prior_gate=s.prior_gate)
     buf = _collect(60, seed=9)
     batch_size = 16
     terminals = priors = 0
+    gate_passes: list[float] = []
     example = buf.sample(batch_size)
     lengths = accumulation_lengths(_UpdateNets(module), torch.as_tensor(example["obs"]),
                                    torch.as_tensor(example["actions"], dtype=torch.float64))
@@ -169,6 +171,10 @@ def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, c
         torch.manual_seed(step)
         metrics = plain.update({k: torch.as_tensor(v) for k, v in arrays.items()})
 
+        if gate != "none":
+            # same rows passed (RLlib keeps its metrics in float32)
+            assert results[MID]["prior_gate_pass"].peek() == pytest.approx(metrics["plain/gate_pass"], rel=1e-6)
+            gate_passes.append(metrics["plain/gate_pass"])
         for key, plain_key in (("critic_loss", "plain/critic"), ("prior_loss", "plain/prior")):
             value = metrics[plain_key]
             atol = cast_atol(value, torch.float32) + chain_atol(depth, n, max(1.0, abs(value)), torch.float64)
@@ -202,6 +208,8 @@ def test_plain_pytorch_update_matches_the_rllib_learner(base: str, lam: float, c
         assert far[1] > 1000 and far[0] >= 0.99 * far[1], f"step {step}: {far[0]} of {far[1]} moved weights"
     assert terminals > 0  # the batches did exercise the terminal mask
     assert 0 < priors < 3 * batch_size  # and the prior columns, rows with and without a prior
+    if gate != "none":  # and the gate, with rows on both sides of it
+        assert any(0.0 < p < 1.0 for p in gate_passes), gate_passes
 
 
 def _weight_tol(p: torch.Tensor, optimizer: torch.optim.Adam, grad_tol: float, u: float) -> torch.Tensor:

@@ -165,7 +165,7 @@ def run_bench(preset: str = "dmc-cartpole-swingup", overrides: list[str] | None 
                                       alpha_lr=s.alpha_lr, alpha_beta=s.alpha_beta, tau=s.tau,
                                       encoder_tau=s.encoder_tau, target_update_every=s.target_update_every,
                                       prior_weight=s.lam, prior_action_source=s.prior_action_source,
-                                      critic_loss=s.critic_loss, device=dev)
+                                      critic_loss=s.critic_loss, prior_gate=s.prior_gate, device=dev)
     learner.set_prior_weight(s.lam)
 
     def plain_update() -> None:

@@ -249,6 +249,11 @@ class SACSection:
     prior_action_source: Literal["mean", "sample"] = "mean"
     """Which policy action the regulariser compares with a_v: the squashed mean or a reparameterised
     sample."""
+    prior_gate: Literal["none", "q_filter"] = "none"
+    """Which samples the regulariser pulls toward a_v: ``none`` = every sample with a prior (the paper);
+    ``q_filter`` = only those where the critic rates a_v above the policy's own action,
+    ``min(Q1, Q2)(o, a_v) > min(Q1, Q2)(o, a_r)`` (Nair et al. 2018's Q-filter; beyond the paper,
+    :mod:`covr_ray.rl.regulariser`). ``learner/prior_gate_pass`` logs the share that passed."""
     alpha_beta: float = 0.5
     """Adam beta1 of the temperature optimizer (RAD/CURL: 0.5; actor and critic use 0.9)."""
     critic_loss: Literal["mse", "huber"] = "mse"

@@ -46,8 +46,8 @@ RUN_LOCAL: tuple[str, ...] = (
 )
 #: Fields a run with ``prior.enabled=false`` does not use (no VLM, no rounds, lambda 0).
 PRIOR_ONLY: tuple[str, ...] = (
-    "prior.", "eddf.", "ralw.", "lora.", "sac.lam", "sac.prior_action_source", "schedule.first_interval",
-    "schedule.max_interval", "schedule.cold_start_rounds", "ray.prior_replicas",
+    "prior.", "eddf.", "ralw.", "lora.", "sac.lam", "sac.prior_action_source", "sac.prior_gate",
+    "schedule.first_interval", "schedule.max_interval", "schedule.cold_start_rounds", "ray.prior_replicas",
 )
 _PRIOR_SWITCH = "prior.enabled"
 

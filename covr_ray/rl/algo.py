@@ -136,7 +136,8 @@ def learner_uses_gpu(cfg: CovrConfig) -> bool:
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", cfg.device, "cpu or auto on a machine without CUDA")
-    return cfg.ray.num_gpus_learner > 0 and (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()))
+    return cfg.ray.num_gpus_learner > 0 and (cfg.device == "cuda"
+                                             or (cfg.device == "auto" and torch.cuda.is_available()))
 
 
 def learner_threads(cfg: CovrConfig, cpus: Optional[int] = None) -> Optional[int]:
@@ -189,6 +190,7 @@ def build_algorithm_config(cfg: CovrConfig, env: Any = None, env_config: Optiona
                   learner_config_dict={"alpha_beta": s.alpha_beta, "encoder_tau": s.encoder_tau,
                                        "target_update_every": s.target_update_every, "prior_weight": lam0,
                                        "prior_action_source": s.prior_action_source,
+                                       "prior_gate": s.prior_gate,
                                        "critic_loss": s.critic_loss})
         .rl_module(rl_module_spec=RLModuleSpec(module_class=PixelSACModule, model_config=module_config(cfg)))
         .training(gamma=s.gamma, actor_lr=s.actor_lr, critic_lr=s.critic_lr, alpha_lr=s.alpha_lr,
@@ -298,6 +300,7 @@ METRIC_PATHS = {
     ("learners", MODULE_ID, "prior_loss"): "learner/prior_loss",
     ("learners", MODULE_ID, "prior_weight"): "learner/prior_weight",
     ("learners", MODULE_ID, "prior_coverage"): "learner/prior_coverage",
+    ("learners", MODULE_ID, "prior_gate_pass"): "learner/prior_gate_pass",
     ("learners", MODULE_ID, "num_module_steps_trained_lifetime"): "learner/samples_trained",
     ("env_runners", "episode_return_mean"): "rollout/episode_return_mean",
     ("env_runners", "episode_len_mean"): "rollout/episode_len_mean",

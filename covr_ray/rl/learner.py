@@ -32,6 +32,12 @@ temperature tuning. ``prior_action_source: sample`` (the same reparameterised sa
 loss uses) is kept as an ablation. Both are computed on the same (augmented) observation as the SAC
 actor loss.
 
+Which samples (``prior_gate``, beyond the paper): ``none`` keeps every sample with a prior; ``q_filter``
+keeps those where the critic rates ``a_v`` above ``a_r`` on the same features
+(:func:`covr_ray.rl.regulariser.q_filter`), logged as ``prior_gate_pass`` (``learner/prior_gate_pass``).
+``prior_coverage`` stays the share of the batch with a prior, gated or not; ``prior_loss`` is the term as
+it enters the loss (over the samples that passed).
+
 ``lambda`` is a plain float read at every update: the orchestrator switches guidance on after the
 cold start with :meth:`CovrSACLearner.set_prior_weight` through the LearnerGroup
 (:func:`covr_ray.rl.algo.set_prior_weight`) without rebuilding anything. With ``lambda == 0`` no term
@@ -54,10 +60,10 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
-from covr_ray.rl.regulariser import prior_regulariser
+from covr_ray.rl.regulariser import PRIOR_GATES, prior_regulariser, q_filter
 from covr_ray.rl.networks import squashed_mean
 from covr_ray.rl.optim import adam
-from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, LOGP_CURR, LOGP_NEXT, PixelSACModule
+from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, ACTOR_FEATURES, LOGP_CURR, LOGP_NEXT, PixelSACModule
 
 #: learner_config_dict keys (written by covr_ray.rl.algo.build_algorithm_config) and defaults.
 LEARNER_DEFAULTS: Dict[str, Any] = {
@@ -67,6 +73,7 @@ LEARNER_DEFAULTS: Dict[str, Any] = {
     "critic_loss": "mse",
     "prior_weight": 0.0,
     "prior_action_source": "mean",
+    "prior_gate": "none",
 }
 
 #: metric names logged under the module id (mapped to ``learner/<name>`` by covr_ray.rl.algo).
@@ -75,6 +82,7 @@ CRITIC_LOSS_KEY = "critic_loss"
 PRIOR_LOSS_KEY = "prior_loss"
 PRIOR_WEIGHT_KEY = "prior_weight"
 PRIOR_COVERAGE_KEY = "prior_coverage"
+PRIOR_GATE_KEY = "prior_gate_pass"
 
 
 def check_prior_weight(value: Any) -> float:
@@ -239,6 +247,8 @@ class CovrSACLearner(PixelSACLearner):
         if source not in ("mean", "sample"):
             raise LearnerError(f"prior_action_source must be 'mean' or 'sample', got {source!r}")
         self._prior_source_key = ACTION_MEAN if source == "mean" else ACTION_SAMPLE
+        if self._covr["prior_gate"] not in PRIOR_GATES:
+            raise LearnerError(f"prior_gate must be one of {PRIOR_GATES}, got {self._covr['prior_gate']!r}")
 
     def set_prior_weight(self, value: float) -> float:
         """Set lambda for the following updates (0 = guidance off); returns the value now in force."""
@@ -255,15 +265,20 @@ class CovrSACLearner(PixelSACLearner):
         if missing:
             raise LearnerError(f"train batch lacks the prior columns {missing}; train on replay columns "
                                "(covr_ray.rl.training_step.columns_batch, as CovrSAC's training step does)")
-        prior_loss, coverage = prior_regulariser(fwd_out[self._prior_source_key], batch[PRIOR_ACTION],
-                                                 batch[PRIOR_MASK])
         lam = self._prior_weight
+        a_r, mask, gate = fwd_out[self._prior_source_key], batch[PRIOR_MASK], {}
+        if lam > 0.0 and self._covr["prior_gate"] == "q_filter":
+            critic, features = self.module[module_id].unwrapped().critic, fwd_out[ACTOR_FEATURES]
+            mask, passed = q_filter(lambda a: torch.min(*critic(features, a)), a_r, batch[PRIOR_ACTION], mask)
+            gate = {PRIOR_GATE_KEY: passed}
+        prior_loss, _ = prior_regulariser(a_r, batch[PRIOR_ACTION], mask)
+        coverage = batch[PRIOR_MASK].to(a_r.dtype).mean()
         if lam > 0.0:
             weighted = lam * prior_loss
             self._temp_losses[(module_id, POLICY_LOSS_KEY)] = self._temp_losses[(module_id, POLICY_LOSS_KEY)] + weighted
             total = total + weighted
         self.metrics.log_dict({PRIOR_LOSS_KEY: prior_loss.detach(), PRIOR_COVERAGE_KEY: coverage.detach(),
-                               PRIOR_WEIGHT_KEY: lam}, key=module_id, window=1)
+                               PRIOR_WEIGHT_KEY: lam, **gate}, key=module_id, window=1)
         return total
 
     def get_state(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:

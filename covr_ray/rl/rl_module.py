@@ -59,6 +59,9 @@ from covr_ray.rl.networks import NetworkSpec, build_actor, build_critic, build_e
 ACTION_MEAN = "covr_action_mean"
 #: forward_train key: the reparameterised action sample the SAC actor loss uses, ``(B, A)``.
 ACTION_SAMPLE = "covr_action_sample"
+#: ``fwd_out`` key: the actor's input features ``(B, feature_dim)`` (the encoder's output, detached), for
+#: the learner's critic-gated prior (``sac.prior_gate``).
+ACTOR_FEATURES = "covr_actor_features"
 #: forward_train keys RLlib's continuous SAC loss reads (besides the Q predictions).
 LOGP_CURR = "logp_resampled"
 LOGP_NEXT = "logp_next_resampled"
@@ -182,6 +185,7 @@ class PixelSACModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI, QNetAPI)
         out[Columns.ACTION_DIST_INPUTS] = dist_inputs
         out[ACTION_SAMPLE] = action
         out[ACTION_MEAN] = squashed_mean(dist_inputs)
+        out[ACTOR_FEATURES] = h_pi
         return out
 
     # --- RLlib APIs --------------------------------------------------------------------------------

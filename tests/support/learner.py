@@ -24,10 +24,10 @@ TS = {"num_env_steps_sampled_lifetime": 1000}
 
 
 def tiny_cfg(base: str = "rad", lam: float = 1.0, source: str = "mean", actor_lr: float = 1e-3,
-             critic_loss: str = "mse") -> Any:
+             critic_loss: str = "mse", gate: str = "none") -> Any:
     return load_config("smoke", overrides=[
         f"sac.base={base}", f"sac.lam={lam}", f"sac.prior_action_source={source}", f"sac.actor_lr={actor_lr}",
-        f"sac.critic_loss={critic_loss}",
+        f"sac.critic_loss={critic_loss}", f"sac.prior_gate={gate}",
         "sac.hidden_dim=32",
         "sac.num_filters=8", "sac.feature_dim=16", "sac.batch_size=16", "sac.augmentation_pad=2",
         "schedule.cold_start_rounds=0", "env.image_size=24"])
