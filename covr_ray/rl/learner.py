@@ -36,7 +36,8 @@ Which samples (``prior_gate``, beyond the paper): ``none`` keeps every sample wi
 keeps those where the critic rates ``a_v`` above ``a_r`` on the same features
 (:func:`covr_ray.rl.regulariser.q_filter`), logged as ``prior_gate_pass`` (``learner/prior_gate_pass``).
 ``prior_coverage`` stays the share of the batch with a prior, gated or not; ``prior_loss`` is the term as
-it enters the loss (over the samples that passed).
+it enters the loss (over the samples that passed). With ``lambda == 0`` (the cold start) the gate is not
+evaluated and ``prior_loss`` is the ungated distance.
 
 ``lambda`` is a plain float read at every update: the orchestrator switches guidance on after the
 cold start with :meth:`CovrSACLearner.set_prior_weight` through the LearnerGroup
