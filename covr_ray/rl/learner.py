@@ -61,7 +61,7 @@ from ray.rllib.utils.typing import ModuleID, TensorType
 
 from covr_ray.columns import PRIOR_ACTION, PRIOR_MASK
 from covr_ray.errors import LearnerError
-from covr_ray.rl.regulariser import PRIOR_GATES, prior_regulariser, q_filter
+from covr_ray.rl.regulariser import check_prior_gate, guided_term
 from covr_ray.rl.networks import squashed_mean
 from covr_ray.rl.optim import adam
 from covr_ray.rl.rl_module import ACTION_MEAN, ACTION_SAMPLE, ACTOR_FEATURES, LOGP_CURR, LOGP_NEXT, PixelSACModule
@@ -248,8 +248,7 @@ class CovrSACLearner(PixelSACLearner):
         if source not in ("mean", "sample"):
             raise LearnerError(f"prior_action_source must be 'mean' or 'sample', got {source!r}")
         self._prior_source_key = ACTION_MEAN if source == "mean" else ACTION_SAMPLE
-        if self._covr["prior_gate"] not in PRIOR_GATES:
-            raise LearnerError(f"prior_gate must be one of {PRIOR_GATES}, got {self._covr['prior_gate']!r}")
+        check_prior_gate(self._covr["prior_gate"])
 
     def set_prior_weight(self, value: float) -> float:
         """Set lambda for the following updates (0 = guidance off); returns the value now in force."""
@@ -267,13 +266,11 @@ class CovrSACLearner(PixelSACLearner):
             raise LearnerError(f"train batch lacks the prior columns {missing}; train on replay columns "
                                "(covr_ray.rl.training_step.columns_batch, as CovrSAC's training step does)")
         lam = self._prior_weight
-        a_r, mask, gate = fwd_out[self._prior_source_key], batch[PRIOR_MASK], {}
-        if lam > 0.0 and self._covr["prior_gate"] == "q_filter":
-            critic, features = self.module[module_id].unwrapped().critic, fwd_out[ACTOR_FEATURES]
-            mask, passed = q_filter(lambda a: torch.min(*critic(features, a)), a_r, batch[PRIOR_ACTION], mask)
-            gate = {PRIOR_GATE_KEY: passed}
-        prior_loss, _ = prior_regulariser(a_r, batch[PRIOR_ACTION], mask)
-        coverage = batch[PRIOR_MASK].to(a_r.dtype).mean()
+        critic, features = self.module[module_id].unwrapped().critic, fwd_out[ACTOR_FEATURES]
+        prior_loss, coverage, passed = guided_term(
+            lambda a: torch.min(*critic(features, a)), fwd_out[self._prior_source_key], batch[PRIOR_ACTION],
+            batch[PRIOR_MASK], self._covr["prior_gate"] if lam > 0.0 else "none")
+        gate = {} if passed is None else {PRIOR_GATE_KEY: passed}
         if lam > 0.0:
             weighted = lam * prior_loss
             self._temp_losses[(module_id, POLICY_LOSS_KEY)] = self._temp_losses[(module_id, POLICY_LOSS_KEY)] + weighted

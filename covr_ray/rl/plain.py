@@ -28,7 +28,7 @@ from torch import nn
 from covr_ray.errors import LearnerError
 from covr_ray.rl.augment import RandomShift
 from covr_ray.rl.optim import adam
-from covr_ray.rl.regulariser import PRIOR_GATES, prior_regulariser, q_filter
+from covr_ray.rl.regulariser import check_prior_gate, guided_term
 from covr_ray.rl.networks import LOG_STD_MIN, Actor, Critic
 from covr_ray.rl.encoder import PixelEncoder
 
@@ -56,9 +56,7 @@ class PlainPixelSAC:
                  device: str | torch.device = "cpu") -> None:
         if critic_loss not in ("mse", "huber"):
             raise LearnerError(f"critic_loss must be 'mse' or 'huber', got {critic_loss!r}")
-        if prior_gate not in PRIOR_GATES:
-            raise LearnerError(f"prior_gate must be one of {PRIOR_GATES}, got {prior_gate!r}")
-        self.prior_gate = prior_gate
+        self.prior_gate = check_prior_gate(prior_gate)
         self.critic_loss = critic_loss
         self.device = torch.device(device)
         self.encoder = copy.deepcopy(encoder).to(self.device)
@@ -117,12 +115,10 @@ class PlainPixelSAC:
         q_pi = torch.min(*self.critic.forward_frozen(h_pi, action))
         actor_loss = torch.mean(alpha.detach() * logp - q_pi)
         a_r = torch.tanh(dist_inputs.chunk(2, dim=-1)[0]) if self.prior_action_source == "mean" else action
-        mask, gate = batch["prior_mask"], {}
-        if self.prior_weight > 0 and self.prior_gate == "q_filter":
-            mask, passed = q_filter(lambda a: torch.min(*self.critic(h_pi, a)), a_r, batch["prior_action"], mask)
-            gate = {"gate_pass": passed}
-        prior_loss, _ = prior_regulariser(a_r, batch["prior_action"], mask)
-        coverage = batch["prior_mask"].to(a_r.dtype).mean()
+        prior_loss, coverage, passed = guided_term(
+            lambda a: torch.min(*self.critic(h_pi, a)), a_r, batch["prior_action"], batch["prior_mask"],
+            self.prior_gate if self.prior_weight > 0 else "none")
+        gate = {} if passed is None else {"gate_pass": passed}
         if self.prior_weight > 0:
             actor_loss = actor_loss + self.prior_weight * prior_loss
         alpha_loss = -torch.mean(self.log_alpha * (logp.detach() + self.target_entropy))

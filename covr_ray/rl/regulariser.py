@@ -14,12 +14,21 @@ same (augmented) features and ``a_r`` as the term itself.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from covr_ray.errors import LearnerError
+
 #: ``sac.prior_gate`` values.
 PRIOR_GATES = ("none", "q_filter")
+
+
+def check_prior_gate(value: str) -> str:
+    """``value`` if it is one of :data:`PRIOR_GATES`, else LearnerError naming it."""
+    if value not in PRIOR_GATES:
+        raise LearnerError(f"prior_gate must be one of {PRIOR_GATES}, got {value!r}")
+    return value
 
 
 def prior_regulariser(policy_action: torch.Tensor, prior_action: torch.Tensor,
@@ -55,3 +64,19 @@ def q_filter(q_of: Callable[[torch.Tensor], torch.Tensor], policy_action: torch.
         passed = has & (q_of(a_v) > q_of(a_r))
         frac = passed.sum().to(a_r.dtype) / has.sum().clamp(min=1).to(a_r.dtype)
     return passed.to(prior_mask.dtype), frac
+
+
+def guided_term(q_of: Callable[[torch.Tensor], torch.Tensor], policy_action: torch.Tensor,
+                prior_action: torch.Tensor, prior_mask: torch.Tensor,
+                gate: str) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The regulariser over the samples ``gate`` keeps (both trainers' one path to it).
+
+    ``gate``: ``none`` (every sample with a prior) or ``q_filter`` (:func:`q_filter`, ``q_of`` as there;
+    not called otherwise). Returns ``(loss, coverage, pass_frac)``: the term as it enters the loss, the share
+    of the batch with a prior (gated or not), and the gate's pass share (None without a gate).
+    """
+    mask, passed = prior_mask, None
+    if gate == "q_filter":
+        mask, passed = q_filter(q_of, policy_action, prior_action, prior_mask)
+    loss, _ = prior_regulariser(policy_action, prior_action, mask)
+    return loss, prior_mask.to(policy_action.dtype).mean(), passed
