@@ -15,6 +15,8 @@ Layout of ``RUN_DIR``::
     adapters/v<N>/           LoRA adapters by version (PEFT format)
     df/runner-<i>/           D_f shards written by each env runner
     rounds/round-<c>-step<steps>/  the kept (EDDF-filtered, RALW-weighted) shard set of fine-tune round c
+    rounds/round-<c>-step<steps>.set-aside-<n>/  a kept set a resumed run set aside: written after its
+                             checkpoint by a round that never completed, which the run runs again
     policy/policy.pt         the deployable policy (encoder + actor), refreshed at every checkpoint
     eval/eval-<steps>.json   evaluations (``covr eval``, the loop's periodic ones);
     eval/video-<steps>.<ext> the first evaluation episode as mp4 or gif (``covr eval --video``)
@@ -112,6 +114,23 @@ class RunDir:
             return []
         found = ((_ROUND_DIR_RE.match(p.name), p) for p in self.rounds.iterdir() if p.is_dir())
         return sorted((int(m.group(1)), int(m.group(2)), p) for m, p in found if m)
+
+    def set_aside_round_dirs(self, from_round: int, keep: Optional[Path] = None) -> list[Path]:
+        """Rename every :meth:`round_dir` of round ``from_round`` or later except ``keep`` to
+        ``<name>.set-aside-<n>`` (first free ``n >= 1``; :meth:`round_dirs` no longer lists it) and return the
+        new paths. A resumed run calls this for kept sets written after its checkpoint by rounds that never
+        completed: it runs those rounds again under the same names, and nothing written is deleted."""
+        moved = []
+        for index, _steps, path in self.round_dirs():
+            if index < from_round or (keep is not None and path.resolve() == Path(keep).resolve()):
+                continue
+            n = 1
+            while path.with_name(f"{path.name}.set-aside-{n}").exists():
+                n += 1
+            target = path.with_name(f"{path.name}.set-aside-{n}")
+            path.rename(target)
+            moved.append(target)
+        return moved
 
     @property
     def policy(self) -> Path:

@@ -15,13 +15,14 @@ about a second here).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from covr_ray.config import ScheduleSection, load_config
 from covr_ray.errors import CheckpointError, ConfigError
-from covr_ray.loop.rounds import RoundInFlight, adapter_of_kept_set
+from covr_ray.loop.rounds import RoundInFlight, adapter_of_kept_set, adapter_of_round
 from covr_ray.lora.actor import TEST_ROUND_DELAY_ENV, round_delay_from_env
 from covr_ray.lora.versions import ADAPTER_CONFIG, META_FILE
 from covr_ray.metrics import read_csv_metrics
@@ -92,6 +93,36 @@ def test_a_resumed_round_is_collected_only_from_a_complete_adapter_of_its_kept_s
     assert adapter_of_kept_set(tmp_path / "none", kept_a) is None
 
 
+def test_a_round_done_after_the_checkpoint_is_found_by_its_index_and_unfinished_kept_sets_are_set_aside(tmp_path):
+    from covr_ray.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    for name in ("round-000-step150", "round-001-step250", "round-001-step350", "round-002-step450"):
+        (run.rounds / name).mkdir(parents=True)
+        (run.rounds / name / "part-00000.parquet").write_bytes(b"rows")
+
+    def version(n: int, kept: str, complete: bool = True) -> Path:
+        path = run.adapters / f"v{n}"
+        path.mkdir(parents=True)
+        (path / META_FILE).write_text(json.dumps({"kept_set": f"/elsewhere/rounds/{kept}"}))  # the run moved since
+        if complete:
+            (path / ADAPTER_CONFIG).write_text("{}")
+        return path
+
+    version(1, "round-000-step150")
+    v2 = version(2, "round-001-step350")  # round 1 failed at 250, was retried at 350, and completed
+    version(3, "round-002-step450", complete=False)
+    assert adapter_of_round(run, 1) == (2, v2, run.rounds / "round-001-step350")
+    assert adapter_of_round(run, 2) is None and adapter_of_round(run, 7) is None
+
+    moved = run.set_aside_round_dirs(1, keep=run.rounds / "round-001-step350")
+    assert sorted(p.name for p in moved) == ["round-001-step250.set-aside-1", "round-002-step450.set-aside-1"]
+    assert [p.name for _i, _s, p in run.round_dirs()] == ["round-000-step150", "round-001-step350"]
+    assert all((p / "part-00000.parquet").read_bytes() == b"rows" for p in moved)  # nothing written is lost
+    (run.rounds / "round-002-step450").mkdir()  # written again, and set aside again: a new name
+    assert [p.name for p in run.set_aside_round_dirs(2)] == ["round-002-step450.set-aside-2"]
+
+
 # --- the loop ---------------------------------------------------------------------------------------------
 
 
@@ -128,6 +159,7 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
                 _one_more_iteration(run)
             out["round0"].update(history=dict(run.history[-1]), version_after=run.adapter_version,
                                  df_after=set(run.run_dir.df_shards()), seen_during=seen)
+            between = run.checkpoint()  # round 0 done, round 1 not yet due
             while run.rounds.in_flight is None or run.rounds.in_flight.round_index != 1:
                 _one_more_iteration(run)
             second = run.rounds.in_flight
@@ -137,6 +169,11 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
             out["before_close"] = {"rounds": run.schedule.round, "version": run.adapter_version}
         finally:
             run.close()
+        # what a crash before that last checkpoint leaves: the checkpoint between the rounds, and round 1's kept
+        # set, written after it, without an adapter (the trainer was killed mid-round)
+        shutil.copytree(tmp / "a", tmp / "x")
+        shutil.rmtree(tmp / "x" / "checkpoints" / out["checkpoint"].name)
+        (tmp / "x" / "checkpoints" / "LATEST").write_text(between.name + "\n")
         resumed = CovrRun.resume(tmp / "a", progress=False).setup()
         try:
             in_flight = resumed.rounds.in_flight
@@ -160,6 +197,17 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
             out["sync"] = dict(run.history[0])
         finally:
             run.close()
+    crashed = CovrRun.resume(tmp / "x", progress=False).setup()  # no delay now: round 1 trains at once
+    try:
+        out["crashed"] = {"round": crashed.schedule.round, "in_flight": crashed.rounds.in_flight,
+                          "env_steps": crashed.env_steps,
+                          "set_aside": sorted(p.name for p in (tmp / "x" / "rounds").glob("*.set-aside-*"))}
+        while not any(h["round"] == 1.0 and h["round/trained"] == 1.0 for h in crashed.history):
+            _one_more_iteration(crashed)
+        out["crashed"].update(history=[dict(h) for h in crashed.history],
+                              rounds=[p.name for _i, _s, p in crashed.run_dir.round_dirs()])
+    finally:
+        crashed.close()
     return out
 
 
@@ -209,6 +257,20 @@ def test_a_checkpoint_mid_round_records_it_and_a_resumed_run_completes_it(slow_r
     final = slow_rounds["final"]
     assert final["rounds"] == 2 and final["adapter_version"] == 2 and final["env_steps"] >= 900
     assert final["failed_rounds"] == 0
+
+
+def test_a_kept_set_written_after_the_checkpoint_by_an_unfinished_round_is_set_aside_and_the_round_reruns(
+        slow_rounds):
+    """Before the fix the rebuilt round's kept set could collide with the one left by the crash (same round, same
+    step: FileExistsError, and the run could not resume)."""
+    crashed, r1 = slow_rounds["crashed"], slow_rounds["round1"]
+    assert crashed["round"] == 1 and crashed["in_flight"] is None
+    assert crashed["env_steps"] < r1["submitted_at"]
+    assert crashed["set_aside"] == [f"{r1['kept_set'].name}.set-aside-1"]  # kept, under another name
+    (done,) = crashed["history"]
+    assert done["round"] == 1.0 and done["round/failed"] == 0.0 and done["round/resumed"] == 0.0
+    assert done["lora/adapter_version"] == 2.0
+    assert [name.split("-step")[0] for name in crashed["rounds"]] == ["round-000", "round-001"]
 
 
 def test_wait_at_next_round_holds_the_loop_at_the_next_point_until_the_round_is_in(ray_session, tiny_vlm_dir,

@@ -151,6 +151,24 @@ def test_shard_set_atomic_manifest_and_readers(tmp_path):
         S.open_shard_set(tmp_path / "nothing")
 
 
+def test_a_kept_set_records_its_sources_relative_to_itself(tmp_path):
+    """The D_f shards a kept set was built from (what its round consumes) survive a move of the run directory."""
+    import shutil
+
+    run = tmp_path / "run"
+    sources = [run / "df" / "runner-1" / f"df-{i}.parquet" for i in range(2)]
+    table = S.build_table(make_rows(3), kind="kept", action_dim=2)
+    with S.ShardSetWriter(run / "rounds" / "round-000-step150", kind="kept", action_dim=2, sources=sources) as w:
+        w.write(table)
+    assert w.result.sources == tuple(sources)
+    manifest = json.loads((run / "rounds" / "round-000-step150" / S.MANIFEST).read_text())
+    assert manifest["sources"] == ["../../df/runner-1/df-0.parquet", "../../df/runner-1/df-1.parquet"]
+    shutil.move(run, tmp_path / "moved")
+    moved = S.open_shard_set(tmp_path / "moved" / "rounds" / "round-000-step150")
+    assert moved.sources == tuple(tmp_path / "moved" / "df" / "runner-1" / f"df-{i}.parquet" for i in range(2))
+    assert S.write_shard_set(tmp_path / "plain", [table], kind="kept", action_dim=2).sources == ()
+
+
 def test_ray_data_reads_a_shard_set(tmp_path):
     pytest.importorskip("ray")
     out = S.write_shard_set(tmp_path / "set", [S.build_table(make_rows(5), kind="kept", action_dim=2)],

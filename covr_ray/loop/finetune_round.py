@@ -69,7 +69,8 @@ def prepare_round(cfg: CovrConfig, *, df_shards: list[Path], out_dir: Path, roun
         shards, q_metrics = score_df_shards(shards, cfg.env.frame_stack, q_fn, action_dim)
         metrics.update(q_metrics)
     kept, data_metrics = build_kept_set(shards, out_dir, cfg.eddf, cfg.ralw, action_dim, entropy=entropy,
-                                        seed=cfg.seed + round_index, initial_entropy=initial_entropy)
+                                        seed=cfg.seed + round_index, initial_entropy=initial_entropy,
+                                        sources=df_shards)
     metrics.update(data_metrics)
     return kept, metrics
 

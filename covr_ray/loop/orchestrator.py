@@ -167,7 +167,7 @@ class CovrRun:
         set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
         set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
         self._last_prior_at = self.env_steps
-        self.rounds.restore(self._round_in_flight)  # a round a checkpoint recorded in flight: collect or rerun
+        self.rounds.restore(self._round_in_flight)  # rounds in flight or done since the checkpoint: collect or rerun
         self.sink.log({"loop/resumed": float(self.checkpoint_path is not None),
                        "learner/torch_threads": float(torch.get_num_threads())}, step=self.env_steps)
         log.info("run %s: %s, env steps %d of %d, round %d, adapter v%d, lambda %.3g", self.run_id,

@@ -31,6 +31,9 @@ consumes, its submission step) goes into ``loop_state.json`` as ``round_in_fligh
 (:meth:`RoundDriver.restore`) collects that round if a complete adapter version
 (:func:`covr_ray.lora.versions.list_adapters`) records its kept set (the trainer finished before the stop),
 and otherwise submits it again on the same kept set; a kept set that is gone fails the round (D_f kept).
+A round that completed after the checkpoint (a stop between its adapter and the next checkpoint) is collected
+from its adapter, and kept sets of rounds that never completed are set aside, so the run rebuilds them under
+the same names (:meth:`RoundDriver.restore`).
 """
 
 from __future__ import annotations
@@ -128,6 +131,22 @@ def adapter_of_kept_set(adapter_dir: Path, kept_set: Path) -> Optional[tuple[int
     return None
 
 
+def adapter_of_round(run_dir: Any, round_index: int) -> Optional[tuple[int, Path, Path]]:
+    """The newest complete adapter version trained on a kept set of round ``round_index``
+    (``rounds/round-<c>-step<steps>`` named in its ``covr_adapter.json``), as ``(version, adapter path, kept set
+    path in this run directory)``; None when there is none."""
+    for version, path in reversed(list_adapters(run_dir.adapters)):
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        kept = Path(str(meta.get("kept_set", ""))) if isinstance(meta, dict) else Path()
+        # by name: a run directory moved since the adapter was written still finds its kept set
+        if kept.name.startswith(f"round-{int(round_index):03d}-step"):
+            return version, path, run_dir.rounds / kept.name
+    return None
+
+
 class RoundDriver:
     """Rounds of one :class:`~covr_ray.loop.orchestrator.CovrRun` (see the module docstring). It reads the
     run's config, schedule, directories, actors, algorithm and entropy, and updates its schedule, adapter
@@ -189,8 +208,42 @@ class RoundDriver:
         return None if self.in_flight is None else self.in_flight.to_state(self.run.run_dir.root)
 
     def restore(self, data: Optional[dict[str, Any]]) -> None:
-        """Resume the round a checkpoint recorded in flight: collect it when its adapter is complete, else
-        submit it again on its kept set (a kept set that is gone fails the round)."""
+        """Bring the rounds of a resumed run up to what its directory holds (called once, after the checkpoint
+        is restored; ``data`` is the checkpoint's ``round_in_flight``, None when it recorded none):
+
+        1. the round the checkpoint recorded in flight is collected when its adapter is complete, else
+           submitted again on its kept set (a kept set that is gone fails the round);
+        2. rounds that completed *after* the checkpoint (the run stopped between a round's adapter and the next
+           checkpoint) are collected from their adapters, in order, as if they had just ended: the schedule
+           advances, the D_f shards their kept sets record are consumed, and the prior service, which loaded
+           the newest adapter when it started, is already serving them. Their work is kept, not redone;
+        3. kept sets of later rounds that never completed are set aside (:meth:`RunDir.set_aside_round_dirs`):
+           the run builds those rounds again, under the same names.
+        """
+        self._restore_in_flight(data)
+        run = self.run
+        while self.in_flight is None:
+            found = adapter_of_round(run.run_dir, run.schedule.round)
+            if found is None:
+                break
+            version, path, kept_set = found
+            c = run.schedule.round
+            try:
+                kept = open_shard_set(kept_set)
+                rows, sources = kept.rows, list(kept.sources)
+            except ShardError as exc:  # the adapter is complete: its round still counts; D_f stays
+                log.warning("round %d's kept set is unreadable (%s): its D_f shards are not consumed", c, exc)
+                rows, sources = 0, []
+            log.info("round %d completed after the checkpoint (adapter v%d, kept set %s): collecting it", c,
+                     version, kept_set.name)
+            self.in_flight = RoundInFlight(c, kept_set, rows, sources, run.env_steps, resumed=True)
+            self._collect(RoundResult(str(path), version, True, {"lora/adapter_version": float(version)}), 0.0)
+        keep = self.in_flight.kept_set if self.in_flight is not None else None
+        for moved in run.run_dir.set_aside_round_dirs(run.schedule.round, keep=keep):
+            log.warning("kept set %s was written after the checkpoint by a round that did not complete: set aside "
+                        "as %s; the round runs again", moved.name.split(".set-aside-")[0], moved.name)
+
+    def _restore_in_flight(self, data: Optional[dict[str, Any]]) -> None:
         if data is None:
             return
         record = RoundInFlight.from_state(data, self.run.run_dir.root)
@@ -287,7 +340,8 @@ class RoundDriver:
                                 "round/submitted_at": float(record.submitted_at),
                                 "round/env_steps_during": float(run.env_steps - record.submitted_at),
                                 "round/wall_s": wall})
-        self._apply(outcome, record.round_index, record.stall_s + waited_s, t0, record.metrics)
+        self._apply(outcome, record.round_index, record.stall_s + waited_s, t0, record.metrics,
+                    after_checkpoint=record.resumed)
 
     def _sync_round(self) -> None:
         t0 = time.perf_counter()
@@ -304,15 +358,17 @@ class RoundDriver:
                                 "round/env_steps_during": 0.0, "round/wall_s": time.perf_counter() - t0})
         self._apply(outcome, c, 0.0, t0, {})
 
-    def _apply(self, outcome: RoundOutcome, c: int, stall_s: float, t0: float, kept_metrics: dict[str, float]) -> None:
+    def _apply(self, outcome: RoundOutcome, c: int, stall_s: float, t0: float, kept_metrics: dict[str, float],
+               after_checkpoint: bool = False) -> None:
         """A round's consequences (see the module docstring); ``stall_s`` + the time since ``t0`` is its
-        ``loop/learner_stall_s``."""
+        ``loop/learner_stall_s``; ``after_checkpoint``: a round a resumed run finishes
+        (:meth:`FinetuneSchedule.complete_round`)."""
         run = self.run
         cfg = run.cfg
         metrics = dict(outcome.metrics)
         if outcome.completed:  # D_f is cleared only now that its round has completed
             metrics["df/cleared_shards"] = float(delete_consumed(outcome.df_shards))
-            metrics.update(run.schedule.complete_round(run.env_steps))
+            metrics.update(run.schedule.complete_round(run.env_steps, after_checkpoint=after_checkpoint))
         else:
             metrics["df/cleared_shards"] = 0.0
             metrics.update(run.schedule.fail_round(run.env_steps))

@@ -100,11 +100,14 @@ class FinetuneSchedule:
         """True when a round should run now (``env_steps >= next_round_at``)."""
         return env_steps >= self.next_round_at
 
-    def complete_round(self, env_steps: int) -> dict[str, float]:
+    def complete_round(self, env_steps: int, after_checkpoint: bool = False) -> dict[str, float]:
         """Record that round ``c = self.round`` finished; schedule round ``c + 1`` at
         ``next_round_at + psi_{c+1}`` (anchored to the scheduled point, so the sequence does not drift
-        when the orchestrator notices a due round a little late). Returns ``schedule/*`` metrics."""
-        if not self.due(env_steps):
+        when the orchestrator notices a due round a little late). Returns ``schedule/*`` metrics.
+
+        ``after_checkpoint``: the round completed after the checkpoint a resumed run restored, at a point its
+        restored clock ``env_steps`` may not have reached again; it is not checked against that clock."""
+        if not after_checkpoint and not self.due(env_steps):
             raise FinetuneDataError(f"round {self.round} completed at env step {env_steps}, before it was due "
                                     f"at {self.next_round_at}")
         self.interval = next_interval(self.interval, self.round, self.cfg.max_interval)

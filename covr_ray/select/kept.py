@@ -39,7 +39,8 @@ _SCORE_COLUMNS = [C.RETURN_TO_GO, C.REWARD, C.Q_VALUE, C.ENTROPY, C.WARMUP, C.BO
 
 def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFSection, ralw: RALWSection,
                    action_dim: int, entropy: Optional[float] = None, seed: int = 0,
-                   initial_entropy: Optional[float] = None) -> tuple[ShardSet, dict[str, float]]:
+                   initial_entropy: Optional[float] = None,
+                   sources: Optional[Sequence[Path]] = None) -> tuple[ShardSet, dict[str, float]]:
     """Filter and weight D_f's shards into a new kept shard set at ``out_dir`` (must not exist).
 
     Args:
@@ -50,6 +51,9 @@ def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFSection, 
             over the candidate rows.
         seed: seeds the ``random`` ablations.
         initial_entropy: the run's initial policy entropy (``eddf.slope=run``'s high reference point).
+        sources: the D_f shards the round consumes when it completes, recorded in the kept set's manifest
+            (:attr:`ShardSet.sources`: a resumed run finishes a round completed after its checkpoint with
+            them); None = ``df_shards``.
 
     Returns:
         ``(kept set, metrics)`` with ``eddf/*``, ``ralw/*``, ``round/df_rows``, ``round/candidate_rows``,
@@ -91,7 +95,8 @@ def build_kept_set(df_shards: Sequence[Path], out_dir: Path, eddf: EDDFSection, 
     metrics.update(ralw_metrics)
 
     offset, w_offset = 0, 0
-    with ShardSetWriter(Path(out_dir), kind="kept", action_dim=action_dim) as writer:
+    with ShardSetWriter(Path(out_dir), kind="kept", action_dim=action_dim,
+                        sources=df_shards if sources is None else sources) as writer:
         for path, rows in valid:
             mask = keep[offset:offset + rows]
             offset += rows
