@@ -341,7 +341,7 @@ class RoundDriver:
                                 "round/env_steps_during": float(run.env_steps - record.submitted_at),
                                 "round/wall_s": wall})
         self._apply(outcome, record.round_index, record.stall_s + waited_s, t0, record.metrics,
-                    after_checkpoint=record.resumed)
+                    after_checkpoint=record.resumed, kept_rows=record.kept_rows)
 
     def _sync_round(self) -> None:
         t0 = time.perf_counter()
@@ -359,10 +359,11 @@ class RoundDriver:
         self._apply(outcome, c, 0.0, t0, {})
 
     def _apply(self, outcome: RoundOutcome, c: int, stall_s: float, t0: float, kept_metrics: dict[str, float],
-               after_checkpoint: bool = False) -> None:
+               after_checkpoint: bool = False, kept_rows: int = 0) -> None:
         """A round's consequences (see the module docstring); ``stall_s`` + the time since ``t0`` is its
         ``loop/learner_stall_s``; ``after_checkpoint``: a round a resumed run finishes
-        (:meth:`FinetuneSchedule.complete_round`)."""
+        (:meth:`FinetuneSchedule.complete_round`); ``kept_rows``: its kept set's rows, for the log when the kept
+        set's metrics were logged before the resume."""
         run = self.run
         cfg = run.cfg
         metrics = dict(outcome.metrics)
@@ -380,8 +381,10 @@ class RoundDriver:
                         "loop/learner_stall_s": stall_s + time.perf_counter() - t0})
         run.sink.log(metrics, step=run.env_steps)
         run.history.append({**kept_metrics, **metrics, "round": float(c), "env_steps": float(run.env_steps)})
-        log.info("round %d at %d env steps %s: kept %d of %d D_f rows, adapter v%d, lambda %.3g, learner stalled "
-                 "%.1f s", c, run.env_steps, "completed" if outcome.completed else "did NOT complete (retried later)",
-                 int(metrics.get("round/kept_rows", kept_metrics.get("round/kept_rows", 0))),
-                 int(metrics.get("round/df_rows", kept_metrics.get("round/df_rows", 0))), run.adapter_version, lam,
-                 metrics["loop/learner_stall_s"])
+        df_rows = metrics.get("round/df_rows", kept_metrics.get("round/df_rows"))
+        data = (f"kept {int(metrics.get('round/kept_rows', kept_metrics.get('round/kept_rows', 0)))} of "
+                f"{int(df_rows)} D_f rows" if df_rows is not None else
+                f"{kept_rows} kept rows (its kept set was built before the resume)")
+        log.info("round %d at %d env steps %s: %s, adapter v%d, lambda %.3g, learner stalled %.1f s", c, run.env_steps,
+                 "completed" if outcome.completed else "did NOT complete (retried later)", data, run.adapter_version,
+                 lam, metrics["loop/learner_stall_s"])
