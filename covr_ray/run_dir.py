@@ -15,8 +15,8 @@ Layout of ``RUN_DIR``::
     adapters/v<N>/           LoRA adapters by version (PEFT format)
     df/runner-<i>/           D_f shards written by each env runner
     rounds/round-<c>-step<steps>/  the kept (EDDF-filtered, RALW-weighted) shard set of fine-tune round c
-    rounds/round-<c>-step<steps>.set-aside-<n>/  a kept set a resumed run set aside: written after its
-                             checkpoint by a round that never completed, which the run runs again
+    rounds/round-<c>-step<steps>.set-aside-<n>/  a kept set a resumed run set aside: of a round that had
+                             not completed at its checkpoint and that no adapter was trained on
     policy/policy.pt         the deployable policy (encoder + actor), refreshed at every checkpoint
     eval/eval-<steps>.json   evaluations (``covr eval``, the loop's periodic ones);
     eval/video-<steps>.<ext> the first evaluation episode as mp4 or gif (``covr eval --video``)
@@ -118,8 +118,9 @@ class RunDir:
     def set_aside_round_dirs(self, from_round: int, keep: Optional[Path] = None) -> list[Path]:
         """Rename every :meth:`round_dir` of round ``from_round`` or later except ``keep`` to
         ``<name>.set-aside-<n>`` (first free ``n >= 1``; :meth:`round_dirs` no longer lists it) and return the
-        new paths. A resumed run calls this for kept sets written after its checkpoint by rounds that never
-        completed: it runs those rounds again under the same names, and nothing written is deleted."""
+        new paths. A resumed run calls this for kept sets of rounds not completed at its checkpoint that no
+        adapter was trained on: it runs those rounds again under the same names, and nothing written is
+        deleted."""
         moved = []
         for index, _steps, path in self.round_dirs():
             if index < from_round or (keep is not None and path.resolve() == Path(keep).resolve()):

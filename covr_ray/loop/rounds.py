@@ -217,8 +217,9 @@ class RoundDriver:
            checkpoint) are collected from their adapters, in order, as if they had just ended: the schedule
            advances, the D_f shards their kept sets record are consumed, and the prior service, which loaded
            the newest adapter when it started, is already serving them. Their work is kept, not redone;
-        3. kept sets of later rounds that never completed are set aside (:meth:`RunDir.set_aside_round_dirs`):
-           the run builds those rounds again, under the same names.
+        3. kept sets of the current round or later that no complete adapter was trained on (written after the
+           checkpoint by a round the stop cut short, or left by a failed attempt) are set aside
+           (:meth:`RunDir.set_aside_round_dirs`): the run builds those rounds again, under the same names.
         """
         self._restore_in_flight(data)
         run = self.run
@@ -240,8 +241,8 @@ class RoundDriver:
             self._collect(RoundResult(str(path), version, True, {"lora/adapter_version": float(version)}), 0.0)
         keep = self.in_flight.kept_set if self.in_flight is not None else None
         for moved in run.run_dir.set_aside_round_dirs(run.schedule.round, keep=keep):
-            log.warning("kept set %s was written after the checkpoint by a round that did not complete: set aside "
-                        "as %s; the round runs again", moved.name.split(".set-aside-")[0], moved.name)
+            log.warning("kept set %s belongs to a round that has not completed (no adapter was trained on it): "
+                        "set aside as %s; the round runs again", moved.name.split(".set-aside-")[0], moved.name)
 
     def _restore_in_flight(self, data: Optional[dict[str, Any]]) -> None:
         if data is None:
