@@ -231,6 +231,19 @@ def test_align_curves_interpolates_inside_each_run_only() -> None:
     assert count.tolist() == [2, 2, 1] and std.tolist() == pytest.approx([1.0, 0.5, 0.0])
 
 
+def test_a_resumed_runs_second_rows_for_a_step_replace_the_stopped_runs(tmp_path: Path) -> None:
+    """A run stopped after an evaluation at 5000 and resumed from an earlier checkpoint logs 5000 again: the
+    curve holds the resumed run's value once, and the final result is the last step's."""
+    from covr_ray.report.runs import load_run
+
+    run = make_run(tmp_path, "driving-hw", 0, [(0, 10.0), (5000, 999.0), (5000, 20.0), (10000, 30.0)],
+                   distance=100.0, eval_files=False)
+    record = load_run(run)
+    assert record.curve == [(0, 10.0), (5000, 20.0), (10000, 30.0)]
+    assert (record.env_steps, record.return_mean, record.source) == (10000, 30.0, "metrics.csv")
+    assert record.distance_m == pytest.approx(110.0)
+
+
 def test_find_run_dirs_does_not_descend_into_runs(runs: Path) -> None:
     found = find_run_dirs(runs)
     assert len(found) == 9 and all((p / "config.yaml").is_file() for p in found)

@@ -10,7 +10,8 @@ A run directory is any directory holding ``config.yaml`` (written by ``covr trai
   ``eval/return_mean`` / ``eval/distance_m_mean`` rows of its ``metrics.csv`` (the ``source`` column says
   which was used); a run with neither is listed as skipped, with the reason;
 - the *learning curve*: the ``eval/return_mean`` rows of ``metrics.csv`` against env steps (or, without
-  them, the eval JSON files).
+  them, the eval JSON files), one value per step: a run resumed from a checkpoint logs the steps after it
+  again, and its rows replace the stopped run's.
 
 Runs are grouped per preset by the config fields that differ between its runs (seed, run directory and
 other run-local fields excluded; the table names the fields, e.g. ``prior.enabled=false``); a sweep's

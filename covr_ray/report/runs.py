@@ -123,6 +123,12 @@ def _final_from_eval_files(run: RunDir) -> Optional[tuple[int, float, Optional[f
     return last[0], last[1], last[2], series
 
 
+def _by_step(rows: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """One finite value per step, sorted by step; of rows logged at one step the last in the file wins: a run
+    resumed from a checkpoint logs the steps after it again, and its rows come after the stopped run's."""
+    return sorted({int(s): float(v) for s, v in rows if math.isfinite(v)}.items())
+
+
 def load_run(run_dir: str | Path, group_by: Optional[str] = None, label: Optional[SweepLabel] = None) -> RunRecord:
     """Read one run directory's config and results (``label``: its sweep variant, if any). The group label
     is ``group_by``'s value, or ``""`` until :func:`~covr_ray.report.groups.assign_groups` sets it.
@@ -149,7 +155,7 @@ def load_run(run_dir: str | Path, group_by: Optional[str] = None, label: Optiona
             metrics = read_csv_metrics(metrics_path)
         except (KeyError, ValueError, csv.Error) as exc:
             raise ReportError(f"{metrics_path} is not a metrics.csv (step,key,value,time): {exc}") from exc
-    curve = sorted((int(s), float(v)) for s, v in metrics.get(RETURN_KEY, []) if math.isfinite(v))
+    curve = _by_step(metrics.get(RETURN_KEY, []))
     final = _final_from_eval_files(run)
     if final is not None:
         steps, ret, dist, series = final
@@ -157,7 +163,7 @@ def load_run(run_dir: str | Path, group_by: Optional[str] = None, label: Optiona
         curve = curve or series
     elif curve:
         steps, ret = curve[-1]
-        dists = sorted((int(s), float(v)) for s, v in metrics.get(DISTANCE_KEY, []) if math.isfinite(v))
+        dists = _by_step(metrics.get(DISTANCE_KEY, []))
         dist = dists[-1][1] if dists else None
         source = metrics_path.name
     else:
