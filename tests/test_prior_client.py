@@ -126,3 +126,44 @@ def test_env_runners_are_spread_over_the_replicas() -> None:
     assert (env.prior_every, env.valid_frames) == (5, 2)
     off = load_config("driving-hw", ["prior.enabled=false"])
     assert PriorWrapper.from_config(FrameEnv(), off, run_id="r7", worker_index=1, action_dim=2).client is None
+
+
+def test_the_client_looks_for_answers_at_most_every_poll_every_s(ray_session) -> None:
+    """The real client (Ray refs, ``ray.wait``) against an actor answering at once as the service would: an
+    answer ready within ``poll_every_s`` of the previous look is returned by the first look after it."""
+    import time
+
+    import ray
+
+    from covr_ray.prior.client import PriorClient
+
+    @ray.remote(num_cpus=0)
+    class Answers:
+        def query(self, frame: np.ndarray, prompt: Any, sent_at: float) -> dict[str, Any]:
+            return {"action": [float(frame[0, 0, 0]) / 100, 0.0], "version": 2}
+
+    def ready(client: PriorClient) -> None:
+        ray.wait([q.ref for q in client._inflight], num_returns=client.in_flight, timeout=60)
+
+    frame = np.full((84, 84, 3), 50, np.uint8)
+    period = 3.0  # far longer than an answer of a local actor takes, so the second answer is ready inside it
+    client = PriorClient(service=Answers.remote(), poll_every_s=period)
+    client.send(frame, 0, [1])
+    ready(client)
+    (first,) = client.poll()
+    looked = time.monotonic()
+    assert first.step_ids == [1] and first.action.tolist() == [0.5, 0.0] and first.version == 2
+    client.send(frame, 0, [2])
+    ready(client)
+    assert client.poll() == [] and time.monotonic() - looked < period  # ready, but not looked for yet
+    time.sleep(max(0.0, looked + period - time.monotonic()))
+    assert [a.step_ids for a in client.poll()] == [[2]] and client.counts["answered"] == 2
+    every = PriorClient(service=Answers.remote(), poll_every_s=0.0)  # 0: every call looks
+    every.send(frame, 0, [3])
+    ready(every)
+    assert [a.step_ids for a in every.poll()] == [[3]]
+    from covr_ray.config import load_config
+
+    assert load_config("smoke").prior.poll_every_s == 0.02
+    with pytest.raises(ConfigError, match="prior.poll_every_s"):
+        load_config("smoke", ["prior.poll_every_s=-0.1"])

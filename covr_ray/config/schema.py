@@ -149,6 +149,10 @@ class PriorSection:
     """Longest a request waits for others to join its batch, milliseconds."""
     timeout_s: float = 30.0
     """A query not answered within this is dropped (its steps carry no prior)."""
+    poll_every_s: float = 0.02
+    """Env side: the prior client looks for answers (``ray.wait``, about 0.1 ms) at most this often, not at
+    every step; answers take about a second, so one seen up to this much later costs nothing (a prior for a
+    step already emitted is attached by step id). 0 = at every step."""
     max_new_tokens: int = 24
     """Longest answer generated, tokens. With guided decoding the service raises it to what the codec's
     longest canonical answer needs (one token per character at most, plus two), so no answer is cut."""
@@ -191,6 +195,7 @@ class PriorSection:
         _check(f"{path}.max_batch_size", self.max_batch_size, 1 <= self.max_batch_size <= 4096, "1..4096")
         _check(f"{path}.max_wait_ms", self.max_wait_ms, 0 <= self.max_wait_ms <= 10_000, "0..10000 ms")
         _check(f"{path}.timeout_s", self.timeout_s, self.timeout_s > 0, "a positive number of seconds")
+        _check(f"{path}.poll_every_s", self.poll_every_s, 0 <= self.poll_every_s <= 1, "0..1 seconds")
         _check(f"{path}.max_new_tokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 512, "1..512")
         _check(f"{path}.temperature", self.temperature, 0 <= self.temperature <= 2, "0..2")
         _check(f"{path}.max_model_len", self.max_model_len, self.max_model_len >= 256, ">= 256")

@@ -20,9 +20,10 @@ previous episode.
 
 Timing: the query for transition t is sent as soon as ``o_t`` exists (end of ``reset`` / of step t-1) on
 every ``prior_every``-th step of an episode, with the single RGB frame ``env.render()`` returns. Each
-``step`` polls with ``ray.wait(..., timeout=0)``. A query older than ``timeout_s`` is dropped. Any Ray
-error (service died, restarting, refused the frame) turns the query into "no prior"; after such an error
-the service is looked up again by name, at most every ``lookup_every_s`` seconds.
+``step`` polls with ``ray.wait(..., timeout=0)``, at most every ``prior.poll_every_s`` seconds. A query
+older than ``timeout_s`` is dropped. Any Ray error (service died, restarting, refused the frame) turns the
+query into "no prior"; after such an error the service is looked up again by name, at most every
+``lookup_every_s`` seconds.
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ class PriorClient:
 
     At most ``max_in_flight`` queries are outstanding: while a service is slow or restarting, further
     query steps simply carry no prior instead of piling up a backlog it would answer too late.
+    :meth:`poll` looks at most every ``poll_every_s`` seconds (``prior.poll_every_s``; 0 = at every call).
     """
 
     def __init__(self, *, service_name: Optional[str] = None, namespace: Optional[str] = None,
                  service: Any = None, timeout_s: float = 30.0, lookup_every_s: float = 5.0,
-                 prompt: Optional[str] = None, max_in_flight: int = 4) -> None:
+                 prompt: Optional[str] = None, max_in_flight: int = 4, poll_every_s: float = 0.0) -> None:
         if service is None and not service_name:
             raise ConfigError("prior.service_name", service_name, "an actor name or a handle")
         self.service_name = service_name
@@ -87,6 +89,8 @@ class PriorClient:
         self.lookup_every_s = lookup_every_s
         self.prompt = prompt
         self.max_in_flight = max_in_flight
+        self.poll_every_s = float(poll_every_s)
+        self._last_poll = -float("inf")
         self._handle = service
         self._last_lookup = -float("inf")
         self._inflight: list[_InFlight] = []
@@ -141,9 +145,14 @@ class PriorClient:
         return True
 
     def poll(self) -> list[Arrival]:
-        """Answers ready now (``ray.wait`` with timeout 0); drops queries older than ``timeout_s``."""
+        """Answers ready now (``ray.wait`` with timeout 0); drops queries older than ``timeout_s``. Within
+        ``poll_every_s`` of the previous look it returns nothing without looking."""
         if not self._inflight:
             return []
+        now = time.monotonic()
+        if now - self._last_poll < self.poll_every_s:
+            return []
+        self._last_poll = now
         import ray
         from ray.exceptions import RayError
 
@@ -234,7 +243,7 @@ class PriorWrapper(gym.Wrapper):
         if cfg.prior.enabled:
             name = prior_actor_name(run_id, worker_index % cfg.ray.prior_replicas)
             client = PriorClient(service_name=name, namespace=namespace, timeout_s=cfg.prior.timeout_s,
-                                 prompt=cfg.env.prompt)
+                                 prompt=cfg.env.prompt, poll_every_s=cfg.prior.poll_every_s)
         return cls(env, action_dim=action_dim, prior_every=cfg.prior.prior_every,
                    valid_frames=cfg.prior.valid_frames, client=client, frame_fn=frame_fn)
 
