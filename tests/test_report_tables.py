@@ -188,6 +188,35 @@ def test_sweep_json_labels_groups_by_variant_and_names_the_base(tmp_path: Path) 
     assert [r["group"] for r in one["rows"]] == ["covr"]
 
 
+def test_the_vlm_of_each_sweep_variant_gets_its_own_row_labelled_by_its_run_path(tmp_path: Path) -> None:
+    """Two COVR variants of one sweep, each with VLM results: one VLM row per variant (not one row of both),
+    and per-run rows named by their path under the report's directory (``covr/s0``, not ``s0`` twice)."""
+    from covr_ray.evaluate import write_result
+    from covr_ray.run_dir import RunDir
+
+    out = tmp_path / "sweep"
+    entries = []
+    for variant, sets, vlm_return in (("covr", (), 100.0), ("gated", ("sac.prior_gate=q_filter",), 300.0),
+                                      ("base", ("prior.enabled=false",), None)):
+        for seed in (0, 1):
+            run = make_run(out / variant, "driving-hw", seed, [(2000, 50.0 + seed)], distance=60.0, sets=sets,
+                           name=f"s{seed}")
+            entries.append({"variant": variant, "seed": seed, "run_dir": f"{variant}/s{seed}", "state": "done"})
+            for version in ((0, 1) if vlm_return is not None else ()):
+                write_result(RunDir(run).vlm_eval_result(version), {
+                    "return_mean": vlm_return * version + seed, "return_std": 1.0, "queries": 50,
+                    "parse_failures": 0, "episodes": 2, "query_every": 10})
+    write_sweep_file(out, {"spec": {"preset": "driving-hw", "base_variant": "base"}, "runs": entries})
+    summary = build_report(out, tmp_path / "report", reps=20, plots=False)
+    rows = {(r["group"], r["adapter_version"]): r for r in summary["vlm"]}
+    assert set(rows) == {("covr", 0), ("covr", 1), ("gated", 0), ("gated", 1)}
+    assert rows[("gated", 1)]["return_mean"] == pytest.approx(300.5) and rows[("gated", 1)]["n_runs"] == 2
+    assert rows[("covr", 1)]["return_mean"] == pytest.approx(100.5)
+    md = (tmp_path / "report" / "vlm.md").read_text()
+    assert "| preset | group | runs | v0 (base) | v1 |" in md
+    assert "| covr/s0 | driving-hw | 0 | covr | 10 |" in md and "| gated/s1 | driving-hw | 1 | gated | 10 |" in md
+
+
 def test_group_by_splits_by_one_key_and_aggregates_across_presets(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "ablation"
     build_report(runs, out, group_by="sac.base", reps=200, seed=0)

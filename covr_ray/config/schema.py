@@ -151,8 +151,9 @@ class PriorSection:
     """A query not answered within this is dropped (its steps carry no prior)."""
     poll_every_s: float = 0.02
     """Env side: the prior client looks for answers (``ray.wait``, about 0.1 ms) at most this often, not at
-    every step; answers take about a second, so one seen up to this much later costs nothing (a prior for a
-    step already emitted is attached by step id). 0 = at every step."""
+    every step. An answer takes many env steps anyway (p50 76-90 ms on a quiet 2-core box with the tiny VLM,
+    against 6 ms a step), so it reaches the replay as a late prior, attached by step id, either way; seeing
+    it up to this much later costs nothing. 0 = at every step."""
     max_new_tokens: int = 24
     """Longest answer generated, tokens. With guided decoding the service raises it to what the codec's
     longest canonical answer needs (one token per character at most, plus two), so no answer is cut."""

@@ -43,6 +43,7 @@ def build_report(runs_dir: str | Path, out_dir: Optional[str | Path] = None, gro
                           "skipped); a run directory holds config.yaml plus eval/eval-<steps>.json or eval rows "
                           "in metrics.csv")
     groups, group_fields = assign_groups(runs, group_by)  # per preset: groups by the config fields that differ
+    vlm.regroup({r.path: r.group for r in runs})  # the VLM of each group (a sweep's variant) on its own row
     rows = summarize_groups(groups, reps, seed)
     aggregate = aggregate_groups(runs, reps, seed)
     files = report_texts(rows, aggregate, curve_rows(runs), runs, skipped, group_by, reps, group_fields, seed)

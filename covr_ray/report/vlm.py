@@ -62,6 +62,21 @@ class VLMReport:
     results: list[VLMResult] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    root: Optional[Path] = None
+    """The directory searched: per-run rows are labelled by their path under it (``covr-qfilter/s0``)."""
+
+    def label(self, path: Path) -> str:
+        """``path`` under :attr:`root` (its name when it is not under it)."""
+        return str(path.relative_to(self.root)) if self.root is not None and path.is_relative_to(self.root) \
+            else path.name
+
+    def regroup(self, groups: dict[Path, str]) -> None:
+        """Give each result the group of its run in the policy tables (``groups``: run directory -> group, e.g.
+        a sweep's variant), so the VLM of each variant gets its own row and line; results of runs not in
+        ``groups`` keep theirs. Recomputes :attr:`rows`."""
+        for r in self.results:
+            r.group = groups.get(r.path, r.group)
+        self.rows = summarize_vlm(self.results)
 
 
 def _share(failures: int, queries: int) -> Optional[float]:
@@ -89,7 +104,7 @@ def collect_vlm(runs_dir: str | Path, group_by: Optional[str] = None) -> VLMRepo
 
     A run whose config cannot be read, or a file that is not a VLM result, is skipped with the reason.
     """
-    report = VLMReport()
+    report = VLMReport(root=Path(runs_dir))
     for run_dir in find_run_dirs(runs_dir):
         run = RunDir(run_dir)
         files = run.vlm_eval_results()
@@ -140,7 +155,8 @@ def vlm_markdown(report: VLMReport, group_by: Optional[str]) -> str:
         return ""
     versions = sorted({r.version for r in report.results})
     vcols = [f"v{v}" + (" (base)" if v == 0 else "") for v in versions]
-    gcol = [group_by] if group_by else []
+    show_group = bool(group_by) or len({r.group for r in report.results}) > 1
+    gcol = [group_by or "group"] if show_group else []
     lines = ["## VLM per fine-tune iteration", "",
              "The VLM alone as the policy (`covr eval --actor vlm`), per LoRA adapter version (v0 = base model): "
              "episode return, mean ± std over runs, and the share of its answers that did not parse.", "",
@@ -150,7 +166,7 @@ def vlm_markdown(report: VLMReport, group_by: Optional[str]) -> str:
         runs = len({r.path for r in report.results if (r.preset, r.group) == (preset, group)})
         cells = [_cell(by_version[v]["return_mean"], by_version[v]["return_std"], by_version[v]["parse_failure_share"])
                  if v in by_version else "-" for v in versions]
-        lines.append("| " + " | ".join([preset] + ([group] if group_by else []) + [str(runs)] + cells) + " |")
+        lines.append("| " + " | ".join([preset] + ([group] if show_group else []) + [str(runs)] + cells) + " |")
     if any(r["distance_m_mean"] is not None for r in report.rows):
         lines += ["", "Driving distance (m), mean ± std over runs:", "",
                   "| preset | " + " | ".join(gcol + vcols) + " |", "|" + "---|" * (1 + len(gcol) + len(vcols))]
@@ -159,7 +175,7 @@ def vlm_markdown(report: VLMReport, group_by: Optional[str]) -> str:
             by_version = {r["adapter_version"]: r for r in report.rows if (r["preset"], r["group"]) == (preset, group)}
             cells = [fmt_pm(by_version[v]["distance_m_mean"], by_version[v]["distance_m_std"]) if v in by_version
                      else "-" for v in versions]
-            lines.append("| " + " | ".join([preset] + ([group] if group_by else []) + cells) + " |")
+            lines.append("| " + " | ".join([preset] + ([group] if show_group else []) + cells) + " |")
     lines += ["", "Per run (mean ± std over its episodes):", "",
               "| run | preset | seed | " + " | ".join(gcol + ["a query every"] + vcols) + " |",
               "|" + "---|" * (4 + len(gcol) + len(vcols))]
@@ -169,8 +185,8 @@ def vlm_markdown(report: VLMReport, group_by: Optional[str]) -> str:
         cells = [_cell(mine[v].return_mean, mine[v].return_std, _share(mine[v].parse_failures, mine[v].queries))
                  if v in mine else "-" for v in versions]
         every = " / ".join(sorted({str(r.query_every) for r in mine.values()}))
-        lines.append("| " + " | ".join([path.name, first.preset, str(first.seed)] + ([first.group] if group_by else [])
-                                       + [every] + cells) + " |")
+        lines.append("| " + " | ".join([report.label(path), first.preset, str(first.seed)]
+                                       + ([first.group] if show_group else []) + [every] + cells) + " |")
     if report.skipped:
         lines += ["", "Skipped VLM results:", ""] + [f"- `{p}`: {reason}" for p, reason in report.skipped]
     return "\n".join(lines) + "\n"
@@ -219,7 +235,8 @@ def plot_vlm(report: VLMReport, out_dir: Path, group_by: Optional[str]) -> list[
             std = [r["return_std"] for r in rows]
             versions.update(xs)
             runs = max(r["n_runs"] for r in rows)
-            label = f"{group_by}={group} (n={runs})" if group_by else f"n={runs}"
+            label = (f"{group_by}={group} (n={runs})" if group_by else f"{group} (n={runs})" if group
+                     else f"n={runs}")
             line, = ax.plot(xs, mean, marker="o", label=label)
             ax.fill_between(xs, np.subtract(mean, std), np.add(mean, std), alpha=0.2, color=line.get_color())
         ax.set_xticks(sorted(versions))
