@@ -1,7 +1,9 @@
 """The report's "VLM per fine-tune iteration" table and plot, from the runs' ``eval/vlm-v<N>.json`` files.
 
 ``covr eval RUN_DIR --actor vlm --adapter all`` writes one result per adapter version (v0 = base model,
-:mod:`covr_ray.vlm.policy`). Here they become, per (preset, group) and adapter version:
+:mod:`covr_ray.vlm.policy`). Here they become, per (preset, group) and adapter version, where a run's group
+is its group in the policy tables (a sweep's variant, or the config fields that differ; ``--group-by``'s
+value) and per-run rows are named by the run's path under the report's directory:
 
 - the mean +- std over runs of each run's mean episode return (and driving distance), and the share of the
   VLM's answers that did not parse (all runs' unparsed answers over all their queries);
