@@ -147,6 +147,8 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
                                     "schedule.total_env_steps=900", *SMOKE])  # round 2 would be at 1,250
         run = CovrRun.new(cfg, progress=False).setup()
         try:
+            run.run(stop_at_env_steps=300)
+            early = run.checkpoint()  # before round 0's point: nothing submitted yet
             run.run(stop_at_env_steps=350)  # the first round point (50 warm-up + 300)
             while run.rounds.in_flight is None:
                 _one_more_iteration(run)
@@ -159,7 +161,6 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
                 _one_more_iteration(run)
             out["round0"].update(history=dict(run.history[-1]), version_after=run.adapter_version,
                                  df_after=set(run.run_dir.df_shards()), seen_during=seen)
-            between = run.checkpoint()  # round 0 done, round 1 not yet due
             while run.rounds.in_flight is None or run.rounds.in_flight.round_index != 1:
                 _one_more_iteration(run)
             second = run.rounds.in_flight
@@ -169,11 +170,13 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
             out["before_close"] = {"rounds": run.schedule.round, "version": run.adapter_version}
         finally:
             run.close()
-        # what a crash before that last checkpoint leaves: the checkpoint between the rounds, and round 1's kept
-        # set, written after it, without an adapter (the trainer was killed mid-round)
+        # what a crash before that last checkpoint leaves: the checkpoint before round 0; round 0's kept set and
+        # adapter (it completed after that checkpoint); round 1's kept set without an adapter (its trainer was
+        # killed mid-round)
         shutil.copytree(tmp / "a", tmp / "x")
         shutil.rmtree(tmp / "x" / "checkpoints" / out["checkpoint"].name)
-        (tmp / "x" / "checkpoints" / "LATEST").write_text(between.name + "\n")
+        (tmp / "x" / "checkpoints" / "LATEST").write_text(early.name + "\n")
+        out["early_steps"] = int(early.name.split("-")[1])
         resumed = CovrRun.resume(tmp / "a", progress=False).setup()
         try:
             in_flight = resumed.rounds.in_flight
@@ -200,7 +203,8 @@ def slow_rounds(ray_session, tiny_vlm_dir, tmp_path_factory):
     crashed = CovrRun.resume(tmp / "x", progress=False).setup()  # no delay now: round 1 trains at once
     try:
         out["crashed"] = {"round": crashed.schedule.round, "in_flight": crashed.rounds.in_flight,
-                          "env_steps": crashed.env_steps,
+                          "env_steps": crashed.env_steps, "version": crashed.adapter_version,
+                          "setup_history": [dict(h) for h in crashed.history],
                           "set_aside": sorted(p.name for p in (tmp / "x" / "rounds").glob("*.set-aside-*"))}
         while not any(h["round"] == 1.0 and h["round/trained"] == 1.0 for h in crashed.history):
             _one_more_iteration(crashed)
@@ -259,17 +263,20 @@ def test_a_checkpoint_mid_round_records_it_and_a_resumed_run_completes_it(slow_r
     assert final["failed_rounds"] == 0
 
 
-def test_a_kept_set_written_after_the_checkpoint_by_an_unfinished_round_is_set_aside_and_the_round_reruns(
-        slow_rounds):
-    """Before the fix the rebuilt round's kept set could collide with the one left by the crash (same round, same
-    step: FileExistsError, and the run could not resume)."""
-    crashed, r1 = slow_rounds["crashed"], slow_rounds["round1"]
-    assert crashed["round"] == 1 and crashed["in_flight"] is None
-    assert crashed["env_steps"] < r1["submitted_at"]
+def test_rounds_done_after_the_checkpoint_are_collected_and_unfinished_ones_set_aside_and_rerun(slow_rounds):
+    """Resumed from a checkpoint taken before round 0: round 0, which completed after it, is collected at setup
+    from its adapter (not rebuilt); round 1's kept set, whose trainer never finished, is set aside and round 1
+    runs again. Before the fix a rebuilt round's kept set could collide with the one left by the crash (same
+    round, same step: FileExistsError, and the run could not resume)."""
+    crashed, r0, r1 = slow_rounds["crashed"], slow_rounds["round0"], slow_rounds["round1"]
+    assert crashed["env_steps"] == slow_rounds["early_steps"] < r0["submitted_at"]
+    (rolled,) = crashed["setup_history"]
+    assert rolled["round"] == 0.0 and rolled["round/resumed"] == 1.0 and rolled["round/failed"] == 0.0
+    assert (crashed["round"], crashed["in_flight"], crashed["version"]) == (1, None, 1)
     assert crashed["set_aside"] == [f"{r1['kept_set'].name}.set-aside-1"]  # kept, under another name
-    (done,) = crashed["history"]
-    assert done["round"] == 1.0 and done["round/failed"] == 0.0 and done["round/resumed"] == 0.0
-    assert done["lora/adapter_version"] == 2.0
+    done = [h for h in crashed["history"] if h["round"] == 1.0]
+    assert len(done) == 1 and done[0]["round/failed"] == 0.0 and done[0]["round/resumed"] == 0.0
+    assert done[0]["lora/adapter_version"] == 2.0
     assert [name.split("-step")[0] for name in crashed["rounds"]] == ["round-000", "round-001"]
 
 
