@@ -43,7 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -57,6 +57,13 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _EVAL_RESULT_RE = re.compile(r"^eval-(\d+)\.json$")
 _ROUND_DIR_RE = re.compile(r"^round-(\d+)-step(\d+)$")
 _VLM_EVAL_RESULT_RE = re.compile(r"^vlm-v(\d+)\.json$")
+
+
+def _first_free(candidate: Callable[[int], Path], n: int) -> Path:
+    """``candidate(n)`` for the first ``n`` (counting up from the given one) that names nothing yet."""
+    while candidate(n).exists():
+        n += 1
+    return candidate(n)
 
 
 def new_run_id(root: Path) -> str:
@@ -125,10 +132,7 @@ class RunDir:
         for index, _steps, path in self.round_dirs():
             if index < from_round or (keep is not None and path.resolve() == Path(keep).resolve()):
                 continue
-            n = 1
-            while path.with_name(f"{path.name}.set-aside-{n}").exists():
-                n += 1
-            target = path.with_name(f"{path.name}.set-aside-{n}")
+            target = _first_free(lambda n, p=path: p.with_name(f"{p.name}.set-aside-{n}"), 1)
             path.rename(target)
             moved.append(target)
         return moved
@@ -151,10 +155,8 @@ class RunDir:
         written (the loop's own, an earlier ``covr eval``): :meth:`eval_result` while it is free, else
         ``eval/eval-<env_steps>.<n>.json`` with the first free ``n >= 2`` (read by hand; :meth:`eval_results`
         lists the first only)."""
-        path, n = self.eval_result(env_steps), 2
-        while path.exists():
-            path, n = self.eval / f"eval-{int(env_steps)}.{n}.json", n + 1
-        return path
+        first = self.eval_result(env_steps)
+        return first if not first.exists() else _first_free(lambda n: self.eval / f"eval-{int(env_steps)}.{n}.json", 2)
 
     def eval_results(self) -> list[tuple[int, Path]]:
         """Every :meth:`eval_result` file present, as ``(env_steps, path)`` sorted by steps (none when

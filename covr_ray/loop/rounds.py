@@ -42,7 +42,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from covr_ray.df.shards import open_shard_set
 from covr_ray.df.writer import delete_consumed
@@ -118,33 +118,32 @@ def _rel(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def adapter_of_kept_set(adapter_dir: Path, kept_set: Path) -> Optional[tuple[int, Path]]:
-    """The complete adapter version trained on ``kept_set`` (its ``covr_adapter.json`` names it), or None."""
-    want = Path(kept_set).resolve()
+def _trained_kept_sets(adapter_dir: Path) -> Iterator[tuple[int, Path, Path]]:
+    """``(version, adapter path, kept set it names)`` of every complete adapter version, newest first (versions
+    without a readable ``covr_adapter.json`` naming a kept set are passed over)."""
     for version, path in reversed(list_adapters(adapter_dir)):
         try:
             meta = json.loads((path / META_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(meta, dict) and meta.get("kept_set") and Path(meta["kept_set"]).resolve() == want:
-            return version, path
-    return None
+        if isinstance(meta, dict) and meta.get("kept_set"):
+            yield version, path, Path(str(meta["kept_set"]))
+
+
+def adapter_of_kept_set(adapter_dir: Path, kept_set: Path) -> Optional[tuple[int, Path]]:
+    """The complete adapter version trained on ``kept_set`` (its ``covr_adapter.json`` names it), or None."""
+    want = Path(kept_set).resolve()
+    return next(((v, p) for v, p, kept in _trained_kept_sets(adapter_dir) if kept.resolve() == want), None)
 
 
 def adapter_of_round(run_dir: Any, round_index: int) -> Optional[tuple[int, Path, Path]]:
     """The newest complete adapter version trained on a kept set of round ``round_index``
     (``rounds/round-<c>-step<steps>`` named in its ``covr_adapter.json``), as ``(version, adapter path, kept set
-    path in this run directory)``; None when there is none."""
-    for version, path in reversed(list_adapters(run_dir.adapters)):
-        try:
-            meta = json.loads((path / META_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        kept = Path(str(meta.get("kept_set", ""))) if isinstance(meta, dict) else Path()
-        # by name: a run directory moved since the adapter was written still finds its kept set
-        if kept.name.startswith(f"round-{int(round_index):03d}-step"):
-            return version, path, run_dir.rounds / kept.name
-    return None
+    path in this run directory)``; None when there is none. By name: a run directory moved since the adapter
+    was written still finds its kept set."""
+    prefix = f"round-{int(round_index):03d}-step"
+    return next(((v, p, run_dir.rounds / kept.name) for v, p, kept in _trained_kept_sets(run_dir.adapters)
+                 if kept.name.startswith(prefix)), None)
 
 
 class RoundDriver:
