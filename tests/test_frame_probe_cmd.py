@@ -72,8 +72,12 @@ def test_probe_cli_with_policy_rollouts(run_dir: Path, capsys: pytest.CaptureFix
     assert policy["episodes"] == 3 and policy["seed"] == 5 and policy["env_steps"] == 123
     assert policy["groups"] == 3 and 3 <= policy["rows"] <= 15  # 5-step episodes of the test run
     assert all(np.isfinite(policy[k]) for k in ("probe_err", "const_err", "codec_err", "return_mean"))
+    own = policy["observation"]  # the policy's own input: the same rows and folds
+    assert own["rows"] == policy["rows"] and own["const_err"] == policy["const_err"] and np.isfinite(own["probe_err"])
+    assert own["shape"][0] % 3 == 0 and len(own["shape"]) == 3  # stacked RGB frames, channels first
     assert main(["probe", str(run_dir), "--episodes", "2"]) == 0
-    assert "policy, 2 episodes" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "policy, 2 episodes" in text and "its input" in text
 
 
 def test_probe_errors_are_typed_before_any_work(run_dir: Path, tmp_path: Path,

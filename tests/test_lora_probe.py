@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from covr_ray.lora.loss import constant_action_error
-from covr_ray.lora.probe import ALPHA_FACTORS, MAX_FIT_ROWS, fit_rows, frame_probe, pixel_features
+from covr_ray.lora.probe import (
+    ALPHA_FACTORS,
+    MAX_FIT_ROWS,
+    cross_validated_probe,
+    fit_rows,
+    frame_probe,
+    observation_features,
+    pixel_features,
+)
 from covr_ray.prior.codecs import get_codec
 
 
@@ -79,3 +87,43 @@ def test_fit_rows_caps_the_training_rows_with_a_seeded_subsample():
     picked = fit_rows(rows, np.random.default_rng(0))
     assert len(picked) == MAX_FIT_ROWS and np.all(np.diff(picked) > 0) and set(picked) <= set(rows)
     assert np.array_equal(picked, fit_rows(rows, np.random.default_rng(0)))
+
+
+def _moving_square(rng: np.random.Generator, n: int, stack: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stacked observations (n, 3 * stack, 48, 48) of a square that moves at a constant speed v in [-1, 1]
+    between frames, its last position uniform and independent of v; the last RGB frames; v."""
+    speed = rng.uniform(-1, 1, n)
+    last = rng.uniform(0.25, 0.75, n)
+    obs = np.zeros((n, 3 * stack, 48, 48), np.uint8)
+    for i in range(n):
+        for k in range(stack):
+            col = int(round(4 + 36 * (last[i] - 0.12 * speed[i] * (stack - 1 - k))))
+            frame = rng.integers(0, 40, (48, 48, 3)).astype(np.uint8)
+            frame[18:30, col:col + 8] = 230
+            obs[i, 3 * k:3 * k + 3] = np.moveaxis(frame, -1, 0)
+    return obs, np.moveaxis(obs[:, -3:], 1, -1), speed
+
+
+def test_observation_features_read_each_plane_and_pass_vectors_through():
+    stacked = np.zeros((9, 20, 30), np.uint8)
+    stacked[3:6] = 255  # the middle frame white
+    x = observation_features([stacked], side=4)
+    assert x.shape == (1, 9 * 16)
+    assert np.allclose(x[0, :48], 0) and np.allclose(x[0, 48:96], 1) and np.allclose(x[0, 96:], 0)
+    last = observation_features([np.moveaxis(stacked, 0, -1)], side=4)  # channels last: the same planes
+    assert np.allclose(last, x)
+    state = observation_features([np.array([0.5, -2.0], np.float32)])
+    assert state.shape == (1, 2) and np.allclose(state, [[0.5, -2.0]])
+    with pytest.raises(ValueError, match="different shapes"):
+        observation_features([np.zeros(2), np.zeros(3)])
+
+
+def test_the_observation_probe_reads_the_motion_one_frame_does_not_show():
+    obs, frames, speed = _moving_square(np.random.default_rng(6), 300)
+    actions = np.stack([speed, -speed], axis=1)  # the action follows the motion, not the position
+    groups, codec = _episodes(300, 10), get_codec("driving", 2)
+    one = cross_validated_probe(pixel_features(frames), actions, groups, codec, rng=np.random.default_rng(7))
+    own = cross_validated_probe(observation_features(obs), actions, groups, codec, rng=np.random.default_rng(7))
+    assert one["const_err"] == own["const_err"] > 0.4  # the same folds
+    assert one["probe_over_const"] > 0.8, one  # one frame: the position, never the direction
+    assert own["probe_over_const"] < 0.5, own  # the stacked frames: the motion (0.35-0.36 on two data seeds)

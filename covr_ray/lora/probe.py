@@ -8,6 +8,9 @@ regression from the frame's pixels (resized to :data:`PROBE_SIDE` px a side) to 
 round's *training* rows only and scored on the same held-out rows as the VLM. Its ridge strength is chosen
 by leave-episodes-out cross-validation inside the training rows, so the held-out rows are never looked at.
 
+The same ridge on the policy's own input (:func:`observation_features`: its stacked frames) tells how much
+of the action one frame loses: the motion between frames, which the policy sees and the VLM does not.
+
 A VLM reads the frame through a far richer model than a linear map of pixels, so the probe is not a bound;
 it is a reference: a probe well below the constant says the frames carry a signal the VLM did not learn; a
 probe at the constant says a single frame hardly tells the action at all.
@@ -61,6 +64,33 @@ def pixel_features(frames: Iterable[np.ndarray], side: int = PROBE_SIDE) -> np.n
 
     rows = [one(f) for f in frames]
     return np.stack(rows) if rows else np.zeros((0, side * side * 3))
+
+
+def observation_features(observations: Iterable[np.ndarray], side: int = PROBE_SIDE) -> np.ndarray:
+    """(N, features) float64: the policy's own inputs for the same ridge probe. An image observation
+    (3-D: channels first, ``(C, H, W)`` with C < W, as the pixel envs stack their frames, or channels last) has
+    each of its C planes resized (bilinear) to ``side`` x ``side``, scaled by 255 when uint8, and
+    flattened, so k stacked RGB frames give 3k planes and the probe sees the motion between them; any other
+    observation (a state vector) is flattened as it is.
+
+    Raises:
+        ValueError: observations of different shapes.
+    """
+    from PIL import Image
+
+    def one(obs: np.ndarray) -> np.ndarray:
+        o = np.asarray(obs)
+        scale = 255.0 if o.dtype == np.uint8 else 1.0
+        if o.ndim != 3:
+            return o.astype(np.float64).reshape(-1) / scale
+        planes = o if o.shape[0] < o.shape[-1] else np.moveaxis(o, -1, 0)
+        resized = [Image.fromarray(plane.astype(np.float32)).resize((side, side), Image.BILINEAR) for plane in planes]
+        return np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in resized]) / scale
+
+    rows = [one(o) for o in observations]
+    if len({r.shape for r in rows}) > 1:
+        raise ValueError(f"observation probe: observations of different shapes {sorted({r.shape for r in rows})}")
+    return np.stack(rows) if rows else np.zeros((0, 0))
 
 
 def _dual_ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:

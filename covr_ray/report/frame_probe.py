@@ -10,7 +10,9 @@ folds:
   episodes held out, up to five folds;
 - **on the final policy's own rollouts** (``--episodes N``): the deterministic action the policy network takes
   at each step of N episodes, whole episodes held out. A fixed policy, unlike a kept set that mixes the
-  rows of a policy that changed during the round.
+  rows of a policy that changed during the round. The same probe on the policy's own observation (its
+  stacked frames, :func:`covr_ray.lora.probe.observation_features`) beside it, on the same folds: the gap
+  between the two is what one frame loses (the motion the policy reads and the VLM cannot).
 
 A probe near the constant (ratio near 1) means one frame hardly tells the action: a VLM taught these rows
 can do little better than repeat the best constant answer, whatever its size. docs/finetune.md has the
@@ -65,12 +67,13 @@ def probe_policy(run: RunDir, cfg: Any, codec: Any, episodes: int, seed: int) ->
     its deterministic actions; plus the rollouts' ``return_mean`` / ``return_std`` and ``env_steps`` (the
     policy's training steps)."""
     from covr_ray.evaluate import policy_act_fn, run_episodes
-    from covr_ray.lora.probe import cross_validated_probe, pixel_features
+    from covr_ray.lora.probe import cross_validated_probe, observation_features, pixel_features
     from covr_ray.policy_io import load_policy
 
     policy, meta = load_policy(run.root)
     act = policy_act_fn(policy)
     frames: list[np.ndarray] = []
+    observations: list[np.ndarray] = []
     actions: list[np.ndarray] = []
     ids: list[str] = []
     current = [0]
@@ -78,16 +81,21 @@ def probe_policy(run: RunDir, cfg: Any, codec: Any, episodes: int, seed: int) ->
     def recording(frame: np.ndarray, obs: np.ndarray) -> np.ndarray:
         action = act(frame, obs)
         frames.append(np.array(frame, copy=True))
+        observations.append(np.array(obs, copy=True))
         actions.append(np.array(action, dtype=np.float64))
         ids.append(f"episode-{current[0]}")
         return action
 
     result, _ = run_episodes(recording, cfg.env, episodes, seed, actor_name="policy",
                              on_episode_start=lambda i: current.__setitem__(0, i))
-    probe = cross_validated_probe(pixel_features(frames), np.stack(actions), ids, codec, folds=FOLDS,
-                                  rng=np.random.default_rng(seed))
+    y = np.stack(actions)
+    probe = cross_validated_probe(pixel_features(frames), y, ids, codec, folds=FOLDS, rng=np.random.default_rng(seed))
+    # The same folds (same seed) on the policy's own input: what the frame loses of it (the stacked frames' motion).
+    own = cross_validated_probe(observation_features(observations), y, ids, codec, folds=FOLDS,
+                                rng=np.random.default_rng(seed))
     return {**probe, "episodes": episodes, "seed": seed, "env_steps": int(meta.get("env_steps", -1)),
-            "return_mean": result["return_mean"], "return_std": result["return_std"]}
+            "return_mean": result["return_mean"], "return_std": result["return_std"],
+            "observation": {**own, "shape": list(np.shape(observations[0]))}}
 
 
 def probe_run(run_dir: str | Path, episodes: int = 0, seed: Optional[int] = None) -> dict[str, Any]:
@@ -142,8 +150,13 @@ def format_probe(report: dict[str, Any]) -> str:
     p = report["policy"]
     if p is not None:
         out.append(_row(f"policy, {p['episodes']} episodes", p))
+        shape = "x".join(str(d) for d in p["observation"]["shape"])
+        out.append(_row(f"  its input {shape}", p["observation"]))
         out.append(f"  (the policy at {p['env_steps']} env steps: return {p['return_mean']:.1f} +- "
                    f"{p['return_std']:.1f}, episodes from seed {p['seed']})")
     out.append("  p/const near 1: one frame hardly tells the action (a VLM taught these rows can do little "
                "better than repeat one answer)")
+    if p is not None:
+        out.append("  its input: the same probe on the policy's own input (its stacked frames); below the "
+                   "frame's row, the action depends on what one frame does not show (the motion)")
     return "\n".join(out) + "\n"
