@@ -174,10 +174,25 @@ class MetricsSink:
         self.close()
 
 
-def read_csv_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``metrics.csv`` -> {key: [(step, value), ...]} in file order."""
+#: The row a run logs when it starts (:meth:`covr_ray.loop.orchestrator.CovrRun.setup`), at its env step: value
+#: 1 when it resumed from a checkpoint at that step, 0 for a fresh start.
+RESUMED_KEY = "loop/resumed"
+
+
+def read_csv_metrics(path: str | Path, latest_timeline: bool = True) -> dict[str, list[tuple[int, float]]]:
+    """``metrics.csv`` -> {key: [(step, value), ...]} in file order.
+
+    A run stopped after its checkpoint at step s and resumed from it has logged the steps past s twice: the
+    stopped run's rows stay in the file (nothing written is removed) and the resumed run appends its own after
+    its :data:`RESUMED_KEY` row at step s. With ``latest_timeline`` (the default) the rows the stopped run
+    logged past s are left out when that marker is read, so every reader sees the run the checkpoints and the
+    adapters now describe (one value per round, not the abandoned attempt's as well); False returns every row.
+    """
     out: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            out.setdefault(row["key"], []).append((int(row["step"]), float(row["value"])))
+            step, value = int(row["step"]), float(row["value"])
+            if latest_timeline and row["key"] == RESUMED_KEY and value > 0:
+                out = {k: kept for k, rows in out.items() if (kept := [r for r in rows if r[0] <= step])}
+            out.setdefault(row["key"], []).append((step, value))
     return out

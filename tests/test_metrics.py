@@ -8,7 +8,7 @@ import pytest
 
 from covr_ray.config import LoggingSection
 from covr_ray.errors import MetricsError
-from covr_ray.metrics import MetricsSink, namespaced, ray_metric_name, read_csv_metrics, wandb_mode
+from covr_ray.metrics import RESUMED_KEY, MetricsSink, namespaced, ray_metric_name, read_csv_metrics, wandb_mode
 
 
 def test_keys_must_be_namespaced(tmp_path):
@@ -35,6 +35,28 @@ def test_csv_appends_across_sinks_and_keeps_nan(tmp_path):
         sink.log({"eval/return": float("nan")}, step=2)
     rows = read_csv_metrics(tmp_path / "metrics.csv")["eval/return"]
     assert rows[0] == (1, 1.0) and rows[1][0] == 2 and math.isnan(rows[1][1])
+
+
+def test_a_resumed_run_is_read_as_its_latest_timeline_and_every_row_stays_in_the_file(tmp_path):
+    """Stopped after its checkpoint at 200, the first run logged 300 and a round at 350; the resumed run starts
+    at 200 (RESUMED_KEY 1) and logs 300 and its round at 360. Readers see one timeline; the raw file keeps all."""
+    cfg = LoggingSection(wandb=False, tensorboard=False)
+    with MetricsSink(tmp_path, cfg) as sink:
+        sink.log({RESUMED_KEY: 0.0}, step=0)  # a fresh start: no cut
+        for step in (100, 200, 300):
+            sink.log({"eval/return": float(step)}, step=step)
+        sink.log({"lora/heldout_action_err_after": 0.5}, step=350)
+    with MetricsSink(tmp_path, cfg) as sink:
+        sink.log({RESUMED_KEY: 1.0}, step=200)
+        sink.log({"eval/return": 301.0}, step=300)
+        sink.log({"lora/heldout_action_err_after": 0.4}, step=360)
+    latest = read_csv_metrics(tmp_path / "metrics.csv")
+    assert latest["eval/return"] == [(100, 100.0), (200, 200.0), (300, 301.0)]
+    assert latest["lora/heldout_action_err_after"] == [(360, 0.4)]  # one value for the round, not two
+    assert latest[RESUMED_KEY] == [(0, 0.0), (200, 1.0)]
+    every = read_csv_metrics(tmp_path / "metrics.csv", latest_timeline=False)
+    assert [s for s, _ in every["eval/return"]] == [100, 200, 300, 300]
+    assert every["lora/heldout_action_err_after"] == [(350, 0.5), (360, 0.4)]
 
 
 def test_tensorboard_events_are_written(tmp_path):

@@ -52,7 +52,7 @@ from covr_ray.loop.resources import check_resources
 from covr_ray.loop.rounds import RoundDriver
 from covr_ray.loop.schedule import FinetuneSchedule, prior_weight
 from covr_ray.lora.actor import start_lora_trainer
-from covr_ray.metrics import MetricsSink
+from covr_ray.metrics import RESUMED_KEY, MetricsSink
 from covr_ray.policy_io import load_policy, policy_meta, save_policy
 from covr_ray.preflight import check_paths
 from covr_ray.prior.client_stats import PriorClientStatsCallback
@@ -167,9 +167,10 @@ class CovrRun:
         set_prior_weight(self.algo, self.current_lambda(), timeout_s=self.timeout_s)
         set_prior_age_limit(self.algo, self.adapter_version, cfg.prior.max_age_versions)
         self._last_prior_at = self.env_steps
-        self.rounds.restore(self._round_in_flight)  # rounds in flight or done since the checkpoint: collect or rerun
-        self.sink.log({"loop/resumed": float(self.checkpoint_path is not None),
+        # Before the rounds' restore: what it logs belongs to this timeline (read_csv_metrics cuts at this row).
+        self.sink.log({RESUMED_KEY: float(self.checkpoint_path is not None),
                        "learner/torch_threads": float(torch.get_num_threads())}, step=self.env_steps)
+        self.rounds.restore(self._round_in_flight)  # rounds in flight or done since the checkpoint: collect or rerun
         log.info("run %s: %s, env steps %d of %d, round %d, adapter v%d, lambda %.3g", self.run_id,
                  self.run_dir.root, self.env_steps, cfg.schedule.total_env_steps, self.schedule.round,
                  self.adapter_version, self.current_lambda())

@@ -38,7 +38,6 @@ the same names (:meth:`RoundDriver.restore`).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ from covr_ray.loop.finetune_round import RoundOutcome, finish_round, fine_tune_r
 from covr_ray.loop.schedule import next_interval
 from covr_ray.lora.actor import round_ready, round_result, submit_round
 from covr_ray.lora.trainer import RoundResult
-from covr_ray.lora.versions import META_FILE, list_adapters
+from covr_ray.lora.versions import adapter_meta, adapter_round_metrics, list_adapters
 from covr_ray.rl.algo import q_values, set_prior_age_limit, set_prior_weight, state_values
 
 log = get_logger(__name__)
@@ -122,12 +121,9 @@ def _trained_kept_sets(adapter_dir: Path) -> Iterator[tuple[int, Path, Path]]:
     """``(version, adapter path, kept set it names)`` of every complete adapter version, newest first (versions
     without a readable ``covr_adapter.json`` naming a kept set are passed over)."""
     for version, path in reversed(list_adapters(adapter_dir)):
-        try:
-            meta = json.loads((path / META_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(meta, dict) and meta.get("kept_set"):
-            yield version, path, Path(str(meta["kept_set"]))
+        kept = adapter_meta(path).get("kept_set")
+        if kept:
+            yield version, path, Path(str(kept))
 
 
 def adapter_of_kept_set(adapter_dir: Path, kept_set: Path) -> Optional[tuple[int, Path]]:
@@ -144,6 +140,13 @@ def adapter_of_round(run_dir: Any, round_index: int) -> Optional[tuple[int, Path
     prefix = f"round-{int(round_index):03d}-step"
     return next(((v, p, run_dir.rounds / kept.name) for v, p, kept in _trained_kept_sets(run_dir.adapters)
                  if kept.name.startswith(prefix)), None)
+
+
+def _result_of_adapter(version: int, path: Path) -> RoundResult:
+    """A round collected from its complete adapter at a resume: the metrics the round recorded with the
+    adapter (its held-out fit, steps, loss; logged again in this timeline), the version it produced."""
+    metrics = {**adapter_round_metrics(path), "lora/adapter_version": float(version)}
+    return RoundResult(str(path), version, True, metrics)
 
 
 class RoundDriver:
@@ -237,7 +240,7 @@ class RoundDriver:
             log.info("round %d completed after the checkpoint (adapter v%d, kept set %s): collecting it", c,
                      version, kept_set.name)
             self.in_flight = RoundInFlight(c, kept_set, rows, sources, run.env_steps, resumed=True)
-            self._collect(RoundResult(str(path), version, True, {"lora/adapter_version": float(version)}), 0.0)
+            self._collect(_result_of_adapter(version, path), 0.0)
         keep = self.in_flight.kept_set if self.in_flight is not None else None
         for moved in run.run_dir.set_aside_round_dirs(run.schedule.round, keep=keep):
             log.warning("kept set %s belongs to a round that has not completed (no adapter was trained on it): "
@@ -256,7 +259,7 @@ class RoundDriver:
             version, path = done
             log.info("round %d was in flight at the checkpoint and its adapter v%d is complete: collecting it",
                      record.round_index, version)
-            self._collect(RoundResult(str(path), version, True, {"lora/adapter_version": float(version)}), 0.0)
+            self._collect(_result_of_adapter(version, path), 0.0)
             return
         try:
             record.kept_rows = open_shard_set(record.kept_set).rows

@@ -271,8 +271,6 @@ class LoRATrainer:
                             "lora/budget_stopped": float(budget_stopped),
                             "lora/round_s": time.perf_counter() - round_start})
             return RoundResult(self._current_path(), self.version, False, metrics, heldout_list)
-        path, new_version = self._save(version, shard_set, metrics)
-        metrics.update(self._static_metrics())
         metrics.update({
             "lora/steps": float(len(losses)), "lora/skipped_zero_weight_batches": float(skipped),
             "lora/samples": float(samples), "lora/answer_tokens": float(tokens),
@@ -280,9 +278,10 @@ class LoRATrainer:
             "lora/loss_first": losses[0] if losses else 0.0, "lora/loss_last": losses[-1] if losses else 0.0,
             "lora/token_acc_last": accs[-1] if accs else 0.0, "lora/time_s": elapsed,
             "lora/planned_steps": float(len(batches)), "lora/budget_stopped": float(budget_stopped),
-            "lora/round_s": time.perf_counter() - round_start,
-            "lora/samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
-            "lora/adapter_version": float(new_version)})
+            "lora/samples_per_s": samples / elapsed if elapsed > 0 else 0.0})
+        path, new_version = self._save(version, shard_set, metrics)  # records the round's metrics with it
+        metrics.update(self._static_metrics())
+        metrics["lora/round_s"] = time.perf_counter() - round_start
         log.info("LoRA round: %d steps on %d rows, loss %.4f -> %.4f, adapter v%d at %s", len(losses),
                  len(train_rows), metrics["lora/loss_first"], metrics["lora/loss_last"], new_version, path)
         if heldout:
@@ -395,7 +394,10 @@ class LoRATrainer:
             atomic_write_text(tmp / META_FILE, json.dumps({
                 "version": new_version, "base_model": self.model_name, "kept_set": str(shard_set.path),
                 "rows": shard_set.rows, "codec": self.codec.name, "prompt_text": self.prompt_text,
-                "trainable_frac": self.trainable_frac, "created": time.time()}, indent=1))
+                "trainable_frac": self.trainable_frac, "created": time.time(),
+                # what the round measured (held-out fit, steps, loss): a resume that collects this round from
+                # its adapter logs them again (covr_ray.lora.versions.adapter_round_metrics)
+                "metrics": {k: float(v) for k, v in metrics.items()}}, indent=1))
         self.version = new_version
         return target, new_version
 

@@ -10,6 +10,7 @@ base model with no adapter.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -20,7 +21,7 @@ from covr_ray.errors import AdapterError
 BASE_VERSION = -1
 #: File of a complete PEFT adapter (written last by ``save_pretrained``'s caller's atomic rename).
 ADAPTER_CONFIG = "adapter_config.json"
-#: What the trainer records beside each version (base model, kept set, codec, prompt).
+#: What the trainer records beside each version (base model, kept set, codec, prompt, the round's metrics).
 META_FILE = "covr_adapter.json"
 _VERSION_DIR = re.compile(r"^v(\d{1,9})$")
 
@@ -51,3 +52,22 @@ def list_adapters(adapter_dir: str | Path) -> list[tuple[int, Path]]:
 def adapter_versions(adapter_dir: str | Path) -> list[int]:
     """The version numbers of :func:`list_adapters`."""
     return [v for v, _ in list_adapters(adapter_dir)]
+
+
+def adapter_meta(path: str | Path) -> dict:
+    """The :data:`META_FILE` of the adapter at ``path`` as a dict; {} when it is missing or unreadable."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def adapter_round_metrics(path: str | Path) -> dict[str, float]:
+    """The ``lora/*`` metrics of the round that trained the adapter at ``path`` (recorded in its
+    :data:`META_FILE` under ``metrics``); {} for an adapter without them (written before they were recorded,
+    or an unreadable file): a run that collects a round from its adapter at a resume logs them again."""
+    metrics = adapter_meta(path).get("metrics")
+    if not isinstance(metrics, dict):
+        return {}
+    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
