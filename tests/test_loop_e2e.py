@@ -30,6 +30,7 @@ import pytest
 
 from covr_ray.config import load_config
 from covr_ray.metrics import read_csv_metrics
+from covr_ray.report.run_summary import run_summary
 
 pytestmark = pytest.mark.requires_vllm
 
@@ -200,6 +201,12 @@ def test_rounds_go_on_after_a_crash_that_followed_a_round_and_nothing_written_is
     assert [int(name.split("-")[1]) for name in kept] == list(range(after + 2))
     assert all((root / "rounds" / name).is_dir() for name in kept)
     assert not list((root / "rounds").glob("*.set-aside-*"))  # every kept set was used; none was set aside
+    # metrics.csv holds the stopped run's rows past the checkpoint too; readers see the latest timeline, so
+    # `covr summary` lists each completed round's held-out fit once: the rounds collected at the resume from
+    # their adapters with the figures the adapters recorded, not the stopped run's rows beside them
+    fit = run_summary(root)["vlm_fit"]
+    assert [f["adapter_version"] for f in fit] == list(range(1, after + 3)), fit
+    assert all(f["err_after"] is not None and f["heldout_rows"] >= 1 for f in fit)
 
 
 def test_guidance_survives_the_crash_the_new_service_answers_and_priors_reach_the_loss(crashed_and_resumed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -12,7 +13,7 @@ from covr_ray.cli import main
 from covr_ray.config import LoggingSection
 from covr_ray.evaluate import evaluate_baseline, evaluate_run, write_eval_result
 from covr_ray.metrics import MetricsSink
-from covr_ray.report.run_summary import format_run_summary, run_summary
+from covr_ray.report.run_summary import format_run_summary, run_summary, vlm_fit_rounds
 from covr_ray.vlm.policy import write_vlm_eval_result
 from support.policies import make_run_dir
 
@@ -59,6 +60,25 @@ def test_summary_reads_every_part_back(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["summary", str(run_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["vlm_fit"] == json.loads(json.dumps(s["vlm_fit"]))
+
+
+def test_rounds_logged_at_one_step_stay_apart_and_take_their_own_values() -> None:
+    """A resume collects the rounds done since its checkpoint at the checkpoint's step: two rounds at step 200,
+    after the iteration's own ``lora/adapter_version`` row there; a round at 400 without a const figure."""
+    def fit(version: float, after: float, const: Optional[float] = None) -> dict[str, list[float]]:
+        return {"lora/adapter_version": [version], "lora/heldout_action_err_after": [after],
+                **({"lora/heldout_const_err": [const]} if const is not None else {})}
+
+    rows: dict[str, list[tuple[int, float]]] = {}
+    for step, metrics in ((200, {"lora/adapter_version": [1.0]}), (200, fit(2, 0.3, 0.5)), (200, fit(3, 0.2, 0.4)),
+                          (400, fit(4, 0.1))):
+        for key, values in metrics.items():
+            rows.setdefault(key, []).extend((step, v) for v in values)
+    rounds = vlm_fit_rounds(rows)
+    assert [(r["round"], r["env_steps"], r["adapter_version"], r["err_after"]) for r in rounds] == [
+        (1, 200, 2, 0.3), (2, 200, 3, 0.2), (3, 400, 4, 0.1)]
+    assert rounds[0]["after_over_const"] == pytest.approx(0.6) and rounds[1]["after_over_const"] == pytest.approx(0.5)
+    assert rounds[2]["const_err"] is None and rounds[2]["after_over_const"] is None
 
 
 def test_summary_of_a_bare_run_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

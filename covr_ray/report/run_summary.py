@@ -54,22 +54,40 @@ def vlm_fit_rounds(metrics: dict[str, list[tuple[int, float]]]) -> list[dict[str
     """One entry per round that measured its held-out fit, in step order: ``env_steps``, the
     :data:`FIT_KEYS` values (None where a round did not log one), ``after_over_const`` and
     ``after_over_const_answer`` (below 1: the VLM answers by the frame better than a constant)."""
-    by_step: dict[int, dict[str, float]] = {}
+    at: dict[int, dict[str, list[float]]] = {}
     for name, key in FIT_KEYS.items():
         for step, value in metrics.get(key, []):
-            by_step.setdefault(step, {})[name] = value
+            at.setdefault(step, {}).setdefault(name, []).append(value)
     rounds = []
-    for step in sorted(s for s, row in by_step.items() if "err_after" in row):
-        row = {name: by_step[step].get(name) for name in FIT_KEYS}
-        if row["adapter_version"] is not None:
-            row["adapter_version"] = int(row["adapter_version"])
-        if row["heldout_rows"] is not None:
-            row["heldout_rows"] = int(row["heldout_rows"])
-        const, answer = row["const_err"], row["const_answer_err"]
-        row["after_over_const"] = row["err_after"] / const if const else None
-        row["after_over_const_answer"] = row["err_after"] / answer if answer else None
-        rounds.append({"round": len(rounds) + 1, "env_steps": step, **row})
+    for step in sorted(at):
+        for row in _rounds_at(at[step]):
+            if row["adapter_version"] is not None:
+                row["adapter_version"] = int(row["adapter_version"])
+            if row["heldout_rows"] is not None:
+                row["heldout_rows"] = int(row["heldout_rows"])
+            const, answer = row["const_err"], row["const_answer_err"]
+            row["after_over_const"] = row["err_after"] / const if const else None
+            row["after_over_const_answer"] = row["err_after"] / answer if answer else None
+            rounds.append({"round": len(rounds) + 1, "env_steps": step, **row})
     return rounds
+
+
+def _rounds_at(values: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """The rounds logged at one step, one per ``err_after`` value, in log order. Several can share a step (a
+    resume collects the rounds done since its checkpoint at the checkpoint's step), and a key can have more
+    values there than rounds (``lora/adapter_version`` is also logged by every iteration, before the round's):
+    the round's own are the last ones logged, so round j of n takes value ``len - n + j`` of each key (None
+    where a key has fewer)."""
+    n = len(values.get("err_after", []))
+    rows = []
+    for j in range(n):
+        row: dict[str, Any] = {}
+        for name in FIT_KEYS:
+            logged = values.get(name, [])
+            index = len(logged) - n + j
+            row[name] = logged[index] if index >= 0 else None
+        rows.append(row)
+    return rows
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
