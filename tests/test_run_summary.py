@@ -79,6 +79,11 @@ def test_rounds_logged_at_one_step_stay_apart_and_take_their_own_values() -> Non
         (1, 200, 2, 0.3), (2, 200, 3, 0.2), (3, 400, 4, 0.1)]
     assert rounds[0]["after_over_const"] == pytest.approx(0.6) and rounds[1]["after_over_const"] == pytest.approx(0.5)
     assert rounds[2]["const_err"] is None and rounds[2]["after_over_const"] is None
+    # a run that logs each round's own version: at a resume the service already serves the newest (v3) while
+    # the rounds done since the checkpoint are collected, so lora/adapter_version says 3 for both
+    rows["lora/adapter_version"] = [(200, 1.0), (200, 3.0), (200, 3.0), (400, 4.0)]
+    rows["round/adapter_version"] = [(200, 2.0), (200, 3.0), (400, 4.0)]
+    assert [r["adapter_version"] for r in vlm_fit_rounds(rows)] == [2, 3, 4]
 
 
 def test_summary_of_a_bare_run_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -97,6 +97,9 @@ def finish_round(result: "RoundResult | LoRATrainerError", *, df_shards: list[Pa
     metrics = dict(result.metrics)
     metrics["round/failed"] = 0.0
     metrics["round/trained"] = float(result.trained)
+    # the version this round's adapter has (``lora/adapter_version`` is the one the run serves: at a resume the
+    # service already serves the newest while the rounds done since the checkpoint are collected, oldest first)
+    metrics["round/adapter_version"] = float(result.version)
     if not (result.trained and result.adapter_path):
         log.warning("fine-tune round %d trained nothing (kept %d rows); it does not count and D_f is kept",
                     round_index, kept_rows)

@@ -39,6 +39,8 @@ FIT_KEYS = {
     "token_acc_after": "lora/heldout_token_acc_after",
     "parse_frac_after": "lora/heldout_parse_frac_after",
 }
+#: The version of the adapter a round produced (``lora/adapter_version``, its fallback, is the serving one).
+ROUND_VERSION_KEY = "round/adapter_version"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -55,7 +57,10 @@ def vlm_fit_rounds(metrics: dict[str, list[tuple[int, float]]]) -> list[dict[str
     :data:`FIT_KEYS` values (None where a round did not log one), ``after_over_const`` and
     ``after_over_const_answer`` (below 1: the VLM answers by the frame better than a constant)."""
     at: dict[int, dict[str, list[float]]] = {}
-    for name, key in FIT_KEYS.items():
+    keys = dict(FIT_KEYS)
+    if ROUND_VERSION_KEY in metrics:  # the round's own adapter (runs logged before it had the serving version only)
+        keys["adapter_version"] = ROUND_VERSION_KEY
+    for name, key in keys.items():
         for step, value in metrics.get(key, []):
             at.setdefault(step, {}).setdefault(name, []).append(value)
     rounds = []
