@@ -388,6 +388,8 @@ class RoundDriver:
         data = (f"kept {int(metrics.get('round/kept_rows', kept_metrics.get('round/kept_rows', 0)))} of "
                 f"{int(df_rows)} D_f rows" if df_rows is not None else
                 f"{kept_rows} kept rows (its kept set was built before the resume)")
-        log.info("round %d at %d env steps %s: %s, adapter v%d, lambda %.3g, learner stalled %.1f s", c, run.env_steps,
-                 "completed" if outcome.completed else "did NOT complete (retried later)", data, run.adapter_version,
+        own = int(metrics.get("round/adapter_version", run.adapter_version))  # a resume serves the newest already
+        adapter = f"adapter v{own}" + (f" (serving v{run.adapter_version})" if own != run.adapter_version else "")
+        log.info("round %d at %d env steps %s: %s, %s, lambda %.3g, learner stalled %.1f s", c, run.env_steps,
+                 "completed" if outcome.completed else "did NOT complete (retried later)", data, adapter,
                  lam, metrics["loop/learner_stall_s"])
