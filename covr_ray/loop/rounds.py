@@ -144,9 +144,10 @@ def adapter_of_round(run_dir: Any, round_index: int) -> Optional[tuple[int, Path
 
 def _result_of_adapter(version: int, path: Path) -> RoundResult:
     """A round collected from its complete adapter at a resume: the metrics the round recorded with the
-    adapter (its held-out fit, steps, loss; logged again in this timeline), the version it produced."""
-    metrics = {**adapter_round_metrics(path), "lora/adapter_version": float(version)}
-    return RoundResult(str(path), version, True, metrics)
+    adapter (its held-out fit, steps, loss; logged again in this timeline), the version it produced (``_apply``
+    logs the serving version as ``lora/adapter_version`` and :func:`finish_round` this one as
+    ``round/adapter_version``)."""
+    return RoundResult(str(path), version, True, adapter_round_metrics(path))
 
 
 class RoundDriver:
